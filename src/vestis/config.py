@@ -1,0 +1,261 @@
+"""Typed configuration: dataclasses, YAML presets and dotted ``key=value`` overrides.
+
+This is the only module that parses configuration. A run is described by one :class:`Config`
+(``data``, ``model``, ``train``); presets live in ``vestis/configs/*.yaml`` and only need to name the
+fields they change::
+
+    cfg = load_config("paper", overrides=["train.epochs=3", "model.backbone=resnet18"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vestis.errors import VestisError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "AugmentConfig",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "list_presets",
+    "load_config",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentations; defaults are the multi-scale paper's (§5.2)."""
+
+    enabled: bool = True
+    zoom: float = 0.2  # scale in [1 - zoom, 1 + zoom]
+    translate: float = 0.2  # fraction of the side, both axes
+    rotate: float = 10.0  # degrees, +-
+    shear: float = 0.1  # +-10 %, as a shear factor (tan of the angle)
+    hflip: float = 0.5  # probability
+
+
+@dataclass
+class DataConfig:
+    """Preprocessing; stored in every checkpoint so inference matches training exactly."""
+
+    image_size: int = 380  # the paper resizes to 380x380 keeping the aspect ratio (pad to square)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    pad_value: int = 255  # catalog photos are shot on white; padding with white hides the pad edge
+    max_pixels: int = 64_000_000  # decompression-bomb guard: larger images are refused
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    val_fraction: float = 0.1  # used when the manifest has no split column
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """Which registered model to build and how."""
+
+    name: str = "a3"  # baseline, a1, a2, a3, a4 (multi-scale paper §5.2) or any registered model
+    backbone: str = "efficientnetv2_s"
+    pretrained: str | None = None  # local safetensors / state-dict file; nothing is downloaded
+    attention: str = "cbam"
+    fpn_channels: int = 256  # a4 only: RetinaNet FPN width on P3-P7
+    branch_hidden: int = 512  # hidden width of each attribute branch
+    branch_hidden_overrides: dict[str, int] = field(default_factory=dict)  # per-attribute hidden width
+    dropout: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    schedule: str = "step"  # step (x gamma every step_epochs) | cosine (with warm-up) | constant
+    step_epochs: int = 8
+    gamma: float = 0.75
+    warmup_epochs: float = 0.0
+    grad_accum: int = 1  # optimiser step every N batches
+    amp: bool = True  # mixed precision, CUDA only
+    channels_last: bool = True  # CUDA only
+    seed: int = 0
+    deterministic: bool = True
+    threshold: float = 0.3  # decision threshold for micro-F1 (paper default)
+    early_stop_metric: str = "mean_micro_f1"
+    early_stop_mode: str = "max"
+    patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
+    label_smoothing: float = 0.0
+    class_weights: str = "none"  # none | inverse | effective
+    effective_beta: float = 0.999  # "effective number of samples" (Cui et al. 2019)
+    task_weights: dict[str, float] = field(default_factory=dict)
+    max_steps: int = 0  # stop after N optimiser steps (0 = no limit); for smoke tests
+    log_every: int = 10
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, *, source: str = "<config>") -> Config:
+        return _build(cls, data or {}, source, "")
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except VestisError as e:
+                errors.append(str(e))
+        raise VestisError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise VestisError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where.split(":")[0], where.split(": ")[-1] if ": " in where else "")
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or (args and args[-1] is not Ellipsis and len(value) != len(args)):
+            raise VestisError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v, where) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise VestisError(f"{where}: expected a mapping, got {value!r}")
+        kt, vt = args or (Any, Any)
+        return {_coerce(kt, k, where): _coerce(vt, v, where) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise VestisError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            return int(str(value))
+        except ValueError:
+            raise VestisError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(str(value))
+        except ValueError:
+            raise VestisError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise VestisError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k not in names:
+            raise VestisError(f"{source}: {key}: unknown setting; expected one of {sorted(names)}")
+        kwargs[k] = _coerce(hints[k], v, f"{source}: {key}")
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings (values parsed as YAML scalars) and return a new config."""
+    data = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise VestisError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise VestisError(f"override {item!r}: unknown setting {key!r}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise VestisError(f"override {item!r}: unknown setting {key!r}")
+        node[parts[-1]] = value
+    return Config.from_dict(data, source="override")
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets (``vestis/configs/*.yaml``)."""
+    return sorted(p.name[:-5] for p in resources.files("vestis.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(name_or_path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """A preset name (``paper``, ``default``, ``tiny``) or a YAML path, then ``overrides`` on top.
+
+    A YAML file may start from a preset with ``base: <preset>``.
+    """
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if name_or_path is not None:
+        p = Path(name_or_path)
+        if p.suffix in (".yaml", ".yml") or p.exists():
+            if not p.is_file():
+                raise VestisError(f"{p}: config file not found")
+            text, source = p.read_text(encoding="utf-8"), str(p)
+        else:
+            res = resources.files("vestis.configs") / f"{name_or_path}.yaml"
+            if not res.is_file():
+                raise VestisError(f"unknown preset {str(name_or_path)!r}; presets: {list_presets()}")
+            text, source = res.read_text(encoding="utf-8"), f"preset {name_or_path}"
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise VestisError(f"{source}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise VestisError(f"{source}: expected a mapping of sections (data, model, train)")
+        base = data.pop("base", None)
+        if base is not None:
+            data = _merge(load_config(base).to_dict(), data)
+    cfg = Config.from_dict(data, source=source)
+    return apply_overrides(cfg, overrides or [])

@@ -1,0 +1,311 @@
+"""The manifest: one row per image, in CSV, JSONL or Parquet.
+
+Columns: ``id``, ``image`` (path relative to the manifest), optional ``group`` (parent product),
+``split`` (train/val/test), ``title``, free-text ``meta_<name>`` columns, and one column per attribute.
+Several values in one cell are separated by ``|``; an empty cell is a missing label, not a negative.
+In JSONL an attribute may also be a list of strings, and ``null`` is missing.
+
+Reading never raises on a bad row: structural problems (wrong types, empty ids) are collected in
+``Manifest.problems`` with their line, and :func:`vestis.data.validate.validate_manifest` adds the
+checks that need the taxonomy and the image files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vestis.errors import VestisError
+from vestis.io import atomic_write, atomic_write_text
+
+__all__ = [
+    "FORMATS",
+    "RESERVED",
+    "SPLITS",
+    "Manifest",
+    "Problem",
+    "Record",
+    "read_manifest",
+    "split_cell",
+    "write_manifest",
+]
+
+RESERVED = ("id", "image", "group", "split", "title")
+SPLITS = ("train", "val", "test")
+FORMATS = (".csv", ".jsonl", ".parquet")
+META_PREFIX = "meta_"
+SEP = "|"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in an input file, printed as ``file:line: field: what was expected``."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+@dataclass
+class Record:
+    """One manifest row. ``labels`` holds only labelled attributes (a missing label is absent)."""
+
+    id: str
+    image: str
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    group: str | None = None
+    split: str | None = None
+    title: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    line: int = field(default=0, compare=False)  # source line, for messages
+
+    @property
+    def group_key(self) -> str:
+        """The unit that must not span two splits: the group when given, else the id."""
+        return self.group if self.group else self.id
+
+
+@dataclass
+class Manifest:
+    """A list of records plus where they came from.
+
+    Attributes:
+        records: the rows, in file order.
+        attributes: attribute column names, in file order.
+        meta_columns: metadata column names (without the ``meta_`` prefix).
+        root: directory that ``Record.image`` paths are relative to.
+        path: the file read, if any.
+        problems: structural problems found while reading.
+    """
+
+    records: list[Record]
+    attributes: list[str] = field(default_factory=list)
+    meta_columns: list[str] = field(default_factory=list)
+    root: Path = field(default_factory=Path)
+    path: Path | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def image_path(self, record: Record) -> Path:
+        p = Path(record.image)
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else "<manifest>"
+
+    def subset(self, records: Sequence[Record]) -> Manifest:
+        return Manifest(list(records), list(self.attributes), list(self.meta_columns), self.root, self.path, [])
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column in write order."""
+        cols = list(RESERVED)
+        cols += [f"{META_PREFIX}{m}" for m in self.meta_columns]
+        return cols + list(self.attributes)
+
+
+def split_cell(cell: str) -> tuple[str, ...]:
+    """``"a | b"`` -> ``("a", "b")``; an empty cell -> ``()``."""
+    return tuple(v.strip() for v in cell.split(SEP) if v.strip())
+
+
+def _fmt(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise VestisError(f"{path}: unsupported manifest format {suffix or '(none)'!r}; expected one of {FORMATS}")
+    return suffix
+
+
+class _RowParser:
+    """Turns a raw row (column -> value) into a Record, collecting problems."""
+
+    def __init__(self, source: str, columns: Sequence[str]) -> None:
+        self.source = source
+        missing = [c for c in ("id", "image") if c not in columns]
+        if missing:
+            raise VestisError(f"{source}:1: header: missing required column(s) {missing}; expected id, image, ...")
+        self.attributes = [c for c in columns if c not in RESERVED and not c.startswith(META_PREFIX)]
+        self.meta_columns = [c[len(META_PREFIX) :] for c in columns if c.startswith(META_PREFIX)]
+        self.problems: list[Problem] = []
+
+    def _bad(self, line: int, fld: str, msg: str) -> None:
+        self.problems.append(Problem(self.source, line, fld, msg))
+
+    def _scalar(self, row: dict[str, Any], col: str, line: int, *, allow_int: bool = False) -> str | None:
+        v = row.get(col)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, str | int) or (isinstance(v, int) and not allow_int):
+            self._bad(line, col, f"expected a string, got {type(v).__name__} {v!r}")
+            return None
+        s = str(v).strip()
+        return s or None
+
+    def parse(self, row: dict[str, Any], line: int) -> Record | None:
+        rid = self._scalar(row, "id", line, allow_int=True)
+        image = self._scalar(row, "image", line)
+        if rid is None:
+            self._bad(line, "id", "expected a non-empty id")
+        if image is None:
+            self._bad(line, "image", "expected a path to the image, relative to the manifest")
+        split = self._scalar(row, "split", line)
+        if split is not None and split not in SPLITS:
+            self._bad(line, "split", f"expected one of {list(SPLITS)} or empty, got {split!r}")
+            split = None
+        labels: dict[str, tuple[str, ...]] = {}
+        for a in self.attributes:
+            v = row.get(a)
+            if v is None:
+                continue
+            if isinstance(v, str):
+                vals = split_cell(v)
+            elif isinstance(v, list) and all(isinstance(x, str) for x in v):
+                vals = tuple(x.strip() for x in v if x.strip())
+            else:
+                self._bad(line, a, f"expected a string ('a|b' for several values) or a list of strings, got {v!r}")
+                continue
+            if vals:
+                labels[a] = vals
+        meta = {}
+        for m in self.meta_columns:
+            v = self._scalar(row, META_PREFIX + m, line, allow_int=True)
+            if v is not None:
+                meta[m] = v
+        if rid is None or image is None:
+            return None
+        return Record(
+            id=rid,
+            image=image,
+            labels=labels,
+            group=self._scalar(row, "group", line, allow_int=True),
+            split=split,
+            title=self._scalar(row, "title", line),
+            meta=meta,
+            line=line,
+        )
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read a CSV, JSONL or Parquet manifest. Rows with structural problems are kept out and reported."""
+    path = Path(path)
+    fmt = _fmt(path)
+    if not path.is_file():
+        raise VestisError(f"{path}: manifest not found")
+    source = str(path)
+    rows: list[tuple[int, dict[str, Any]]] = []
+    pre: list[Problem] = []
+    if fmt == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            try:
+                header = next(reader)
+            except StopIteration:
+                raise VestisError(f"{path}:1: header: the file is empty; expected a header line") from None
+            header = [h.strip() for h in header]
+            dup = sorted({h for h in header if header.count(h) > 1})
+            if dup:
+                raise VestisError(f"{path}:1: header: duplicate column(s) {dup}")
+            columns = header
+            start = reader.line_num + 1
+            for raw in reader:
+                line = start
+                start = reader.line_num + 1
+                if not any(c.strip() for c in raw):
+                    continue
+                if len(raw) != len(header):
+                    pre.append(Problem(source, line, "row", f"expected {len(header)} fields, got {len(raw)}"))
+                    continue
+                rows.append((line, {h: (c if c.strip() else None) for h, c in zip(header, raw, strict=True)}))
+    elif fmt == ".jsonl":
+        columns_seen: dict[str, None] = {}
+        with path.open(encoding="utf-8") as f:
+            for i, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as e:
+                    pre.append(Problem(source, i, "row", f"expected a JSON object ({e.msg})"))
+                    continue
+                if not isinstance(obj, dict):
+                    pre.append(Problem(source, i, "row", f"expected a JSON object, got {type(obj).__name__}"))
+                    continue
+                for k in obj:
+                    columns_seen.setdefault(k, None)
+                rows.append((i, obj))
+        columns = list(columns_seen) or ["id", "image"]
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise VestisError(f"{path}: cannot read Parquet: {e}") from None
+        columns = list(table.column_names)
+        # line = row number + 1, as if the file had a header line like the CSV
+        rows = [(i + 2, r) for i, r in enumerate(table.to_pylist())]
+    parser = _RowParser(source, columns)
+    records = [r for line, row in rows if (r := parser.parse(row, line)) is not None]
+    return Manifest(
+        records=records,
+        attributes=parser.attributes,
+        meta_columns=parser.meta_columns,
+        root=path.parent,
+        path=path,
+        problems=sorted(pre + parser.problems, key=lambda p: p.line),
+    )
+
+
+def _row(m: Manifest, r: Record, *, lists: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {"id": r.id, "image": r.image, "group": r.group, "split": r.split, "title": r.title}
+    for k in m.meta_columns:
+        d[META_PREFIX + k] = r.meta.get(k)
+    for a in m.attributes:
+        v = r.labels.get(a)
+        d[a] = (list(v) if lists else SEP.join(v)) if v else None
+    return d
+
+
+def write_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
+    """Write ``manifest`` atomically in the format given by ``path``'s suffix."""
+    path = Path(path)
+    fmt = _fmt(path)
+    cols = manifest.columns
+    if fmt == ".csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(cols)
+        for r in manifest.records:
+            d = _row(manifest, r, lists=False)
+            w.writerow(["" if d[c] is None else d[c] for c in cols])
+        atomic_write_text(path, buf.getvalue())
+    elif fmt == ".jsonl":
+        lines = []
+        for r in manifest.records:
+            d = _row(manifest, r, lists=True)
+            lines.append(json.dumps({k: v for k, v in d.items() if v is not None}, ensure_ascii=False))
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [_row(manifest, r, lists=False) for r in manifest.records]
+        table = pa.table({c: pa.array([d[c] for d in rows], type=pa.string()) for c in cols})
+        atomic_write(path, lambda f: pq.write_table(table, f))
+    return path

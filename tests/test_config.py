@@ -1,0 +1,64 @@
+import pytest
+import yaml
+
+from vestis.config import Config, apply_overrides, list_presets, load_config
+from vestis.errors import VestisError
+
+
+def test_defaults_are_the_papers():
+    cfg = Config()
+    assert cfg.data.image_size == 380
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.gamma, cfg.train.step_epochs) == ("adam", 1e-5, 0.75, 8)
+    assert cfg.train.batch_size == 128 and cfg.train.threshold == 0.3
+    a = cfg.data.augment
+    assert (a.zoom, a.translate, a.rotate, a.shear, a.hflip) == (0.2, 0.2, 10.0, 0.1, 0.5)
+
+
+def test_presets_load_and_paper_matches_defaults():
+    assert {"default", "paper", "tiny"} <= set(list_presets())
+    paper = load_config("paper")
+    assert paper.model.backbone == "efficientnetv2_m" and paper.model.name == "a3"
+    assert paper.train.lr == 1e-5 and paper.data.image_size == 380
+    assert load_config("tiny").model.backbone == "resnet18_tiny"
+
+
+def test_overrides_are_typed():
+    cfg = apply_overrides(Config(), ["train.lr=3e-4", "train.amp=false", "data.mean=[0.5,0.5,0.5]", "model.pretrained=null"])
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.train.amp is False
+    assert cfg.data.mean == (0.5, 0.5, 0.5)
+    assert cfg.model.pretrained is None
+    cfg = apply_overrides(cfg, ["train.task_weights={colour: 2}", "data.augment.hflip=0"])
+    assert cfg.train.task_weights == {"colour": 2.0} and cfg.data.augment.hflip == 0.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lrr=1", "unknown setting"),
+        ("train.epochs=abc", "expected an integer"),
+        ("train.amp=maybe", "expected true or false"),
+        ("nokey", "expected key=value"),
+        ("data.mean=[1,2]", "expected a list of 3 values"),
+    ],
+)
+def test_bad_overrides(override, message):
+    with pytest.raises(VestisError, match=message):
+        apply_overrides(Config(), [override])
+
+
+def test_yaml_file_with_base(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text(yaml.safe_dump({"base": "paper", "train": {"epochs": 3}}))
+    cfg = load_config(p, ["model.backbone=resnet50"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == 1e-5 and cfg.model.backbone == "resnet50"
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_unknown_preset_and_section(tmp_path):
+    with pytest.raises(VestisError, match="unknown preset"):
+        load_config("nope")
+    p = tmp_path / "bad.yaml"
+    p.write_text("trian:\n  epochs: 3\n")
+    with pytest.raises(VestisError, match=r"bad.yaml: trian: unknown setting"):
+        load_config(p)
