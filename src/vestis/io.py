@@ -10,6 +10,10 @@ from typing import IO
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
 
+# mkstemp creates files with mode 0600; give written files the usual permissions (0666 less the umask)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], None]) -> Path:
     """Call ``writer`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
@@ -21,6 +25,7 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], Non
             writer(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

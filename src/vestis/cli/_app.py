@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from vestis.errors import VestisError
 
@@ -52,7 +53,7 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
             except VestisError as e:
                 if _state["debug"]:
                     raise
-                err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+                err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
             except KeyboardInterrupt:
                 err_console.print("interrupted")
@@ -64,8 +65,9 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
     return deco
 
 
-def echo(msg: str = "") -> None:
-    console.print(msg, highlight=False, soft_wrap=True)
+def echo(msg: str = "", *, markup: bool = False) -> None:
+    """Print a line; text is literal (``[red]`` stays) unless ``markup=True``."""
+    console.print(msg, highlight=False, soft_wrap=True, markup=markup)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -160,9 +160,10 @@ class _RowParser:
     def parse(self, row: dict[str, Any], line: int) -> Record | None:
         rid = self._scalar(row, "id", line, allow_int=True)
         image = self._scalar(row, "image", line)
-        if rid is None:
+        blank = lambda v: v is None or (isinstance(v, str) and not v.strip())  # noqa: E731
+        if rid is None and blank(row.get("id")):
             self._bad(line, "id", "expected a non-empty id")
-        if image is None:
+        if image is None and blank(row.get("image")):
             self._bad(line, "image", "expected a path to the image, relative to the manifest")
         split = self._scalar(row, "split", line)
         if split is not None and split not in SPLITS:
@@ -290,10 +291,13 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
     if fmt == ".csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
+        # the minimal quoting of the csv module leaves a bare \r unquoted, which would split the row on reading
+        wq = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
         w.writerow(cols)
         for r in manifest.records:
             d = _row(manifest, r, lists=False)
-            w.writerow(["" if d[c] is None else d[c] for c in cols])
+            cells = ["" if d[c] is None else d[c] for c in cols]
+            (wq if any("\r" in str(c) for c in cells) else w).writerow(cells)
         atomic_write_text(path, buf.getvalue())
     elif fmt == ".jsonl":
         lines = []

@@ -204,7 +204,8 @@ class Taxonomy:
             clean: list[str] = []
             for j, v in enumerate(values):
                 if isinstance(v, bool) or not isinstance(v, str | int | float):
-                    bad(f"{p}.values[{j}]", f"expected a string, got {type(v).__name__}")
+                    hint = " (YAML reads unquoted yes/no/on/off as booleans: quote the value)" if isinstance(v, bool) else ""
+                    bad(f"{p}.values[{j}]", f"expected a string, got {type(v).__name__}{hint}")
                     continue
                 clean.append(str(v))
             applies = ra.get("applies_to")
