@@ -1,0 +1,103 @@
+"""The one place a :class:`~vestis.config.ModelConfig` becomes a model.
+
+model = create_model(cfg.model, taxonomy)   # e.g. name=a3, backbone=efficientnetv2_m
+logits = model(images)                      # {attribute: (B, num_values)}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vestis.config import ModelConfig
+from vestis.data.taxonomy import Taxonomy
+from vestis.errors import VestisError
+from vestis.models.attribute_model import AttributeModel
+from vestis.models.backbones.base import Backbone, FeatureInfo
+from vestis.models.weights import load_backbone_weights
+from vestis.registry import ATTENTION, BACKBONES, MODELS
+
+__all__ = ["BackboneSummary", "create_model", "describe_backbone", "list_backbones", "list_models"]
+
+
+def create_model(model_cfg: ModelConfig, taxonomy: Taxonomy) -> AttributeModel:
+    """Build the registered model ``model_cfg.name`` on the backbone ``model_cfg.backbone``.
+
+    When ``model_cfg.pretrained`` is a path, the backbone weights are loaded from it (strictly; see
+    :func:`~vestis.models.weights.load_backbone_weights`) before the unused stages are removed.
+
+    Args:
+        model_cfg: the model section of the configuration.
+        taxonomy: the attributes to predict, one branch each.
+
+    Returns:
+        The model, in training mode.
+    """
+    if model_cfg.attention not in ATTENTION:
+        raise VestisError(f"model.attention: unknown attention {model_cfg.attention!r}; registered: {list(ATTENTION)}")
+    if model_cfg.fpn_channels < 1:
+        raise VestisError(f"model.fpn_channels: expected a positive width, got {model_cfg.fpn_channels}")
+    backbone: Backbone = BACKBONES.build(model_cfg.backbone)
+    if model_cfg.pretrained:
+        load_backbone_weights(backbone, model_cfg.pretrained)
+    return MODELS.build(
+        model_cfg.name,
+        backbone=backbone,
+        taxonomy=taxonomy,
+        attention=model_cfg.attention,
+        fpn_channels=model_cfg.fpn_channels,
+        branch_hidden=model_cfg.branch_hidden,
+        branch_hidden_overrides=dict(model_cfg.branch_hidden_overrides),
+        dropout=model_cfg.dropout,
+    )
+
+
+def list_models() -> list[str]:
+    """Registered model names (``a1`` ... ``a4``, ``baseline`` and any added later), sorted."""
+    return MODELS.names()
+
+
+def list_backbones(tiny: bool | None = None) -> list[str]:
+    """Registered backbone names, sorted.
+
+    Args:
+        tiny: ``True`` for the test-sized variants only, ``False`` for the real ones, ``None`` for all.
+    """
+    return BACKBONES.names() if tiny is None else BACKBONES.names(tiny=tiny)
+
+
+@dataclass(frozen=True)
+class BackboneSummary:
+    """What ``vestis models`` shows about a backbone.
+
+    Attributes:
+        name: registered name.
+        family: ``resnet``, ``efficientnetv2``, ``mobilenetv3`` ...
+        tiny: whether it is a test-sized variant.
+        params: number of parameters without a classifier.
+        pyramid: the stride-8/16/32 taps of the multi-scale variants.
+        last: the last stage (what ``baseline`` pools).
+    """
+
+    name: str
+    family: str
+    tiny: bool
+    params: int
+    pyramid: tuple[FeatureInfo, ...]
+    last: FeatureInfo
+
+
+def describe_backbone(name: str) -> BackboneSummary:
+    """Summarise a registered backbone; it is built on the meta device, so this is cheap for any size."""
+    meta = BACKBONES.meta(name)
+    with torch.device("meta"):
+        bb: Backbone = BACKBONES.build(name)
+    return BackboneSummary(
+        name=name,
+        family=str(meta.get("family", "")),
+        tiny=bool(meta.get("tiny", False)),
+        params=sum(p.numel() for p in bb.parameters()),
+        pyramid=tuple(bb.info(n) for n in bb.pyramid_features()),
+        last=bb.info(bb.last_feature),
+    )
