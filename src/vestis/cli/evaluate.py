@@ -1,0 +1,34 @@
+"""``vestis evaluate``: metrics and a report for a checkpoint on a manifest split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vestis.cli._app import OutDirOpt, TaxonomyOpt, command, echo
+
+
+@command("evaluate")
+def evaluate_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (best.ckpt / last.ckpt).")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Manifest to evaluate on.")],
+    out: OutDirOpt,
+    taxonomy: TaxonomyOpt = None,
+    split: Annotated[str, typer.Option("--split", help="train, val, test or all.")] = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0)] = 2,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip rows that fail validation.")] = False,
+    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda.")] = None,
+) -> None:
+    """Evaluate CHECKPOINT: metrics.json, report.md, report.html and figures in --out."""
+    from vestis.eval.evaluator import format_table
+    from vestis.eval.run import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        checkpoint, data, out, taxonomy=taxonomy, split=split, batch_size=batch_size, workers=workers,
+        device=device, skip_invalid=skip_invalid,
+    )  # fmt: skip
+    echo(format_table(result.metrics))
+    echo(f"\n{result.num_items} items ({split}); report: {result.files['report.html']}")

@@ -1,0 +1,48 @@
+"""``vestis train``: fit a model on a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vestis.cli._app import TaxonomyOpt, command, echo
+
+
+@command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Manifest (CSV, JSONL or Parquet).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides: train.lr=1e-4 model.dropout=0.1")] = None,
+    taxonomy: TaxonomyOpt = None,
+    config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, paper, tiny) or YAML.")] = "default",
+    model: Annotated[str | None, typer.Option("--model", help="Model name (baseline, a1..a4).")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name (see `vestis models`).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", min=16)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/train"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly.")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip rows that fail validation.")] = False,
+    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
+) -> None:
+    """Train a multi-task attribute model; writes RUN_DIR/last.ckpt and best.ckpt."""
+    from vestis.config import load_config
+    from vestis.train.loop import train
+
+    flags = {
+        "model.name": model,
+        "model.backbone": backbone,
+        "train.epochs": epochs,
+        "data.image_size": image_size,
+        "train.batch_size": batch_size,
+    }
+    extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    cfg = load_config(config, [*(overrides or []), *extra])
+    echo(f"model {cfg.model.name} on {cfg.model.backbone}, {cfg.data.image_size}px, {cfg.train.epochs} epochs -> {out}")
+    result = train(
+        cfg, data, out, taxonomy=taxonomy, resume=resume, skip_invalid=skip_invalid, device=device, log=echo
+    )
+    if result.best.exists():
+        echo(f"best: {result.best} ({cfg.train.early_stop_metric} = {result.best_metric})")
+    echo(f"last: {result.last}")

@@ -1,0 +1,112 @@
+"""Evaluate a checkpoint on a manifest split and write the report (what ``vestis evaluate`` runs)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from vestis.data.catalog import TAXONOMY_FILENAME
+from vestis.data.dataset import AttributeDataset
+from vestis.data.manifest import SPLITS, read_manifest
+from vestis.data.splits import split_manifest
+from vestis.data.taxonomy import Taxonomy, load_taxonomy
+from vestis.data.validate import clean_catalog, validate_manifest
+from vestis.errors import VestisError
+from vestis.eval.evaluator import evaluate_predictions
+from vestis.eval.report import write_report
+from vestis.inference.batch import predict_loader
+from vestis.train.checkpoint import load
+
+__all__ = ["EvaluationResult", "evaluate_checkpoint"]
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict[str, Any]
+    files: dict[str, Path]
+    num_items: int
+
+
+def _check_taxonomy(manifest_path: Path, taxonomy: str | os.PathLike[str] | None, ckpt_tax: Taxonomy) -> None:
+    """The manifest's taxonomy (given, or beside it) must be the one the model was trained on."""
+    path = Path(taxonomy) if taxonomy is not None else manifest_path.parent / TAXONOMY_FILENAME
+    if taxonomy is None and not path.is_file():
+        return  # no taxonomy beside the manifest: the checkpoint's is the reference
+    other = load_taxonomy(path)
+    ours = {a.name: (a.kind, a.values) for a in ckpt_tax}
+    theirs = {a.name: (a.kind, a.values) for a in other}
+    if ours != theirs:
+        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        raise VestisError(f"{path}: taxonomy differs from the checkpoint's in attribute(s) {diff}")
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    taxonomy: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str | None = None,
+    skip_invalid: bool = False,
+) -> EvaluationResult:
+    """Predict ``split`` of ``data`` with the checkpoint and write metrics.json, report.md/html and figures.
+
+    The split is recomputed with the checkpoint's data settings, so ``test`` is exactly the rows the
+    training run held out. ``split="all"`` evaluates every row.
+    """
+    if split not in (*SPLITS, "all"):
+        raise VestisError(f"--split {split!r}: expected one of {[*SPLITS, 'all']}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load(checkpoint, map_location=dev)
+    cfg, tax = model.config, model.taxonomy
+    data = Path(data)
+    _check_taxonomy(data, taxonomy, tax)
+    manifest = read_manifest(data)
+    problems = validate_manifest(manifest, tax, check_images=True, max_pixels=cfg.data.max_pixels)
+    manifest = clean_catalog(manifest, tax, problems, skip_invalid=skip_invalid, skipped_path=None)
+    if split != "all":
+        manifest = split_manifest(
+            manifest,
+            val_fraction=cfg.data.val_fraction,
+            test_fraction=cfg.data.test_fraction,
+            seed=cfg.data.split_seed,
+        )[split]
+    if not manifest.records:
+        raise VestisError(f"{data}: the {split} split is empty")
+    ds = AttributeDataset(manifest, tax, cfg.data)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
+    probs = predict_loader(model, loader, cfg.data, tax, dev)
+    enc = ds.encoded
+    thresholds = {k: np.asarray(v, dtype=np.float64) for k, v in (model.thresholds or {}).items()} or None
+    metrics = evaluate_predictions(
+        tax, probs, enc.targets, enc.masks, threshold=cfg.train.threshold, thresholds=thresholds
+    )
+    extra = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "split": split,
+        "model": cfg.model.name,
+        "backbone": cfg.model.backbone,
+        "image_size": cfg.data.image_size,
+        "train": {"epochs": cfg.train.epochs, "optimizer": cfg.train.optimizer, "lr": cfg.train.lr},
+    }
+    files = write_report(
+        metrics,
+        out_dir,
+        probs=probs,
+        targets=enc.targets,
+        masks=enc.masks,
+        taxonomy=tax,
+        title=f"vestis evaluation: {cfg.model.name} on {cfg.model.backbone} ({split})",
+        extra=extra,
+    )
+    return EvaluationResult(metrics=metrics, files=files, num_items=len(ds))

@@ -1,0 +1,55 @@
+"""Batch prediction over a DataLoader: logits -> probabilities per attribute, in dataset order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from vestis.config import DataConfig
+from vestis.data.taxonomy import Taxonomy
+from vestis.data.transforms import prepare_batch
+
+__all__ = ["predict_loader", "probabilities"]
+
+
+def probabilities(logits: Mapping[str, Tensor], taxonomy: Taxonomy) -> dict[str, Tensor]:
+    """Softmax for single-label attributes, sigmoid for multi-label ones."""
+    return {
+        a.name: (logits[a.name].float().softmax(-1) if a.kind == "single" else logits[a.name].float().sigmoid())
+        for a in taxonomy
+    }
+
+
+@torch.no_grad()
+def predict_loader(
+    model: nn.Module,
+    loader: DataLoader,
+    data_cfg: DataConfig,
+    taxonomy: Taxonomy,
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Probabilities ``{attr: (N, K) float32}`` for every item of ``loader`` (which must not shuffle)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {a.name: [] for a in taxonomy}
+    try:
+        for batch in loader:
+            x = prepare_batch(batch["image"].to(device, non_blocking=True), data_cfg, channels_last=channels_last)
+            probs = probabilities(model(x), taxonomy)
+            for k, v in probs.items():
+                out[k].append(v.cpu().numpy())
+            if on_batch is not None:
+                on_batch(len(x))
+    finally:
+        model.train(was_training)
+    return {
+        a.name: np.concatenate(v) if v else np.zeros((0, a.num_values), np.float32)
+        for a, v in zip(taxonomy, out.values(), strict=True)
+    }

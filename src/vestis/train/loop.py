@@ -1,0 +1,437 @@
+"""The training loop: data -> model -> named losses -> optimiser, with validation and checkpoints.
+
+The loop knows nothing about attributes: the model returns named logits, the loss returns a named
+dict, the loop sums and logs it. One function, :func:`train`, drives a run; the CLI and the tests call it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from vestis.config import Config
+from vestis.data.catalog import load_catalog
+from vestis.data.dataset import AttributeDataset
+from vestis.data.manifest import Manifest
+from vestis.data.splits import split_manifest
+from vestis.data.taxonomy import Taxonomy
+from vestis.data.transforms import BatchAugment, prepare_batch
+from vestis.data.validate import clean_catalog, validate_manifest
+from vestis.errors import VestisError
+from vestis.eval.evaluator import evaluate_predictions
+from vestis.eval.metrics import calibrate_thresholds
+from vestis.inference.batch import predict_loader
+from vestis.io import atomic_write_text
+from vestis.losses import MaskedMultiTaskLoss, class_weights
+from vestis.models import create_model
+from vestis.train.checkpoint import load_checkpoint, save_checkpoint
+from vestis.train.distributed import DistInfo, barrier, cleanup, init_distributed
+from vestis.train.optim import build_optimizer, build_scheduler
+
+__all__ = ["TrainResult", "train"]
+
+# settings that may change between a run and its --resume without changing what is computed
+_RESUMABLE = {"train.epochs", "train.patience", "train.max_steps", "train.log_every", "data.num_workers"}
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    last: Path
+    best: Path
+    best_metric: float | None
+    epochs_run: int
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    model: nn.Module | None = None  # the trained (unwrapped) model, last state
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check_resume_config(saved: dict[str, Any], cfg: Config, path: Path) -> None:
+    a, b = _flat(saved), _flat(cfg.to_dict())
+    diff = sorted(k for k in set(a) | set(b) if k not in _RESUMABLE and _norm(a.get(k)) != _norm(b.get(k)))
+    if diff:
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:8])
+        raise VestisError(f"{path}: cannot resume with a different configuration ({shown}); use a new --out")
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _prepare_data(
+    cfg: Config, data: Path, taxonomy_path: Path | None, skipped: Path | None, *, skip_invalid: bool, check_images: bool
+) -> tuple[dict[str, Manifest], Taxonomy]:
+    # every rank validates the same way, so every rank keeps the same rows
+    manifest, taxonomy = load_catalog(data, taxonomy_path)
+    problems = validate_manifest(manifest, taxonomy, check_images=check_images, max_pixels=cfg.data.max_pixels)
+    manifest = clean_catalog(manifest, taxonomy, problems, skip_invalid=skip_invalid, skipped_path=skipped)
+    splits = split_manifest(
+        manifest,
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.data.split_seed,
+    )
+    if not splits["train"].records:
+        raise VestisError(f"{data}: no training rows after splitting; add rows or set split=train on some")
+    return splits, taxonomy
+
+
+def _loader(ds: AttributeDataset, batch_size: int, workers: int, *, sampler=None, drop_last=False) -> DataLoader:
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def train(
+    cfg: Config,
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    taxonomy: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    skip_invalid: bool = False,
+    check_images: bool = True,
+    device: str | None = None,
+    progress: bool = True,
+    log: Any = print,
+) -> TrainResult:
+    """Train a model on a manifest and write ``last.ckpt`` / ``best.ckpt`` into ``out_dir``.
+
+    Args:
+        cfg: the run's configuration.
+        data: manifest path; the taxonomy defaults to ``taxonomy.yaml`` beside it.
+        out_dir: run directory.
+        resume: continue from ``out_dir/last.ckpt`` exactly (weights, optimiser, schedule, RNG, epoch).
+        skip_invalid: drop rows that fail validation (listed in ``out_dir/skipped_rows.csv``) instead of stopping.
+        check_images: decode every image once before training to find unreadable ones.
+        device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
+        progress: show a progress bar.
+        log: where one-line messages go.
+    """
+    out = Path(out_dir)
+    info = init_distributed(device)
+    try:
+        return _train(cfg, Path(data), out, info, taxonomy, resume, skip_invalid, check_images, progress, log)
+    finally:
+        cleanup(info)
+
+
+def _train(
+    cfg: Config,
+    data: Path,
+    out: Path,
+    info: DistInfo,
+    taxonomy_path: str | os.PathLike[str] | None,
+    resume: bool,
+    skip_invalid: bool,
+    check_images: bool,
+    progress: bool,
+    log: Any,
+) -> TrainResult:
+    tc, dc = cfg.train, cfg.data
+    dev = info.device
+    cuda = dev.type == "cuda"
+    main = info.is_main
+    say = log if main else (lambda *_: None)
+    last_path, best_path = out / "last.ckpt", out / "best.ckpt"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    saved = None
+    if resume:
+        if not last_path.is_file():
+            raise VestisError(f"{last_path}: nothing to resume (no last.ckpt in the run directory)")
+        saved = load_checkpoint(last_path)
+        _check_resume_config(saved["config"], cfg, last_path)
+        if saved.get("train_state") is None:
+            raise VestisError(f"{last_path}: checkpoint has no training state to resume from")
+    elif main and last_path.exists():
+        raise VestisError(f"{out}: already holds a run (last.ckpt); pass --resume to continue it or choose another --out")
+
+    _seed_all(tc.seed)
+    if tc.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+    splits, taxonomy = _prepare_data(
+        cfg,
+        data,
+        Path(taxonomy_path) if taxonomy_path else None,
+        out / "skipped_rows.csv" if main else None,
+        skip_invalid=skip_invalid,
+        check_images=check_images,
+    )
+    train_ds = AttributeDataset(splits["train"], taxonomy, dc)
+    val_ds = AttributeDataset(splits["val"], taxonomy, dc)
+    say(f"data: {len(train_ds)} train / {len(val_ds)} val / {len(splits['test'])} test rows, {len(taxonomy)} attributes")
+
+    # seeded per epoch (seed + epoch): the order of epoch e is the same with or without a resume before it
+    sampler = DistributedSampler(
+        train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=tc.seed, drop_last=False
+    )
+    per_rank = math.ceil(len(train_ds) / info.world_size)
+    train_loader = _loader(
+        train_ds, tc.batch_size, dc.num_workers, sampler=sampler, drop_last=per_rank > tc.batch_size
+    )
+    val_loader = _loader(val_ds, tc.batch_size, dc.num_workers)
+
+    model = create_model(cfg.model, taxonomy).to(dev)
+    channels_last = tc.channels_last and cuda
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    core = model
+    if info.enabled:
+        model = DistributedDataParallel(model, device_ids=[dev.index] if cuda else None)
+
+    weights = None
+    if tc.class_weights != "none":
+        enc = train_ds.encoded
+        weights = class_weights(taxonomy, enc.targets, enc.masks, tc.class_weights, tc.effective_beta)
+    loss_fn = MaskedMultiTaskLoss(
+        taxonomy, class_weights=weights, label_smoothing=tc.label_smoothing, task_weights=tc.task_weights
+    ).to(dev)
+    augment = BatchAugment(dc.augment).to(dev) if dc.augment.enabled else None
+    optimizer = build_optimizer(core, tc)
+    steps_per_epoch = math.ceil(len(train_loader) / tc.grad_accum)
+    scheduler = build_scheduler(optimizer, steps_per_epoch, tc)
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = tc.amp and cuda
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    start_epoch, step, best, bad_epochs, history = 0, 0, None, 0, []
+    if saved is not None:
+        core.load_state_dict(saved["model"])
+        ts = saved["train_state"]
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        scaler.load_state_dict(ts["scaler"])
+        start_epoch, step, best, bad_epochs = ts["epoch"] + 1, ts["step"], ts["best"], ts["bad_epochs"]
+        history = ts["history"]
+        _set_rng_state(ts["rng"][info.rank] if info.rank < len(ts["rng"]) else ts["rng"][0])
+        say(f"resumed from {last_path} at epoch {start_epoch + 1}")
+    elif info.rank:
+        torch.manual_seed(tc.seed + info.rank)  # different augmentations per rank; the weights come from rank 0
+
+    sign = 1.0 if tc.early_stop_mode == "max" else -1.0
+    stop = step >= tc.max_steps > 0 or start_epoch >= tc.epochs
+    epoch = start_epoch - 1
+    with _progress(progress and main) as bar:
+        for epoch in range(start_epoch, tc.epochs):
+            if stop:
+                break
+            sampler.set_epoch(epoch)
+            model.train()
+            task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=len(train_loader), info="")
+            sums: dict[str, float] = {}
+            n_batches, n_images, wait, t0 = 0, 0, 0.0, time.perf_counter()
+            t_fetch = time.perf_counter()
+            for i, batch in enumerate(train_loader):
+                wait += time.perf_counter() - t_fetch
+                x = prepare_batch(batch["image"].to(dev, non_blocking=True), dc, augment, channels_last=channels_last)
+                targets = {k: v.to(dev, non_blocking=True) for k, v in batch["targets"].items()}
+                masks = {k: v.to(dev, non_blocking=True) for k, v in batch["masks"].items()}
+                last_in_epoch = i + 1 == len(train_loader)
+                sync = (i + 1) % tc.grad_accum == 0 or last_in_epoch
+                ctx = model.no_sync() if info.enabled and not sync else nullcontext()
+                with ctx, torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                    losses = loss_fn(model(x), targets, masks)
+                    total = sum(losses.values())
+                    scaler.scale(total / tc.grad_accum).backward()
+                if sync:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    step += 1
+                if not torch.isfinite(total):
+                    raise VestisError(f"training diverged at epoch {epoch + 1}, step {step}: loss is {total.item()}")
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+                n_batches += 1
+                n_images += len(x)
+                if i % max(1, tc.log_every) == 0 or last_in_epoch:
+                    rate = n_images * info.world_size / max(1e-9, time.perf_counter() - t0)
+                    bar.update(task, info=f"loss {sums['loss'] / n_batches:.4f} | {rate:.0f} img/s")
+                bar.advance(task)
+                if step >= tc.max_steps > 0:
+                    stop = True
+                    break
+                t_fetch = time.perf_counter()
+            elapsed = time.perf_counter() - t0
+            _average_buffers(core, info)
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train": {k: v / max(1, n_batches) for k, v in sums.items()},
+                "images_per_s": n_images * info.world_size / max(1e-9, elapsed),
+                "data_wait_fraction": wait / max(1e-9, elapsed),
+            }
+
+            # validation on the main process; the others wait for the verdict
+            improved, metrics, thresholds = False, {}, {}
+            if main and len(val_ds):
+                probs = predict_loader(core, val_loader, dc, taxonomy, dev, channels_last=channels_last)
+                enc = val_ds.encoded
+                metrics = evaluate_predictions(taxonomy, probs, enc.targets, enc.masks, threshold=tc.threshold)
+                if tc.early_stop_metric not in metrics["summary"]:
+                    known = sorted(metrics["summary"])
+                    raise VestisError(f"train.early_stop_metric: {tc.early_stop_metric!r} is not one of {known}")
+                value = metrics["summary"][tc.early_stop_metric]  # None when no validation row is labelled
+                record["val"] = metrics["summary"]
+                if value is not None and (best is None or sign * value > sign * best):
+                    best, bad_epochs, improved = float(value), 0, True
+                    thresholds = {
+                        a.name: [float(t) for t in calibrate_thresholds(probs[a.name], _multi_hot(a, enc), enc.masks[a.name])]
+                        for a in taxonomy
+                    }
+                else:
+                    bad_epochs += 1
+                say(
+                    f"epoch {epoch + 1}: loss {record['train']['loss']:.4f}, "
+                    f"val {tc.early_stop_metric} {value if value is None else round(value, 4)}"
+                    f"{' (best)' if improved else ''}, "
+                    f"{record['images_per_s']:.0f} img/s"
+                )
+            elif main:
+                improved = True
+                say(f"epoch {epoch + 1}: loss {record['train']['loss']:.4f} (no validation rows)")
+            history.append(record)
+            if tc.patience and bad_epochs >= tc.patience:
+                stop = True
+                say(f"early stopping: {tc.early_stop_metric} did not improve for {tc.patience} epochs")
+            if info.enabled:
+                flag = [stop]
+                dist.broadcast_object_list(flag, src=0)
+                stop = flag[0]
+
+            rng = [_rng_state()]
+            if info.enabled:
+                gathered: list[Any] = [None] * info.world_size
+                dist.all_gather_object(gathered, rng[0])
+                rng = gathered
+            if main:
+                train_state = {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "best": best,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "rng": rng,
+                }
+                if improved:
+                    save_checkpoint(
+                        best_path, model=core, config=cfg, taxonomy=taxonomy, metrics=metrics,
+                        thresholds=thresholds, train_state=None,
+                    )
+                # last.ckpt after best.ckpt: a crash in between resumes into an epoch whose best is on disk
+                save_checkpoint(
+                    last_path, model=core, config=cfg, taxonomy=taxonomy, metrics=metrics, train_state=train_state
+                )
+                atomic_write_text(out / "history.json", json.dumps(history, indent=2))
+            barrier(info)
+    return TrainResult(
+        out_dir=out,
+        last=last_path,
+        best=best_path,
+        best_metric=best,
+        epochs_run=epoch + 1 - start_epoch if epoch >= start_epoch else 0,
+        steps=step,
+        history=history,
+        model=core,
+    )
+
+
+def _average_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Average float buffers (BatchNorm running stats) over ranks: DDP keeps parameters in step, but each
+    rank updates its running statistics from its own shard; after this every rank holds the same model."""
+    if not info.enabled:
+        return
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(info.world_size)
+
+
+def _multi_hot(attr, enc) -> np.ndarray:
+    """Single-label index targets as one-hot (missing rows: zeros), multi-label ones as they are."""
+    t = enc.targets[attr.name]
+    if attr.kind == "multi":
+        return t
+    out = np.zeros((len(t), attr.num_values), dtype=np.float32)
+    ok = t >= 0
+    out[np.flatnonzero(ok), t[ok]] = 1.0
+    return out

@@ -1,0 +1,40 @@
+"""Two CPU processes under torchrun (gloo): after a few DDP steps both ranks hold identical weights."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from vestis.config import load_config
+from vestis.data.synthetic import generate_catalog
+from vestis.data.taxonomy import load_taxonomy
+from vestis.models import create_model
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def test_two_ranks_end_with_identical_weights(tmp_path):
+    generate_catalog(tmp_path / "data", n=40, size=48, seed=0)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(WORKER), str(tmp_path / "data" / "manifest.csv"), str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0 = torch.load(out / "rank0.pt", weights_only=True)
+    w1 = torch.load(out / "rank1.pt", weights_only=True)
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    # the checkpoint (written by rank 0) holds those weights after exactly 3 optimiser steps
+    ckpt = torch.load(out / "last.ckpt", weights_only=False)
+    assert ckpt["train_state"]["step"] == 3
+    assert all(torch.equal(ckpt["model"][k], w0[k]) for k in w0)
+    # and the steps moved the weights away from the initial (seeded) model
+    torch.manual_seed(0)
+    fresh = create_model(load_config("tiny").model, load_taxonomy(tmp_path / "data" / "taxonomy.yaml")).state_dict()
+    assert any(not torch.equal(fresh[k], w0[k]) for k in w0 if w0[k].is_floating_point())
