@@ -22,7 +22,10 @@ from vestis.io import atomic_write_text
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 SHARED_DATA = ROOT.parent / "shared" / "data"
-HEADER = "# Benchmarks\n\nEvery section is written by a script under `bench/`; the command and the machine are given with it.\n"
+HEADER = (
+    "# Benchmarks\n\n"
+    "Every section is written by a script under `bench/`; the command and the machine are given with it.\n"
+)
 
 
 def machine() -> str:

@@ -23,7 +23,9 @@ def test_presets_load_and_paper_matches_defaults():
 
 
 def test_overrides_are_typed():
-    cfg = apply_overrides(Config(), ["train.lr=3e-4", "train.amp=false", "data.mean=[0.5,0.5,0.5]", "model.pretrained=null"])
+    cfg = apply_overrides(
+        Config(), ["train.lr=3e-4", "train.amp=false", "data.mean=[0.5,0.5,0.5]", "model.pretrained=null"]
+    )
     assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
     assert cfg.train.amp is False
     assert cfg.data.mean == (0.5, 0.5, 0.5)

@@ -66,7 +66,7 @@ def test_resume_continues_exactly(catalog, tmp_path):
 
 def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_an_old_dir(catalog, tmp_path):
     train(_cfg("train.epochs=1", "train.max_steps=1"), catalog, tmp_path / "r", **QUIET)
-    with pytest.raises(VestisError, match="different configuration.*train.lr"):
+    with pytest.raises(VestisError, match=r"different configuration.*train\.lr"):
         train(_cfg("train.epochs=2", "train.lr=0.5"), catalog, tmp_path / "r", resume=True, **QUIET)
     with pytest.raises(VestisError, match="already holds a run"):
         train(_cfg(), catalog, tmp_path / "r", **QUIET)

@@ -13,9 +13,13 @@ from vestis.cli._app import TaxonomyOpt, command, echo
 @command("train")
 def train_cmd(
     data: Annotated[Path, typer.Option("--data", "-d", help="Manifest (CSV, JSONL or Parquet).")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides: train.lr=1e-4 model.dropout=0.1")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Config overrides: train.lr=1e-4 model.dropout=0.1")
+    ] = None,
     taxonomy: TaxonomyOpt = None,
-    config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, paper, tiny) or YAML.")] = "default",
+    config: Annotated[
+        str, typer.Option("--config", "-c", help="Preset name (default, paper, tiny) or YAML.")
+    ] = "default",
     model: Annotated[str | None, typer.Option("--model", help="Model name (baseline, a1..a4).")] = None,
     backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name (see `vestis models`).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
@@ -40,9 +44,7 @@ def train_cmd(
     extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(config, [*(overrides or []), *extra])
     echo(f"model {cfg.model.name} on {cfg.model.backbone}, {cfg.data.image_size}px, {cfg.train.epochs} epochs -> {out}")
-    result = train(
-        cfg, data, out, taxonomy=taxonomy, resume=resume, skip_invalid=skip_invalid, device=device, log=echo
-    )
+    result = train(cfg, data, out, taxonomy=taxonomy, resume=resume, skip_invalid=skip_invalid, device=device, log=echo)
     if result.best.exists():
         echo(f"best: {result.best} ({cfg.train.early_stop_metric} = {result.best_metric})")
     echo(f"last: {result.last}")

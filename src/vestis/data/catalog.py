@@ -20,7 +20,9 @@ def resolve_taxonomy_path(manifest: str | os.PathLike[str], taxonomy: str | os.P
         return Path(taxonomy)
     path = Path(manifest).parent / TAXONOMY_FILENAME
     if not path.is_file():
-        raise VestisError(f"{manifest}: no taxonomy given and no {TAXONOMY_FILENAME} beside the manifest; pass --taxonomy")
+        raise VestisError(
+            f"{manifest}: no taxonomy given and no {TAXONOMY_FILENAME} beside the manifest; pass --taxonomy"
+        )
     return path
 
 

@@ -24,7 +24,7 @@ Validation collects every problem and reports each as ``file:line: field: what w
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -204,7 +204,11 @@ class Taxonomy:
             clean: list[str] = []
             for j, v in enumerate(values):
                 if isinstance(v, bool) or not isinstance(v, str | int | float):
-                    hint = " (YAML reads unquoted yes/no/on/off as booleans: quote the value)" if isinstance(v, bool) else ""
+                    hint = (
+                        " (YAML reads unquoted yes/no/on/off as booleans: quote the value)"
+                        if isinstance(v, bool)
+                        else ""
+                    )
                     bad(f"{p}.values[{j}]", f"expected a string, got {type(v).__name__}{hint}")
                     continue
                 clean.append(str(v))

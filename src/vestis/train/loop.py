@@ -214,7 +214,9 @@ def _train(
         if saved.get("train_state") is None:
             raise VestisError(f"{last_path}: checkpoint has no training state to resume from")
     elif main and last_path.exists():
-        raise VestisError(f"{out}: already holds a run (last.ckpt); pass --resume to continue it or choose another --out")
+        raise VestisError(
+            f"{out}: already holds a run (last.ckpt); pass --resume to continue it or choose another --out"
+        )
 
     _seed_all(tc.seed)
     if tc.deterministic:
@@ -232,16 +234,16 @@ def _train(
     )
     train_ds = AttributeDataset(splits["train"], taxonomy, dc)
     val_ds = AttributeDataset(splits["val"], taxonomy, dc)
-    say(f"data: {len(train_ds)} train / {len(val_ds)} val / {len(splits['test'])} test rows, {len(taxonomy)} attributes")
+    say(
+        f"data: {len(train_ds)} train / {len(val_ds)} val / {len(splits['test'])} test rows, {len(taxonomy)} attributes"
+    )
 
     # seeded per epoch (seed + epoch): the order of epoch e is the same with or without a resume before it
     sampler = DistributedSampler(
         train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=tc.seed, drop_last=False
     )
     per_rank = math.ceil(len(train_ds) / info.world_size)
-    train_loader = _loader(
-        train_ds, tc.batch_size, dc.num_workers, sampler=sampler, drop_last=per_rank > tc.batch_size
-    )
+    train_loader = _loader(train_ds, tc.batch_size, dc.num_workers, sampler=sampler, drop_last=per_rank > tc.batch_size)
     val_loader = _loader(val_ds, tc.batch_size, dc.num_workers)
 
     model = create_model(cfg.model, taxonomy).to(dev)
@@ -352,7 +354,9 @@ def _train(
                 if value is not None and (best is None or sign * value > sign * best):
                     best, bad_epochs, improved = float(value), 0, True
                     thresholds = {
-                        a.name: [float(t) for t in calibrate_thresholds(probs[a.name], _multi_hot(a, enc), enc.masks[a.name])]
+                        a.name: [
+                            float(t) for t in calibrate_thresholds(probs[a.name], _multi_hot(a, enc), enc.masks[a.name])
+                        ]
                         for a in taxonomy
                     }
                 else:
@@ -394,8 +398,13 @@ def _train(
                 }
                 if improved:
                     save_checkpoint(
-                        best_path, model=core, config=cfg, taxonomy=taxonomy, metrics=metrics,
-                        thresholds=thresholds, train_state=None,
+                        best_path,
+                        model=core,
+                        config=cfg,
+                        taxonomy=taxonomy,
+                        metrics=metrics,
+                        thresholds=thresholds,
+                        train_state=None,
                     )
                 # last.ckpt after best.ckpt: a crash in between resumes into an epoch whose best is on disk
                 save_checkpoint(
