@@ -108,3 +108,17 @@ def test_cli_train_then_evaluate(catalog, tmp_path):
     assert "mean micro-F1" in res.output and (tmp_path / "rep" / "report.html").is_file()
     res = runner.invoke(vestis.cli.app, ["train", "--data", str(catalog), "--out", str(run), "--config", "tiny"])
     assert res.exit_code == 1 and "already holds a run" in res.output
+
+
+def test_early_stopping_and_gradient_accumulation(catalog, tmp_path):
+    # lr 0: only the BatchNorm statistics move, the metric settles and patience 2 ends the run early
+    result = train(_cfg("train.epochs=10", "train.lr=0", "train.patience=2"), catalog, tmp_path / "es", **QUIET)
+    vals = [h["val"]["mean_micro_f1"] for h in result.history]
+    assert len(vals) < 10
+    best = vals.index(max(vals))
+    assert len(vals) == best + 1 + 2  # stopped exactly 2 epochs without improvement after the best
+    assert result.best_metric == vals[best]
+    # 64 rows -> about 51 train rows -> 6 full batches of 8 per epoch (drop_last); accumulating 4 -> 2 steps
+    one = train(_cfg("train.epochs=1"), catalog, tmp_path / "a1", **QUIET)
+    acc = train(_cfg("train.epochs=1", "train.grad_accum=4"), catalog, tmp_path / "a4", **QUIET)
+    assert acc.steps == -(-one.steps // 4)
