@@ -6,14 +6,18 @@ rewrites only that section, with the command that produced it and the machine it
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,3 +78,46 @@ def write_section(name: str, title: str, body: str, *, doc: Path = DOC) -> Path:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     atomic_write_text(doc, text)
     return doc
+
+
+def train_and_evaluate(
+    name: str, overrides: list[str], manifest: Path, work: Path, *, preset: str = "default"
+) -> dict[str, Any]:
+    """Train ``preset`` + ``overrides`` on ``manifest`` in ``work/name`` and evaluate the test split.
+
+    The result (per-attribute metrics, summary, timings) is cached in ``work/name/result.json``: a rerun of a
+    benchmark skips what is already measured.
+    """
+    from vestis.config import load_config
+    from vestis.eval.run import evaluate_checkpoint
+    from vestis.train.loop import train
+
+    run = work / name
+    cached = run / "result.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    cfg = load_config(preset, overrides)
+    if (run / "last.ckpt").is_file():
+        shutil.rmtree(run)  # an interrupted run: start it again rather than mix budgets
+    t0 = time.perf_counter()
+    result = train(cfg, manifest, run, check_images=False, log=lambda msg: print(f"[{name}] {msg}", flush=True))
+    train_s = time.perf_counter() - t0
+    ev = evaluate_checkpoint(result.best, manifest, run / "report", split="test")
+    out = {
+        "name": name,
+        "overrides": overrides,
+        "model": cfg.model.name,
+        "backbone": cfg.model.backbone,
+        "epochs": len(result.history),
+        "train_seconds": train_s,
+        "images_per_s": sum(h["images_per_s"] for h in result.history) / max(1, len(result.history)),
+        "attributes": ev.metrics["attributes"],
+        "summary": ev.metrics["summary"],
+        "num_test": ev.num_items,
+    }
+    atomic_write_text(cached, json.dumps(out, indent=2))
+    return out
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
