@@ -59,11 +59,13 @@ def majority_metrics(manifest_path: Path) -> dict[str, Any]:
 
 def best_variant(ablation_dir: Path) -> str | None:
     """The multi-scale variant (a1-a4) with the best mean micro-F1 in a finished synthetic ablation, if any."""
-    scores = {}
+    scores: dict[str, list[float]] = {}
     for f in ablation_dir.glob("a?-s*/result.json"):
         r = json.loads(f.read_text())
         scores.setdefault(r["model"], []).append(r["summary"]["mean_micro_f1"])
-    return max(scores, key=lambda v: sum(scores[v]) / len(scores[v])) if scores else None
+    if set(scores) != {"a1", "a2", "a3", "a4"}:
+        return None  # not finished: no claim about which is best
+    return max(scores, key=lambda v: sum(scores[v]) / len(scores[v]))
 
 
 def table(rows: list[tuple[str, dict[str, Any]]], attrs: list[str]) -> str:
