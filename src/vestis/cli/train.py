@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -43,8 +44,13 @@ def train_cmd(
     }
     extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(config, [*(overrides or []), *extra])
-    echo(f"model {cfg.model.name} on {cfg.model.backbone}, {cfg.data.image_size}px, {cfg.train.epochs} epochs -> {out}")
-    result = train(cfg, data, out, taxonomy=taxonomy, resume=resume, skip_invalid=skip_invalid, device=device, log=echo)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only the first process reports
+    say = echo if main_process else (lambda *_: None)
+    say(f"model {cfg.model.name} on {cfg.model.backbone}, {cfg.data.image_size}px, {cfg.train.epochs} epochs -> {out}")
+    result = train(
+        cfg, data, out, taxonomy=taxonomy, resume=resume, skip_invalid=skip_invalid, device=device,
+        progress=main_process, log=say,
+    )  # fmt: skip
     if result.best.exists():
-        echo(f"best: {result.best} ({cfg.train.early_stop_metric} = {result.best_metric})")
-    echo(f"last: {result.last}")
+        say(f"best: {result.best} ({cfg.train.early_stop_metric} = {result.best_metric})")
+    say(f"last: {result.last}")
