@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections import Counter, defaultdict
 from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from vestis.data.synthetic import (
     sample_scene,
     synthetic_taxonomy,
 )
-from vestis.data.taxonomy import load_taxonomy
+from vestis.data.taxonomy import load_taxonomy, save_taxonomy
 from vestis.errors import VestisError
 
 TAX = synthetic_taxonomy()
@@ -62,8 +62,6 @@ def test_taxonomy_structure_and_roundtrip(tmp_path):
     assert set(TAX["length"].applies_to) <= set(HIERARCHY["lower body"]) | set(HIERARCHY["full body"])
     assert not set(TAX["pattern"].applies_to) & set(HIERARCHY["footwear"])
     save = tmp_path / "t.yaml"
-    from vestis.data.taxonomy import save_taxonomy
-
     save_taxonomy(TAX, save)
     assert load_taxonomy(save).to_dict() == TAX.to_dict()
 
@@ -198,6 +196,16 @@ def test_imbalance_is_a_zipf_law_over_the_value_order():
     assert abs(top_share(0.0) - 1 / k) < 0.07  # balanced: 0.09, standard error 0.023
 
 
+def test_variant_colours_stay_distinct_under_extreme_imbalance():
+    items = plan_catalog(SynthOptions(n=60, imbalance=10.0, max_variants=10))
+    groups: dict[str, list[str]] = defaultdict(list)
+    for i in items:
+        groups[i.group].append(i.garment.colour)
+    assert all(len(set(c)) == len(c) for c in groups.values())
+    # the first colour of every group is the most common one: 1 / 2**10 of the mass goes elsewhere
+    assert sum(c[0] == TAX["colour"].values[0] for c in groups.values()) >= len(groups) - 1
+
+
 def test_occasion_rules_on_hand_made_designs():
     shirt = Garment("shirt", "navy", pattern="solid", neckline="collar", sleeve="long", closure="buttons", pocket="no")
     assert occasion_of(shirt) == ("formal",)
@@ -303,8 +311,7 @@ def test_scene_boxes_are_tight_around_each_drawn_garment(index):
         # ...and the box is no larger than the drawing (a pixel of slack for edges blended to near zero)
         assert xs.min() - x <= 1 and x + w - 1 - xs.max() <= 1 and ys.min() - y <= 1 and y + h - 1 - ys.max() <= 1
     # garments never overlap
-    for i, (a, b) in enumerate(itertools.pairwise(boxes)):
-        del i
+    for a, b in combinations(boxes, 2):
         assert a[0] + a[2] <= b[0] or b[0] + b[2] <= a[0] or a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1]
 
 
@@ -336,7 +343,8 @@ def test_scene_annotations_are_coco(tmp_path):
         ({"size": 16}, "size: expected an integer >= 32, got 16"),
         ({"missing_rate": 1.5}, "missing_rate: expected a probability between 0 and 1, got 1.5"),
         ({"label_noise": -0.1}, "label_noise: expected a probability between 0 and 1, got -0.1"),
-        ({"imbalance": -1.0}, "imbalance: expected a Zipf exponent >= 0, got -1.0"),
+        ({"imbalance": -1.0}, "imbalance: expected a Zipf exponent between 0 and 10, got -1.0"),
+        ({"max_variants": 11}, "max_variants: expected at most 10 .the number of colours., got 11"),
         ({"image_format": "gif"}, "image_format: expected 'jpg' or 'png', got 'gif'"),
         ({"workers": 0}, "workers: expected a positive integer, got 0"),
     ],

@@ -16,8 +16,9 @@ is known exactly:
 Items come as colour variants of one product (same design, another colour; a shared ``group``), each shot
 with its own pose, background, lighting and occasional occlusion. The manifest may hold label noise, missing
 labels and Zipf-imbalanced values (:class:`SynthOptions`); ``ground_truth.csv`` beside it holds the clean,
-complete labels of the same images. Titles are weak labels built from the clean labels with synonyms,
-omissions, typos and marketing words.
+complete labels of the same images. The category is never dropped nor corrupted: it decides which attributes
+apply, and a catalog always files a product somewhere. A noisy value is another value allowed for the category.
+Titles are weak labels built from the clean labels with synonyms, omissions, typos and marketing words.
 
 Random streams: designs, label noise, missing labels and titles each come from their own stream of the
 seed, and every image from a stream seeded by ``(seed, index)``. So the output does not depend on the number
@@ -44,7 +45,7 @@ import multiprocessing
 import os
 import random
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from itertools import accumulate
@@ -108,23 +109,21 @@ _OCCASIONS = ("casual", "formal", "sport", "party")
 # name, kind, values, applies_to, roi, description
 _ATTRIBUTES: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...] | None, str, str], ...] = (
     ("category", "single", _CATEGORIES, None, "large", "garment type: the silhouette"),
-    ("colour", "single", tuple(_PALETTE), None, "large", "dominant colour; pattern ink is a tint of it"),
-    ("pattern", "single", ("solid", "striped", "checked", "dotted", "floral"), _GARMENTS, "large", "print"),
-    ("length", "single", ("long", "knee", "short"), ("trousers", "skirt", "dress", "jumpsuit"), "large", "hem"),
+    ("colour", "single", tuple(_PALETTE), None, "large", "dominant colour; the pattern ink is a tint of it"),
+    ("pattern", "single", ("solid", "striped", "checked", "dotted", "floral"), _GARMENTS, "large",
+     "print over the whole garment"),
+    ("length", "single", ("long", "knee", "short"), ("trousers", "skirt", "dress", "jumpsuit"), "large",
+     "where the hem falls: the proportions of the whole garment (trousers: long or knee)"),
     ("neckline", "single", ("round", "v", "collar", "square"), _TOPS, "small", "shape of the neck opening"),
-    ("sleeve", "single", ("short", "long", "sleeveless"), _TOPS, "small", "sleeve length"),
-    (
-        "closure",
-        "single",
-        ("none", "buttons", "zip"),
-        ("shirt", "sweater", "trousers", "shorts", "dress", "jumpsuit"),
-        "small",
-        "front fastening along the centre line (a drawstring when none on trousers and shorts)",
-    ),
-    ("pocket", "single", ("no", "yes"), _GARMENTS, "small", "one patch pocket"),
-    ("logo", "single", ("none", "star", "diamond", "cross"), ("t-shirt", "shirt", "sweater", "sneaker"), "small", ""),
+    ("sleeve", "single", ("short", "long", "sleeveless"), _TOPS, "small",
+     "sleeve length; the largest of the small cues (4-11 % of the image between short and long)"),
+    ("closure", "single", ("none", "buttons", "zip"), ("shirt", "sweater", "trousers", "shorts", "dress", "jumpsuit"),
+     "small", "front fastening along the centre line (a drawstring when none on trousers and shorts)"),
+    ("pocket", "single", ("no", "yes"), _GARMENTS, "small", "one patch pocket on the chest, hip or thigh"),
+    ("logo", "single", ("none", "star", "diamond", "cross"), ("t-shirt", "shirt", "sweater", "sneaker"), "small",
+     "a small glyph on the chest or on the side of the shoe"),
     ("occasion", "multi", _OCCASIONS, None, "large", "rules on visible cues (vestis.data.synthetic.occasion_of)"),
-)
+)  # fmt: skip
 _NAMES = tuple(a[0] for a in _ATTRIBUTES)
 # Per-category allowed values and their frequency order, where they differ from the taxonomy's.
 _VALUE_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
@@ -196,14 +195,20 @@ class SynthOptions:
                 raise bad(name, "an integer >= 32" if name == "size" else "a positive integer")
         if self.size > 2048:
             raise bad("size", "at most 2048 pixels")
+        if self.max_variants > len(_PALETTE):
+            raise bad("max_variants", f"at most {len(_PALETTE)} (the number of colours)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", "a non-negative integer")
         for name in ("label_noise", "missing_rate", "clutter", "occlusion", "lighting", "occasion_flip", "title_typos"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise bad(name, "a probability between 0 and 1")
-        if isinstance(self.imbalance, bool) or not isinstance(self.imbalance, int | float) or not self.imbalance >= 0:
-            raise bad("imbalance", "a Zipf exponent >= 0")
+        if (
+            isinstance(self.imbalance, bool)
+            or not isinstance(self.imbalance, int | float)
+            or not 0 <= self.imbalance <= 10
+        ):
+            raise bad("imbalance", "a Zipf exponent between 0 and 10")
         if not 0 <= self.max_rotation <= 45:
             raise bad("max_rotation", "degrees between 0 and 45")
         for name in ("scene_count", "workers"):
@@ -389,11 +394,13 @@ def _sample_design(rng: random.Random, opts: SynthOptions, categories: Sequence[
 
 
 def _variant_colours(rng: random.Random, k: int, a: float) -> list[str]:
+    """``k`` distinct colours, drawn one after the other without replacement, with Zipf weights by rank."""
+    left = list(_ATTRIBUTES[1][2])
     colours: list[str] = []
-    while len(colours) < k:
-        c = _pick(rng, _ATTRIBUTES[1][2], a)
-        if c not in colours:
-            colours.append(c)
+    for _ in range(k):
+        weights = list(accumulate((_ATTRIBUTES[1][2].index(c) + 1) ** -a for c in left))
+        j = min(bisect_right(weights, rng.random() * weights[-1]), len(left) - 1)
+        colours.append(left.pop(j))
     return colours
 
 
@@ -491,7 +498,7 @@ def _title(rng: random.Random, g: Garment, typos: float) -> str:
 def _observe(
     g: Garment, u_miss: np.ndarray, u_noise: np.ndarray, u_pick: np.ndarray, opts: SynthOptions
 ) -> dict[str, tuple[str, ...]]:
-    """The labels a catalog would hold for ``g``: missing and wrong ones, never the category (see module doc).
+    """The labels a catalog would hold for ``g``: some missing, some wrong, the category always right.
 
     ``u_*`` are uniforms, one per attribute, drawn whatever the rates so that the rates do not shift streams.
     """
@@ -557,7 +564,6 @@ def plan_catalog(opts: SynthOptions) -> list[CatalogItem]:
     title_rng = random.Random(f"vestis-title:{opts.seed}")
     k = len(_NAMES)
     label_rng = np.random.default_rng([opts.seed, 2])
-    u_miss, u_noise, u_pick = label_rng.random((3, opts.n, k))  # (3, n, attributes)
     width = max(6, len(str(opts.n - 1)))
     items: list[CatalogItem] = []
     group = 0
@@ -575,7 +581,7 @@ def plan_catalog(opts: SynthOptions) -> list[CatalogItem]:
                     id=f"{i:0{width}d}",
                     group=f"g{group:0{width}d}",
                     garment=g,
-                    labels=_observe(g, u_miss[i], u_noise[i], u_pick[i], opts),
+                    labels=_observe(g, *label_rng.random((3, k)), opts),  # missing, noise, pick: (3, attributes)
                     title=_title(title_rng, g, opts.title_typos),
                     params=_sample_params(opts.seed, i, opts),
                 )
@@ -1156,23 +1162,20 @@ def _run_all(
     total = len(tasks)
     if progress:
         progress(0, total)
-    if workers <= 1:
-        results: Any = map(_run_task, tasks)
-        pool = None
-    else:
-        # spawn, not fork: the caller may hold threads (torch) that a forked child would inherit half-locked
-        pool = multiprocessing.get_context("spawn").Pool(workers)
-        results = pool.imap_unordered(_run_task, tasks, chunksize=max(1, min(32, total // (workers * 8))))
-    try:
+
+    def collect(results: Iterable[tuple[str, int, Any]]) -> None:
         for done, (kind, index, out) in enumerate(results, start=1):
             if kind == "scene":
                 scene_out[index] = out
             if progress:
                 progress(done, total)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+
+    if workers <= 1:
+        collect(map(_run_task, tasks))
+    else:
+        # spawn, not fork: the caller may hold threads (torch) that a forked child would inherit half-locked
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            collect(pool.imap_unordered(_run_task, tasks, chunksize=max(1, min(32, total // (workers * 8)))))
     return scene_out
 
 
@@ -1240,9 +1243,8 @@ def generate_catalog(
             "background": "cluttered" if it.params.cluttered else "plain",
             "occluded": "yes" if it.params.occlusion else "no",
         }
-        common = {"id": it.id, "image": f"images/{it.id}.{ext}", "group": it.group, "title": it.title, "meta": m}
-        observed.append(Record(labels=dict(it.labels), **common))  # type: ignore[arg-type]
-        truth.append(Record(labels=it.garment.labels(), **common))  # type: ignore[arg-type]
+        for rows, labels in ((observed, dict(it.labels)), (truth, it.garment.labels())):
+            rows.append(Record(it.id, f"images/{it.id}.{ext}", labels, group=it.group, title=it.title, meta=m))
     manifest_path = write_manifest(Manifest(observed, list(taxonomy.names), meta, out), out / "manifest.csv")
     truth_path = write_manifest(Manifest(truth, list(taxonomy.names), meta, out), out / "ground_truth.csv")
     taxonomy_path = save_taxonomy(taxonomy, out / "taxonomy.yaml")
