@@ -95,7 +95,11 @@ def train_and_evaluate(
     run = work / name
     cached = run / "result.json"
     if cached.is_file():
-        return json.loads(cached.read_text())
+        old = json.loads(cached.read_text())
+        if old.get("overrides") == overrides and old.get("preset", preset) == preset:
+            return old
+        print(f"[{name}] cached result in {run} was made with other settings: training again", flush=True)
+        shutil.rmtree(run)
     cfg = load_config(preset, overrides)
     if (run / "last.ckpt").is_file():
         shutil.rmtree(run)  # an interrupted run: start it again rather than mix budgets
@@ -105,7 +109,13 @@ def train_and_evaluate(
     ev = evaluate_checkpoint(result.best, manifest, run / "report", split="test")
     out = {
         "name": name,
+        "preset": preset,
         "overrides": overrides,
+        "split": {
+            "val_fraction": cfg.data.val_fraction,
+            "test_fraction": cfg.data.test_fraction,
+            "split_seed": cfg.data.split_seed,
+        },
         "model": cfg.model.name,
         "backbone": cfg.model.backbone,
         "epochs": len(result.history),

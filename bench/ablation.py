@@ -53,9 +53,12 @@ def _averager(runs: list[dict[str, Any]]):
     return mean
 
 
-def table(results: dict[str, list[dict[str, Any]]], small: list[str], large: list[str]) -> str:
-    """Markdown: one row per variant, per-attribute micro-F1 (mean over seeds), group means."""
-    head = ["variant", *small, "**small mean**", *large, "**large mean**", "**all**", "all, calibrated"]
+def table(results: dict[str, list[dict[str, Any]]], small: list[str], large: list[str], other: list[str]) -> str:
+    """Markdown: one row per variant, per-attribute micro-F1 (mean over seeds), group means.
+
+    Attributes without an ROI hint (``other``) count only in the overall mean.
+    """
+    head = ["variant", *small, "**small mean**", *large, "**large mean**", *other, "**all**", "all, calibrated"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, runs in results.items():
         mean = _averager(runs)
@@ -64,6 +67,7 @@ def table(results: dict[str, list[dict[str, Any]]], small: list[str], large: lis
         cells.append(f"**{fmt(mean(lambda r: r['summary']['mean_micro_f1_small_roi']))}**")
         cells += [fmt(mean(lambda r, a=a: r["attributes"][a]["micro_f1"])) for a in large]
         cells.append(f"**{fmt(mean(lambda r: r['summary']['mean_micro_f1_large_roi']))}**")
+        cells += [fmt(mean(lambda r, a=a: r["attributes"][a]["micro_f1"])) for a in other]
         cells.append(f"**{fmt(mean(lambda r: r['summary']['mean_micro_f1']))}**")
         cells.append(fmt(mean(lambda r: r["summary"].get("mean_micro_f1_calibrated"))))
         lines.append("| " + " | ".join(cells) + " |")
@@ -77,24 +81,18 @@ def discussion(results: dict[str, list[dict[str, Any]]]) -> str:
         vals = [r["summary"][key] for r in results.get(variant, []) if r["summary"][key] is not None]
         return sum(vals) / len(vals) if vals else None
 
-    if "baseline" not in results:
+    def gain(v: str, key: str) -> float | None:
+        a, b = group(v, key), group("baseline", key)
+        return None if a is None or b is None else a - b
+
+    others = [v for v in results if v != "baseline"]
+    if "baseline" not in results or not others:
         return ""
-    out = []
-    for v in results:
-        if v == "baseline":
-            continue
-        ds = [group(v, k) - group("baseline", k) for k in ("mean_micro_f1_small_roi", "mean_micro_f1_large_roi")]
-        out.append(f"`{v}` − `baseline`: small-ROI {ds[0]:+.3f}, large-ROI {ds[1]:+.3f}")
-    gains = {
-        v: group(v, "mean_micro_f1_small_roi") - group("baseline", "mean_micro_f1_small_roi")
-        for v in results
-        if v != "baseline"
-    }
-    large = {
-        v: group(v, "mean_micro_f1_large_roi") - group("baseline", "mean_micro_f1_large_roi")
-        for v in results
-        if v != "baseline"
-    }
+    gains = {v: gain(v, "mean_micro_f1_small_roi") for v in others}
+    large = {v: gain(v, "mean_micro_f1_large_roi") for v in others}
+    if any(x is None for x in [*gains.values(), *large.values()]):
+        return "The taxonomy lacks small-ROI or large-ROI attributes: no comparison by ROI."
+    out = [f"`{v}` − `baseline`: small-ROI {gains[v]:+.3f}, large-ROI {large[v]:+.3f}" for v in others]
     more = [v for v in gains if gains[v] > large[v]]
     verdict = (
         f"The gain over the baseline is larger on small-ROI than on large-ROI attributes for {len(more)} of "
@@ -130,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
             ]
             results.setdefault(variant, []).append(train_and_evaluate(f"{variant}-s{seed}", overrides, manifest, work))
     small = [x.name for x in taxonomy if x.roi == "small"]
-    large = [x.name for x in taxonomy if x.roi != "small"]
+    large = [x.name for x in taxonomy if x.roi == "large"]
+    other = [x.name for x in taxonomy if x.roi is None]
     r0 = next(iter(results.values()))[0]
     body = (
         f"Data: `{a.data}` ({manifest.parent.name}), test split of {r0['num_test']} items. Backbone "
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         f"threshold 0.3 (the paper's metric), mean over seeds. Training time per variant: "
         + ", ".join(f"`{v}` {sum(r['train_seconds'] for r in rs) / len(rs) / 60:.1f} min" for v, rs in results.items())
         + ".\n\n"
-        + table(results, small, large)
+        + table(results, small, large, other)
         + "\n\n"
         + discussion(results)
         + (

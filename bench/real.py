@@ -33,12 +33,16 @@ from vestis.eval.evaluator import evaluate_predictions
 BUDGETS = {"fashion-product": 6, "clothing-attributes": 15}  # epochs: each dataset within ~30 min on 2 cores
 
 
-def majority_metrics(manifest_path: Path) -> dict[str, Any]:
-    """Evaluate the majority-value predictor on the test split, with the same split and evaluator as the models."""
+def majority_metrics(manifest_path: Path, split: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the majority-value predictor on the test split, with the same split and evaluator as the models.
+
+    Args:
+        manifest_path: the catalog.
+        split: the trained run's split settings (``val_fraction``, ``test_fraction``, ``split_seed``).
+    """
     manifest, taxonomy = load_catalog(manifest_path)
-    data = load_config("default").data
     parts = split_manifest(
-        manifest, val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=data.split_seed
+        manifest, val_fraction=split["val_fraction"], test_fraction=split["test_fraction"], seed=split["split_seed"]
     )
     train_enc = encode_targets(parts["train"].records, taxonomy)
     test_enc = encode_targets(parts["test"].records, taxonomy)
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             variant, from_ablation = "baseline", None  # the default is the best multi-scale variant: contrast it
         runs.append((f"`{variant}`", train_and_evaluate(variant, [f"model.name={variant}", *common], manifest, work)))
         _, taxonomy = load_catalog(manifest)
-        rows = [("majority value (reference)", majority_metrics(manifest))]
+        rows = [("majority value (reference)", majority_metrics(manifest, runs[0][1]["split"]))]
         rows += [(label, {"attributes": r["attributes"], "summary": r["summary"]}) for label, r in runs]
         minutes = ", ".join(f"{label} {r['train_seconds'] / 60:.1f} min" for label, r in runs)
         body = (
