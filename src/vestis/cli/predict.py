@@ -1,0 +1,39 @@
+"""``vestis predict``: tag a catalog (folder, manifest or images) into JSONL, CSV or Parquet, resumably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vestis.cli._app import command, echo
+
+
+@command("predict")
+def predict_cmd(
+    model: Annotated[Path, typer.Argument(help="A checkpoint or an ONNX file from `vestis export`.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image folder(s), manifest(s) or image files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .jsonl, .csv or .parquet.")],
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=0, help="Decoding processes.")] = 2,
+    engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
+    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
+    calibrated: Annotated[
+        bool, typer.Option("--calibrated/--no-calibrated", help="Use the model's calibrated thresholds.")
+    ] = True,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard earlier results in --out.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Predict the attributes of every image; a rerun after a crash continues where it stopped."""
+    from vestis.inference.tagging import tag_catalog
+
+    r = tag_catalog(
+        model, inputs, out, batch_size=batch_size, workers=workers, engine=engine, device=device,
+        calibrated=calibrated, restart=restart, progress=progress,
+    )  # fmt: skip
+    if r.done_before:
+        echo(f"{r.done_before} of {r.total} images were already done")
+    echo(f"{r.predicted} predicted, {r.errors} unreadable, {r.images_per_s:.1f} images/s; wrote {r.out}")
+    if r.extra_rows:
+        echo(f"note: {r.extra_rows} row(s) in {r.out} are not in this input (kept)")

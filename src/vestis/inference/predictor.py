@@ -1,0 +1,448 @@
+"""The predictor shared by ``vestis predict`` and the HTTP service: images in, catalog attributes out.
+
+A :class:`Predictor` is built from a checkpoint (PyTorch backend) or from an ONNX file written by
+``vestis export`` (ONNX Runtime backend); both carry the taxonomy, the preprocessing and the calibrated
+thresholds, and both run the same graph (:class:`~vestis.inference.export.InferenceModule`)::
+
+    p = Predictor.from_path("best.ckpt")           # or "model.onnx"
+    p.predict([Image.open("shirt.jpg")])
+    # [{"category": {"value": "shirt", "score": 0.91, "scores": {"t-shirt": 0.05, "shirt": 0.91, ...}},
+    #   "occasion": {"values": ["casual"], "scores": {"casual": 0.82, "formal": 0.11, ...}}, ...}]
+
+The work is split in stages so callers can run them where they fit (decoding in worker processes,
+batching across requests): :meth:`Predictor.preprocess` (PIL images -> ``uint8`` ``(B, 3, S, S)``),
+:meth:`Predictor.predict_arrays` (batch -> probabilities per attribute) and :meth:`Predictor.decode`
+(probabilities -> per-image results). In a result, a single-label attribute gives its argmax ``value``,
+that value's ``score`` and every value's ``scores``; a multi-label attribute gives the ``values`` whose
+score reaches the threshold (highest score first) and ``scores``. The threshold is the checkpoint's
+calibrated per-value threshold when it has one and ``calibrated=True``, else :data:`DEFAULT_THRESHOLD`.
+Attributes that do not apply to the predicted category (``applies_to`` in the taxonomy) are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from vestis.data.images import DEFAULT_MAX_PIXELS
+from vestis.data.taxonomy import Taxonomy
+from vestis.data.transforms import letterbox
+from vestis.errors import VestisError
+from vestis.eval.metrics import DEFAULT_THRESHOLD
+from vestis.inference.export import HEATMAP_OUTPUT, INPUT_NAME, ONNX_FORMAT, ONNX_VERSION, InferenceModule
+
+__all__ = ["DEFAULT_THRESHOLD", "Predictor", "letterbox_box", "project_heatmap"]
+
+_PREPROCESSING_KEYS = ("image_size", "mean", "std", "pad_value")
+
+
+class _Backend(Protocol):
+    name: str
+    device: str
+
+    def run(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]: ...
+
+
+class _TorchBackend:
+    name = "torch"
+
+    def __init__(self, module: InferenceModule, device: torch.device) -> None:
+        self.module = module.to(device).eval()
+        self.device = str(device)
+        self._device = device
+
+    def run(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        x = torch.from_numpy(batch).to(self._device)
+        with torch.inference_mode():
+            outs = self.module(x)
+        return [o.float().cpu().numpy() for o in outs[:-1]], outs[-1].float().cpu().numpy()
+
+
+class _OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, session: Any, outputs: list[str]) -> None:
+        self.session = session
+        self.outputs = [*outputs, HEATMAP_OUTPUT]
+        self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def run(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        outs = self.session.run(self.outputs, {INPUT_NAME: batch})
+        return [np.asarray(o, dtype=np.float32) for o in outs[:-1]], np.asarray(outs[-1], dtype=np.float32)
+
+
+def _torch_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise VestisError(f"device: expected cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VestisError(f"device: {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _onnx_providers(device: str | None, available: Sequence[str]) -> list[Any]:
+    cuda = "CUDAExecutionProvider" in available
+    if device is None:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda" or device.startswith("cuda:"):
+        if not cuda:
+            raise VestisError(f"device: {device!r} requested but onnxruntime has no CUDAExecutionProvider")
+        index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    raise VestisError(f"device: expected cpu, cuda or cuda:N, got {device!r}")
+
+
+def _check_threads(threads: int) -> int:
+    if threads < 1:
+        raise VestisError(f"threads: expected a positive number of threads, got {threads}")
+    return threads
+
+
+def letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Where :func:`~vestis.data.transforms.letterbox` puts a ``width x height`` image: ``(x0, y0, w, h)``."""
+    scale = size / max(width, height)
+    nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
+    return (size - nw) // 2, (size - nh) // 2, nw, nh
+
+
+def project_heatmap(
+    raw: np.ndarray, image_size: tuple[int, int], input_size: int, out_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Map a raw heat-map from the letterboxed input back onto the original image.
+
+    The map is resized to the model input (``input_size`` squared), the letterbox padding is cropped
+    off, the rest is resized to ``out_size`` and min-max scaled to [0, 1] (a constant map becomes zeros).
+
+    Args:
+        raw: ``(h, w)`` map over the letterboxed input.
+        image_size: ``(width, height)`` of the original image.
+        input_size: the model's input side.
+        out_size: ``(width, height)`` of the result; default ``image_size``.
+
+    Returns:
+        ``float32`` ``(height, width)`` in [0, 1].
+    """
+    full = Image.fromarray(np.ascontiguousarray(raw, dtype=np.float32)).resize(
+        (input_size, input_size), Image.Resampling.BILINEAR
+    )
+    x0, y0, nw, nh = letterbox_box(image_size[0], image_size[1], input_size)
+    w, h = out_size or image_size
+    crop = full.crop((x0, y0, x0 + nw, y0 + nh)).resize((w, h), Image.Resampling.BILINEAR)
+    out = np.asarray(crop, dtype=np.float32)
+    lo, hi = float(out.min()), float(out.max())
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        return np.zeros_like(out)
+    return np.clip((out - lo) / (hi - lo), 0.0, 1.0)
+
+
+class Predictor:
+    """Attribute prediction from a checkpoint or an ONNX file (see the module docstring).
+
+    Build it with :meth:`from_path` (or :meth:`from_model` for a model in memory). Methods may be called
+    from several threads.
+
+    Attributes:
+        taxonomy: the attributes predicted.
+        preprocessing: ``image_size``, ``mean``, ``std``, ``pad_value``, ``resize`` (``letterbox``).
+        thresholds: calibrated per-value thresholds, attribute -> list (may be empty).
+        threshold: the multi-label threshold used where no calibrated one applies.
+        config: the training configuration as a dict, when known.
+        path: the file the predictor was built from, if any.
+        max_pixels: larger images are refused when decoding (decompression-bomb guard).
+    """
+
+    def __init__(
+        self,
+        backend: _Backend,
+        taxonomy: Taxonomy,
+        preprocessing: Mapping[str, Any],
+        thresholds: Mapping[str, Sequence[float]] | None = None,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        config: Mapping[str, Any] | None = None,
+        path: Path | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        missing = [k for k in _PREPROCESSING_KEYS if k not in preprocessing]
+        if missing:
+            raise VestisError(f"{path or '<model>'}: preprocessing: missing {missing}")
+        self._backend = backend
+        self.taxonomy = taxonomy
+        self.preprocessing: dict[str, Any] = {"resize": "letterbox", **dict(preprocessing)}
+        self.thresholds: dict[str, list[float]] = {k: [float(t) for t in v] for k, v in (thresholds or {}).items()}
+        for name, values in self.thresholds.items():
+            if name in taxonomy and len(values) != taxonomy[name].num_values:
+                raise VestisError(
+                    f"{path or '<model>'}: thresholds.{name}: expected {taxonomy[name].num_values} values, "
+                    f"got {len(values)}"
+                )
+        self.threshold = float(threshold)
+        self.config = dict(config) if config is not None else None
+        self.path = path
+        self.max_pixels = int(((config or {}).get("data") or {}).get("max_pixels", DEFAULT_MAX_PIXELS))
+        self._info = dict(info or {})
+
+    # --- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_path(
+        cls, path: str | os.PathLike[str], device: str | None = None, *, threads: int | None = None
+    ) -> Predictor:
+        """A ``.onnx`` file (ONNX Runtime) or a checkpoint (PyTorch).
+
+        Args:
+            path: the model file.
+            device: ``cpu``, ``cuda`` or ``cuda:N``; ``None`` picks CUDA when available (the CUDA execution
+                provider for ONNX), else the CPU.
+            threads: CPU threads per model call; ``None`` leaves the runtime's default (all cores). For ONNX
+                it is the session's own setting; for PyTorch it calls ``torch.set_num_threads``, which is
+                process-wide.
+
+        Raises:
+            VestisError: a missing or unreadable file, a file without vestis metadata, an unavailable device.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise VestisError(f"{path}: model file not found")
+        if path.suffix.lower() == ".onnx":
+            return cls.from_onnx(path, device, threads=threads)
+        return cls.from_checkpoint(path, device, threads=threads)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike[str], device: str | None = None, *, threads: int | None = None
+    ) -> Predictor:
+        """The PyTorch backend on a vestis checkpoint (see :meth:`from_path`)."""
+        from vestis.train.checkpoint import load, load_checkpoint
+
+        path = Path(path)
+        if threads is not None:
+            torch.set_num_threads(_check_threads(threads))
+        state = load_checkpoint(path)
+        dev = _torch_device(device)
+        model = load(path, map_location=dev)
+        predictor = cls.from_model(
+            model, preprocessing=state.get("preprocessing"), thresholds=state.get("thresholds"), device=str(dev)
+        )
+        predictor.path = path
+        return predictor
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        *,
+        taxonomy: Taxonomy | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+        thresholds: Mapping[str, Sequence[float]] | None = None,
+        device: str | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> Predictor:
+        """The PyTorch backend on a model in memory (e.g. hand-set weights in a test).
+
+        The model itself is used, not a copy: it is moved to ``device`` and put in eval mode.
+
+        Args:
+            model: an attribute model; its ``taxonomy``, ``config`` and ``thresholds`` attributes are used
+                when the arguments are not given.
+            taxonomy: the model's taxonomy.
+            preprocessing: ``image_size``, ``mean``, ``std``, ``pad_value``; default: from ``model.config.data``.
+            thresholds: calibrated per-value thresholds.
+            device: as in :meth:`from_path`.
+            threshold: the multi-label threshold where no calibrated one applies.
+        """
+        cfg = getattr(model, "config", None)
+        taxonomy = taxonomy if taxonomy is not None else getattr(model, "taxonomy", None)
+        if taxonomy is None:
+            raise VestisError("Predictor.from_model: the model has no taxonomy; pass taxonomy=")
+        if preprocessing is None:
+            if cfg is None:
+                raise VestisError("Predictor.from_model: the model has no config; pass preprocessing=")
+            d = cfg.data
+            preprocessing = {"image_size": d.image_size, "mean": list(d.mean), "std": list(d.std)}
+            preprocessing |= {"pad_value": d.pad_value, "resize": "letterbox"}
+        if thresholds is None:
+            thresholds = getattr(model, "thresholds", None)
+        dev = _torch_device(device)
+        module = InferenceModule(model, taxonomy, preprocessing["mean"], preprocessing["std"])
+        return cls(
+            _TorchBackend(module, dev),
+            taxonomy,
+            preprocessing,
+            thresholds,
+            threshold=threshold,
+            config=cfg.to_dict() if cfg is not None else None,
+            info={"quantization": "none"},
+        )
+
+    @classmethod
+    def from_onnx(
+        cls, path: str | os.PathLike[str], device: str | None = None, *, threads: int | None = None
+    ) -> Predictor:
+        """The ONNX Runtime backend on a file written by ``vestis export`` (see :meth:`from_path`)."""
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise VestisError("ONNX models need onnxruntime: pip install 'vestis[onnx]'") from None
+        path = Path(path)
+        providers = _onnx_providers(device, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: the provider notes are not for users
+        if threads is not None:
+            options.intra_op_num_threads = _check_threads(threads)
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise VestisError(f"{path}: not a loadable ONNX model ({str(e).strip()[:300]})") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        if meta.get("vestis.format") != ONNX_FORMAT:
+            raise VestisError(f"{path}: no vestis metadata; write the model with `vestis export`")
+        if int(meta.get("vestis.version", "0")) > ONNX_VERSION:
+            raise VestisError(f"{path}: model format version {meta['vestis.version']} is newer than this vestis")
+        src = f"{path} (metadata)"
+        try:
+            taxonomy = Taxonomy.from_dict(json.loads(meta["vestis.taxonomy"]), source=src)
+            preprocessing = json.loads(meta["vestis.preprocessing"])
+            thresholds = json.loads(meta.get("vestis.thresholds", "{}"))
+            config = json.loads(meta.get("vestis.config", "{}")) or None
+            names = json.loads(meta["vestis.outputs"])
+            quant = json.loads(meta.get("vestis.quantization", '{"mode": "none"}'))
+        except (KeyError, json.JSONDecodeError) as e:
+            raise VestisError(f"{src}: missing or malformed entry ({e})") from None
+        missing = [a.name for a in taxonomy if a.name not in names]
+        if missing:
+            raise VestisError(f"{src}: vestis.outputs: no output for attribute(s) {missing}")
+        backend = _OnnxBackend(session, [names[a.name] for a in taxonomy])
+        return cls(
+            backend,
+            taxonomy,
+            {k: v for k, v in preprocessing.items() if k not in ("input", "normalization")},
+            thresholds,
+            config=config,
+            path=path,
+            info={"quantization": quant.get("mode", "none")},
+        )
+
+    # --- properties -----------------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """``torch`` or ``onnx``."""
+        return self._backend.name
+
+    @property
+    def device(self) -> str:
+        return self._backend.device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.preprocessing["image_size"])
+
+    @property
+    def module(self) -> InferenceModule | None:
+        """The PyTorch module (``None`` for ONNX)."""
+        return getattr(self._backend, "module", None)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary: backend, device, source file, input size, quantisation, taxonomy name."""
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "path": str(self.path) if self.path else None,
+            "image_size": self.image_size,
+            "taxonomy": self.taxonomy.name,
+            **self._info,
+        }
+
+    def thresholds_for(self, attribute: str, calibrated: bool = True) -> np.ndarray:
+        """Per-value decision thresholds ``(K,)`` of a multi-label attribute."""
+        a = self.taxonomy[attribute]
+        if calibrated and attribute in self.thresholds:
+            return np.asarray(self.thresholds[attribute], dtype=np.float64)
+        return np.full(a.num_values, self.threshold)
+
+    # --- stages ---------------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Letterbox PIL images to the model's input: ``uint8`` ``(B, 3, S, S)``."""
+        s, pad = self.image_size, int(self.preprocessing["pad_value"])
+        out = np.empty((len(images), 3, s, s), dtype=np.uint8)
+        for i, img in enumerate(images):
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            out[i] = np.asarray(letterbox(rgb, s, pad), dtype=np.uint8).transpose(2, 0, 1)
+        return out
+
+    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
+        s = self.image_size
+        arr = np.asarray(batch)
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (3, s, s):
+            raise VestisError(f"batch: expected uint8 (B, 3, {s}, {s}), got {arr.dtype} {arr.shape}")
+        return arr if arr.flags.c_contiguous and arr.flags.writeable else np.array(arr, order="C")
+
+    def run(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Raw outputs: probabilities ``{attribute: (B, K) float32}`` and heat-maps ``(B, h, w)``.
+
+        An empty batch gives empty probabilities and heat-maps of shape ``(0, 0, 0)``.
+        """
+        arr = self._check_batch(batch)
+        if len(arr) == 0:
+            return {a.name: np.zeros((0, a.num_values), np.float32) for a in self.taxonomy}, np.zeros((0, 0, 0))
+        probs, heat = self._backend.run(arr)
+        return {a.name: p for a, p in zip(self.taxonomy, probs, strict=True)}, heat
+
+    def predict_arrays(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Probabilities ``{attribute: (B, K) float32}`` for a preprocessed batch (see :meth:`preprocess`)."""
+        return self.run(batch)[0]
+
+    def decode(self, probs: Mapping[str, np.ndarray], calibrated: bool = True) -> list[dict[str, dict[str, Any]]]:
+        """Per-image results from probabilities (format in the module docstring)."""
+        tax = self.taxonomy
+        n = len(next(iter(probs.values()))) if probs else 0
+        cat = tax[tax.category_attribute] if tax.category_attribute else None
+        cuts = {a.name: self.thresholds_for(a.name, calibrated) for a in tax if a.kind == "multi"}
+        results: list[dict[str, dict[str, Any]]] = []
+        for i in range(n):
+            category = cat.values[int(np.argmax(probs[cat.name][i]))] if cat is not None else None
+            res: dict[str, dict[str, Any]] = {}
+            for a in tax:
+                if not a.applies(category):
+                    continue
+                p = probs[a.name][i]
+                scores = {v: float(s) for v, s in zip(a.values, p, strict=True)}
+                if a.kind == "single":
+                    j = int(np.argmax(p))
+                    res[a.name] = {"value": a.values[j], "score": float(p[j]), "scores": scores}
+                else:
+                    order = np.argsort(-p, kind="stable")
+                    chosen = [a.values[j] for j in order if p[j] >= cuts[a.name][j]]
+                    res[a.name] = {"values": chosen, "scores": scores}
+            results.append(res)
+        return results
+
+    def predict(self, images: Sequence[Image.Image], calibrated: bool = True) -> list[dict[str, dict[str, Any]]]:
+        """Attributes of each image: :meth:`preprocess`, :meth:`predict_arrays`, :meth:`decode`."""
+        return self.decode(self.predict_arrays(self.preprocess(images)), calibrated)
+
+    def heatmap(self, image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Where the model looked, over the original image (see :func:`project_heatmap`).
+
+        Args:
+            image: a PIL image.
+            size: ``(width, height)`` of the map; default the image's size.
+
+        Returns:
+            ``float32`` ``(height, width)`` in [0, 1].
+        """
+        _, heat = self.run(self.preprocess([image]))
+        return project_heatmap(heat[0], image.size, self.image_size, size)

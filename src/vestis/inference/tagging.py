@@ -1,0 +1,528 @@
+"""Catalog tagging: a folder, a manifest or a list of images through a :class:`Predictor`, into a file.
+
+Crash safety. Results are appended to a JSONL *journal*, one line per image, written and ``fsync``-ed
+batch by batch. For a ``.jsonl`` output the journal is the output itself; for ``.csv`` and ``.parquet`` it
+is ``<out>.partial.jsonl``, converted (atomically) when every image is done, then removed. A rerun reads the
+journal, drops a torn last line (a kill in the middle of a write), and predicts only the images whose id
+is not in it yet, so after any number of kills and reruns the output holds every image exactly once. A
+``.jsonl`` output that is complete is left as it is by a rerun; ``restart=True`` starts over. Two runs on
+the same output at once are refused (an advisory lock on the journal).
+
+Rows. ``{"id", "image", "attributes": {...}}`` with the :meth:`Predictor.decode` result (scores rounded to
+6 decimals), or ``{"id", "image", "error": reason}`` for an image that cannot be decoded: an unreadable
+image is a row, never a crash. CSV and Parquet flatten a row to ``id``, ``image``, ``error``, one column
+per attribute (the value, or the values joined by ``|`` for multi-label attributes, as in a manifest) and
+one score column per attribute value, ``<attribute>:<value>``; the cells of attributes that do not apply
+to the predicted category are empty.
+
+Inputs (:func:`collect_inputs`). A folder gives every image file below it (ids are paths relative to the
+folder); a ``.csv``/``.jsonl``/``.parquet`` file is a manifest (its ids and image paths); any other file is
+an image (its id is the path as given). Ids must be unique: they are how a rerun knows what is done.
+
+Engines. ``local`` decodes in DataLoader worker processes (``workers``; 0 decodes in the main process)
+while the main process runs the model on whole batches. ``ray`` runs the same stages on Ray Data
+(:mod:`vestis.inference.ray_engine`), for catalogs beyond one machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from vestis.data.images import ImageError, load_image
+from vestis.data.manifest import FORMATS as MANIFEST_FORMATS
+from vestis.data.manifest import read_manifest
+from vestis.data.taxonomy import Taxonomy
+from vestis.data.transforms import letterbox
+from vestis.errors import VestisError
+from vestis.inference.predictor import Predictor
+from vestis.io import atomic_write
+
+try:  # advisory locks are POSIX-only; elsewhere concurrent runs are simply not detected
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "ENGINES",
+    "IMAGE_SUFFIXES",
+    "OUTPUT_FORMATS",
+    "ImageItem",
+    "TagResult",
+    "collect_inputs",
+    "decode_image",
+    "flatten_row",
+    "journal_path",
+    "make_rows",
+    "read_journal",
+    "tag_catalog",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
+ENGINES = ("local", "ray")
+_DIGITS = 6  # decimals kept for scores in the output files
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to tag: its output id and where it is."""
+
+    id: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class TagResult:
+    """Summary of a :func:`tag_catalog` run.
+
+    Attributes:
+        out: the output file.
+        total: images in the input.
+        done_before: images already in the journal when the run started.
+        predicted: images predicted in this run.
+        errors: error rows written in this run.
+        seconds: wall time of this run's predictions.
+        extra_rows: rows in the journal whose id is not in this input (kept).
+    """
+
+    out: Path
+    total: int
+    done_before: int
+    predicted: int
+    errors: int
+    seconds: float
+    extra_rows: int = 0
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.predicted + self.errors) / self.seconds if self.seconds > 0 else 0.0
+
+
+# --- inputs -------------------------------------------------------------------------------------------------
+def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[ImageItem]:
+    """The images named by ``inputs``: folders, manifests and image files (rules in the module docstring).
+
+    Raises:
+        VestisError: a path that does not exist (other than an image path, which becomes an error row), a
+            manifest with structural problems, duplicate ids for different images, or no image at all.
+    """
+    items: list[ImageItem] = []
+    sources = [Path(p) for p in inputs]
+    for src in sources:
+        suffix = src.suffix.lower()
+        if src.is_dir():
+            files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            items += [ImageItem(p.relative_to(src).as_posix(), p) for p in files]
+        elif suffix in MANIFEST_FORMATS:
+            m = read_manifest(src)
+            if m.problems:
+                shown = "\n".join(f"  {p}" for p in m.problems[:5])
+                more = f"\n  ... and {len(m.problems) - 5} more" if len(m.problems) > 5 else ""
+                raise VestisError(f"{src}: {len(m.problems)} problem(s) in the manifest:\n{shown}{more}")
+            items += [ImageItem(r.id, m.image_path(r)) for r in m.records]
+        elif src.is_file() or suffix in IMAGE_SUFFIXES:
+            items.append(ImageItem(str(src), src))
+        else:
+            raise VestisError(f"{src}: no such folder, manifest or image")
+    unique: dict[str, ImageItem] = {}
+    clashes: list[str] = []
+    for it in items:
+        seen = unique.setdefault(it.id, it)
+        if seen.path != it.path:
+            clashes.append(f"{it.id!r} ({seen.path} and {it.path})")
+    if clashes:
+        raise VestisError(f"duplicate image ids for different files: {', '.join(clashes[:5])}; ids must be unique")
+    if not unique:
+        raise VestisError(f"no images found in {', '.join(map(str, sources)) or '(no input)'}")
+    return list(unique.values())
+
+
+# --- decoding -----------------------------------------------------------------------------------------------
+def decode_image(path: Path, size: int, pad_value: int, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
+    """``(uint8 (3, size, size), None)`` for a readable image, else ``(None, reason)``; never raises."""
+    try:
+        img = load_image(path, max_pixels=max_pixels, min_side=size)
+        arr = np.asarray(letterbox(img, size, pad_value), dtype=np.uint8).transpose(2, 0, 1)  # (3, S, S)
+        return np.ascontiguousarray(arr), None
+    except ImageError as e:
+        msg = str(e)
+        return None, msg[len(f"{path}: ") :] if msg.startswith(f"{path}: ") else msg
+    except Exception as e:  # a decoder bug on a hostile file must not stop a catalog run
+        return None, f"unreadable image ({type(e).__name__}: {e})"
+
+
+class _DecodeDataset(Dataset):
+    def __init__(self, items: Sequence[ImageItem], size: int, pad_value: int, max_pixels: int) -> None:
+        self.items = list(items)
+        self.size, self.pad_value, self.max_pixels = size, pad_value, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
+        arr, err = decode_image(self.items[i].path, self.size, self.pad_value, self.max_pixels)
+        return i, arr, err
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def make_rows(
+    predictor: Predictor,
+    items: Sequence[ImageItem],
+    arrays: Sequence[np.ndarray | None],
+    errors: Sequence[str | None],
+    calibrated: bool = True,
+) -> list[dict[str, Any]]:
+    """Output rows for one decoded batch: predictions for the decoded images, error rows for the others."""
+    ok = [i for i, a in enumerate(arrays) if a is not None]
+    results: dict[int, dict[str, Any]] = {}
+    if ok:
+        batch = np.stack([arrays[i] for i in ok])  # (B_ok, 3, S, S)
+        decoded = predictor.decode(predictor.predict_arrays(batch), calibrated)
+        results = dict(zip(ok, decoded, strict=True))
+    rows = []
+    for i, it in enumerate(items):
+        row: dict[str, Any] = {"id": it.id, "image": str(it.path)}
+        if i in results:
+            row["attributes"] = _rounded(results[i])
+        else:
+            row["error"] = errors[i] or "not decoded"
+        rows.append(row)
+    return rows
+
+
+def _rounded(result: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, r in result.items():
+        r = dict(r)
+        r["scores"] = {v: round(s, _DIGITS) for v, s in r["scores"].items()}
+        if "score" in r:
+            r["score"] = round(r["score"], _DIGITS)
+        out[name] = r
+    return out
+
+
+def _local_batches(
+    predictor: Predictor, items: Sequence[ImageItem], batch_size: int, workers: int, calibrated: bool
+) -> Iterator[list[dict[str, Any]]]:
+    ds = _DecodeDataset(items, predictor.image_size, int(predictor.preprocessing["pad_value"]), predictor.max_pixels)
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_list,
+        prefetch_factor=4 if workers else None,
+    )
+    for batch in loader:
+        idx = [b[0] for b in batch]
+        yield make_rows(predictor, [items[i] for i in idx], [b[1] for b in batch], [b[2] for b in batch], calibrated)
+
+
+# --- journal and output -------------------------------------------------------------------------------------
+def journal_path(out: str | os.PathLike[str]) -> Path:
+    """Where results are journalled: the output itself for ``.jsonl``, else ``<out>.partial.jsonl``."""
+    out = Path(out)
+    return out if out.suffix.lower() == ".jsonl" else out.with_name(out.name + ".partial.jsonl")
+
+
+def _repair(path: Path) -> None:
+    """Cut a torn last line (no newline: a write interrupted by a kill) off the journal."""
+    if not path.exists():
+        return
+    with path.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        pos = size
+        while pos > 0:
+            step = min(pos, 1 << 16)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            if pos == size and chunk.endswith(b"\n"):
+                return
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                pos = pos - step + cut + 1
+                break
+            pos -= step
+        f.truncate(pos)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(byte offset, row)`` of every complete line; a torn last line is skipped."""
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        offset = 0
+        for n, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                return
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise VestisError(f"{path}:{n}: not a JSON row ({e.msg}); not a vestis predict output?") from None
+                if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                    raise VestisError(f"{path}:{n}: expected a JSON object with an 'id'; not a vestis predict output?")
+                yield offset, row
+            offset += len(line)
+
+
+def read_journal(path: str | os.PathLike[str], *, repair: bool = False) -> list[dict[str, Any]]:
+    """The complete rows of a journal, in file order.
+
+    A last line without its newline is a torn write: it is ignored, and with ``repair=True`` cut off the file.
+
+    Raises:
+        VestisError: a complete line that is not a row (the file is not a vestis predict output).
+    """
+    path = Path(path)
+    if repair:
+        _repair(path)
+    return [row for _, row in _iter_rows(path)]
+
+
+def _offsets(path: Path) -> dict[str, int]:
+    """Id -> byte offset of its row (the first, should an id appear twice); only ids are kept in memory."""
+    out: dict[str, int] = {}
+    for offset, row in _iter_rows(path):
+        out.setdefault(row["id"], offset)
+    return out
+
+
+class _Journal:
+    """Append-only JSONL with one ``fsync`` per batch, locked against a second writer."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f: IO[bytes] = path.open("ab")
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._f.close()
+                raise VestisError(f"{path}: another vestis predict is writing this output") from None
+
+    def append(self, rows: Sequence[dict[str, Any]]) -> None:
+        data = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in rows)
+        self._f.write(data)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def truncate(self) -> None:
+        """Drop every row (``restart``)."""
+        self._f.truncate(0)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def flatten_row(row: dict[str, Any], taxonomy: Taxonomy) -> dict[str, Any]:
+    """A journal row as flat columns (see the module docstring); keys in output column order."""
+    flat: dict[str, Any] = {"id": row["id"], "image": row.get("image"), "error": row.get("error")}
+    attrs = row.get("attributes") or {}
+    for a in taxonomy:
+        r = attrs.get(a.name)
+        flat[a.name] = None if r is None else (r["value"] if a.kind == "single" else "|".join(r["values"]))
+    for a in taxonomy:
+        r = attrs.get(a.name)
+        for v in a.values:
+            flat[f"{a.name}:{v}"] = None if r is None else r["scores"].get(v)
+    return flat
+
+
+def _ordered_rows(journal: Path, order: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """The journal's rows with the ids of ``order`` first, in that order, then the others in file order."""
+    offsets = _offsets(journal)
+    wanted = [offsets[i] for i in order if i in offsets]
+    known = set(order)
+    rest = [off for i, off in offsets.items() if i not in known]
+    with journal.open("rb") as f:
+        for off in wanted + rest:
+            f.seek(off)
+            yield json.loads(f.readline())
+
+
+def _write_table(out: Path, rows: Iterable[dict[str, Any]], taxonomy: Taxonomy, chunk: int = 8192) -> None:
+    """Flattened rows to CSV or Parquet, atomically, streaming (a chunk of rows in memory at a time)."""
+    columns = list(flatten_row({"id": ""}, taxonomy))
+    if out.suffix.lower() == ".csv":
+
+        def write_csv(f: IO[bytes]) -> None:
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            w = csv.writer(text, lineterminator="\n")
+            w.writerow(columns)
+            for row in rows:
+                flat = flatten_row(row, taxonomy)
+                w.writerow(["" if flat[c] is None else flat[c] for c in columns])
+            text.flush()
+            text.detach()  # atomic_write closes the underlying file itself
+
+        atomic_write(out, write_csv)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text_columns = {"id", "image", "error", *taxonomy.names}
+    schema = pa.schema([(c, pa.string() if c in text_columns else pa.float32()) for c in columns])
+
+    def write_parquet(f: IO[bytes]) -> None:
+        with pq.ParquetWriter(f, schema) as writer:
+            batch: list[dict[str, Any]] = []
+            for row in rows:
+                batch.append(flatten_row(row, taxonomy))
+                if len(batch) == chunk:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    batch = []
+            if batch:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+
+    atomic_write(out, write_parquet)
+
+
+def _finish(out: Path, journal: Path, order: Sequence[str], taxonomy: Taxonomy) -> None:
+    """CSV/Parquet: rows in input order (other ids last), written atomically; then the journal goes."""
+    _write_table(out, _ordered_rows(journal, order), taxonomy)
+    journal.unlink()
+
+
+class _Progress:
+    """A Rich progress bar with images/s on stderr, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self._bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("tagging"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._task = self._bar.add_task("tagging", total=total, completed=done, rate="")
+            self._t0 = time.perf_counter()
+            self._n = 0
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._n += n
+            rate = self._n / max(1e-9, time.perf_counter() - self._t0)
+            self._bar.update(self._task, advance=n, rate=f"{rate:.1f} img/s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def tag_catalog(
+    model: str | os.PathLike[str] | Predictor,
+    inputs: Sequence[str | os.PathLike[str]] | Sequence[ImageItem],
+    out: str | os.PathLike[str],
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    engine: str = "local",
+    device: str | None = None,
+    calibrated: bool = True,
+    restart: bool = False,
+    progress: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> TagResult:
+    """Tag every image of ``inputs`` into ``out`` (``.jsonl``, ``.csv`` or ``.parquet``), resuming a killed run.
+
+    Args:
+        model: a checkpoint or ONNX path, or a :class:`Predictor` (the ``ray`` engine needs one built from a file).
+        inputs: folders, manifests and image paths (:func:`collect_inputs`), or already collected items.
+        out: the output file; its suffix picks the format.
+        batch_size: images per model call.
+        workers: decoding processes (local engine) or parallel decode tasks (ray engine).
+        engine: ``local`` or ``ray``.
+        device: as in :meth:`Predictor.from_path` (when ``model`` is a path).
+        calibrated: use the model's calibrated multi-label thresholds.
+        restart: discard earlier results in ``out`` and start over.
+        progress: show a progress bar with images/s on stderr.
+        on_batch: called with the number of images after each batch is written.
+
+    Returns:
+        Counts and timing of this run.
+
+    Raises:
+        VestisError: bad arguments, inputs or model; an output being written by another run.
+    """
+    out = Path(out)
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise VestisError(f"{out}: unsupported output format {out.suffix or '(none)'!r}; expected {OUTPUT_FORMATS}")
+    if engine not in ENGINES:
+        raise VestisError(f"engine: expected one of {list(ENGINES)}, got {engine!r}")
+    if batch_size < 1 or workers < 0:
+        raise VestisError(f"expected batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
+    items = list(inputs) if inputs and isinstance(next(iter(inputs)), ImageItem) else collect_inputs(inputs)
+    predictor = model if isinstance(model, Predictor) else Predictor.from_path(model, device=device)
+    if engine == "ray" and predictor.path is None:
+        raise VestisError("engine ray: the model must be a file (checkpoint or ONNX)")
+    journal = journal_path(out)
+
+    writer = _Journal(journal)  # lock first, then read: a concurrent writer cannot slip in between
+    try:
+        if restart:
+            writer.truncate()
+            if out != journal:
+                out.unlink(missing_ok=True)
+        _repair(journal)
+        done = set(_offsets(journal))
+        extra = len(done - {it.id for it in items})
+        todo = [it for it in items if it.id not in done]
+        predicted = errors = 0
+        t0 = time.perf_counter()
+        with _Progress(progress, len(items), len(items) - len(todo)) as bar:
+            if todo:
+                if engine == "ray":
+                    from vestis.inference.ray_engine import ray_batches
+
+                    assert predictor.path is not None  # checked above
+                    batches = ray_batches(
+                        predictor.path, todo, batch_size=batch_size, workers=workers, device=device,
+                        calibrated=calibrated,
+                    )  # fmt: skip
+                else:
+                    batches = _local_batches(predictor, todo, batch_size, workers, calibrated)
+                for rows in batches:
+                    writer.append(rows)
+                    n_err = sum("error" in r for r in rows)
+                    errors += n_err
+                    predicted += len(rows) - n_err
+                    bar.advance(len(rows))
+                    if on_batch is not None:
+                        on_batch(len(rows))
+        seconds = time.perf_counter() - t0
+    finally:
+        writer.close()
+    if journal != out:
+        _finish(out, journal, [it.id for it in items], predictor.taxonomy)
+    return TagResult(out, len(items), len(items) - len(todo), predicted, errors, seconds, extra)

@@ -1,0 +1,199 @@
+"""ONNX export: output naming, the inference graph against the model, metadata, fp32 parity and int8 agreement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import vestis
+from tests.inference.conftest import IMAGE_SIZE, THRESHOLDS, make_checkpoint, small_taxonomy
+from vestis.data.taxonomy import Taxonomy
+from vestis.data.transforms import letterbox, normalize
+from vestis.errors import VestisError
+from vestis.inference.batch import probabilities
+from vestis.inference.export import InferenceModule, export_onnx, load_sample_images, output_names
+
+
+def _letterboxed(paths: list[Path], size: int = IMAGE_SIZE) -> np.ndarray:
+    arrays = [np.asarray(letterbox(Image.open(p).convert("RGB"), size, 255)).transpose(2, 0, 1) for p in paths]
+    return np.ascontiguousarray(np.stack(arrays))  # (N, 3, S, S) uint8
+
+
+def _reference(ckpt: Path, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Probabilities and heat-map from the checkpoint through the plain model API (no InferenceModule)."""
+    model = vestis.load(ckpt)
+    x = normalize(torch.from_numpy(batch), model.config.data.mean, model.config.data.std)
+    with torch.no_grad():
+        probs = {k: v.numpy() for k, v in probabilities(model(x), model.taxonomy).items()}
+        maps = list(model.attention_maps(x).values())
+    size = maps[0].shape[-2:]
+    heat = torch.stack([F.interpolate(m[:, None], size=size, mode="bilinear")[:, 0] for m in maps]).mean(0)
+    return probs, heat.numpy()
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_output_names_are_sanitised_and_unique():
+    tax = Taxonomy.from_dict(
+        {
+            "attributes": [
+                {"name": "sleeve.length", "values": ["a", "b"]},
+                {"name": "sleeve_length", "values": ["a", "b"]},
+                {"name": "3d look", "values": ["a", "b"]},
+                {"name": "images", "values": ["a", "b"]},
+                {"name": "heatmap", "values": ["a", "b"]},
+                {"name": "colour", "values": ["a", "b"]},
+            ]
+        }
+    )
+    assert output_names(tax) == {
+        "sleeve.length": "sleeve_length",
+        "sleeve_length": "sleeve_length_2",
+        "3d look": "attr_3d_look",
+        "images": "images_2",
+        "heatmap": "heatmap_2",
+        "colour": "colour",
+    }
+
+
+def test_inference_module_matches_the_model(ckpt, image_dir):
+    batch = _letterboxed(sorted(image_dir.rglob("*.*")))
+    model = vestis.load(ckpt)
+    module = InferenceModule(model, model.taxonomy, model.config.data.mean, model.config.data.std).eval()
+    with torch.no_grad():
+        outs = module(torch.from_numpy(batch))
+    ref_probs, ref_heat = _reference(ckpt, batch)
+    for a, got in zip(model.taxonomy, outs[:-1], strict=True):
+        np.testing.assert_allclose(got.numpy(), ref_probs[a.name], atol=1e-6)
+    assert outs[-1].shape == (len(batch), IMAGE_SIZE // 8, IMAGE_SIZE // 8)  # the stride-8 level of a3
+    np.testing.assert_allclose(outs[-1].numpy(), ref_heat, atol=1e-6)
+
+
+def test_heatmap_without_attention_is_the_activation_energy(tmp_path, image_dir):
+    ckpt = make_checkpoint(tmp_path / "a2.ckpt", model="a2")  # FPN, no attention: no spatial maps
+    model = vestis.load(ckpt)
+    batch = _letterboxed(sorted(image_dir.rglob("*.*"))[:3])
+    x = normalize(torch.from_numpy(batch), model.config.data.mean, model.config.data.std)
+    with torch.no_grad():
+        feats = [f.numpy() for f in model.neck(model.backbone(x)).values()]
+        heat = InferenceModule(model, model.taxonomy, model.config.data.mean, model.config.data.std)(
+            torch.from_numpy(batch)
+        )[-1]
+    energies = []
+    for f in feats:  # (B, C, h, w)
+        e = (f.astype(np.float64) ** 2).mean(axis=1)
+        energies.append(e / e.max(axis=(1, 2), keepdims=True))
+    size = energies[0].shape[-2:]
+    up = [F.interpolate(torch.from_numpy(e)[:, None], size=size, mode="bilinear")[:, 0].numpy() for e in energies]
+    np.testing.assert_allclose(heat.numpy(), np.mean(up, axis=0), atol=1e-5)
+
+
+def test_fp32_graph_and_metadata(onnx_fp32, ckpt):
+    sess = _session(onnx_fp32)
+    (inp,) = sess.get_inputs()
+    assert (inp.name, inp.type) == ("images", "tensor(uint8)")
+    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, IMAGE_SIZE, IMAGE_SIZE]  # dynamic batch only
+    assert [o.name for o in sess.get_outputs()] == ["category", "colour", "sleeve_length", "occasion", "heatmap"]
+    assert [o.shape[1] for o in sess.get_outputs()[:4]] == [3, 3, 2, 3]
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert meta["vestis.format"] == "vestis-onnx" and meta["vestis.version"] == "1"
+    assert Taxonomy.from_dict(json.loads(meta["vestis.taxonomy"])) == small_taxonomy()
+    prep = json.loads(meta["vestis.preprocessing"])
+    assert prep["image_size"] == IMAGE_SIZE and prep["pad_value"] == 255 and prep["resize"] == "letterbox"
+    assert prep["mean"] == pytest.approx([0.485, 0.456, 0.406]) and prep["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert prep["input"] == {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB"}
+    assert json.loads(meta["vestis.thresholds"]) == THRESHOLDS
+    assert json.loads(meta["vestis.outputs"])["sleeve.length"] == "sleeve_length"
+    assert json.loads(meta["vestis.config"])["model"]["backbone"] == "resnet18_tiny"
+    assert json.loads(meta["vestis.quantization"]) == {"mode": "none"}
+    assert meta["vestis.heatmap"] == "heatmap"
+
+
+def test_fp32_parity_with_pytorch(onnx_fp32, ckpt, image_dir):
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (3, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    batch = np.concatenate([_letterboxed(sorted(image_dir.rglob("*.*"))), noise])
+    sess = _session(onnx_fp32)
+    ref_probs, ref_heat = _reference(ckpt, batch)
+    names = ["category", "colour", "sleeve.length", "occasion"]
+    for b in (batch, batch[:1]):  # the batch axis is dynamic
+        outs = sess.run(None, {"images": b})
+        for name, got in zip(names, outs[:4], strict=True):
+            assert np.abs(got - ref_probs[name][: len(b)]).max() <= 1e-4, name
+        assert np.abs(outs[4] - ref_heat[: len(b)]).max() <= 1e-4
+
+
+def test_sample_images_from_a_folder_are_letterboxed(image_dir):
+    paths = sorted(image_dir.rglob("*.*"))
+    got = load_sample_images([image_dir], n=len(paths), size=IMAGE_SIZE)
+    # every image, in collect_inputs order (relative path order), letterboxed exactly as in training
+    expected = _letterboxed(sorted(paths, key=lambda p: p.relative_to(image_dir).as_posix()))
+    np.testing.assert_array_equal(got, expected)
+    assert load_sample_images([image_dir], n=2, size=IMAGE_SIZE).shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+@pytest.fixture(scope="module")
+def int8_export(ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "tiny-int8.onnx"
+    return export_onnx(ckpt, out, int8=True, calibration_images=16, check_images=32)
+
+
+def test_int8_graph_is_quantised(int8_export):
+    model = onnx.load(int8_export.path)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 10  # every convolution and linear layer of the tiny network
+    meta = {p.key: p.value for p in model.metadata_props}
+    quant = json.loads(meta["vestis.quantization"])
+    assert quant["mode"] == "static-int8" and quant["calibration_images"] == 16
+
+
+def test_int8_agreement_with_pytorch(int8_export, ckpt):
+    """int8 is close, not equal: bounded probability error and mostly the same decisions.
+
+    Static int8 rounds every activation to one of 256 levels of its calibrated range, an error of up to half a
+    step (about 0.2 % of the range) per layer, compounded over the network. This tiny random-init network has
+    nearly uniform probabilities (top-2 margins of a few hundredths), so some argmaxes flip: agreement is
+    0.87 to 1.0 per attribute over a few seeds of this network. A broken quantisation (wrong scales, channels
+    mixed up, an unquantised calibration) falls to chance agreement (1/K, at most 0.5 here) with probability
+    errors of the order of the probabilities. Agreement >= 0.8 and max |dp| <= 0.1 separate the two.
+    """
+    batch = load_sample_images(None, 32, IMAGE_SIZE, seed=1)  # the images the export's own check used
+    outs = _session(int8_export.path).run(None, {"images": batch})
+    ref, _ = _reference(ckpt, batch)
+    names = ["category", "colour", "sleeve.length", "occasion"]
+    agreement = {}
+    for name, got in zip(names, outs[:4], strict=True):
+        assert np.abs(got - ref[name]).max() <= 0.1, name
+        if name == "occasion":
+            t = np.array(THRESHOLDS["occasion"])
+            agreement[name] = float(((got >= t) == (ref[name] >= t)).mean())
+        else:
+            agreement[name] = float((got.argmax(1) == ref[name].argmax(1)).mean())
+    assert min(agreement.values()) >= 0.8, agreement
+    # the report written by the export is the same comparison
+    parity = int8_export.parity
+    assert parity is not None and parity.num_images == 32
+    assert parity.agreement == pytest.approx(agreement)
+    assert parity.max_diff == pytest.approx(
+        max(float(np.abs(o - ref[n]).max()) for n, o in zip(names, outs[:4], strict=True))
+    )
+
+
+def test_export_of_a_file_that_is_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "model.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(VestisError, match="not a readable checkpoint"):
+        export_onnx(bad, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
