@@ -1,0 +1,63 @@
+"""``vestis serve``: the HTTP API and the web page for a model (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vestis.cli._app import command, echo
+from vestis.errors import VestisError
+from vestis.service.config import ServiceConfig
+
+_D = ServiceConfig()
+
+
+@command("serve")
+def serve_cmd(
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.ckpt) or an ONNX file written by `vestis export`.")],
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface; there is no authentication).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
+    max_batch_size: Annotated[
+        int, typer.Option("--max-batch-size", min=1, help="Most images per model call; 1 turns micro-batching off.")
+    ] = _D.max_batch_size,
+    max_wait_ms: Annotated[
+        float, typer.Option("--max-wait-ms", min=0, help="How long an image may wait for others to share its batch.")
+    ] = _D.max_wait_ms,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", min=0.001, help="Largest request body, in MiB (413 above).")
+    ] = _D.max_upload_mb,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="Largest image, width x height, checked before decoding (413).")
+    ] = _D.max_pixels,
+    max_images: Annotated[
+        int, typer.Option("--max-images", min=1, help="Most images per request (413).")
+    ] = _D.max_images,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve MODEL over HTTP: /v1/attributes, /v1/heatmap, /v1/taxonomy, health, metrics and a web page at /."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise VestisError("vestis serve needs uvicorn: pip install 'vestis[serve]'") from None
+    from vestis.inference.predictor import Predictor
+    from vestis.service import create_app
+
+    config = ServiceConfig(
+        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+        max_images=max_images,
+    )  # fmt: skip
+    predictor = Predictor.from_path(model, device=device)
+    app = create_app(predictor, config)
+    shown = f"[{host}]" if ":" in host else host
+    echo(
+        f"serving {model} ({predictor.backend} on {predictor.device}, {len(predictor.taxonomy)} attributes) "
+        f"at http://{shown}:{port}/ · batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms"
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

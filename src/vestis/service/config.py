@@ -1,0 +1,68 @@
+"""Settings of the service, importable without FastAPI (the CLI reads its defaults from here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vestis.errors import VestisError
+
+__all__ = ["Limits", "ServiceConfig"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry.
+
+    Attributes:
+        max_upload_bytes: the request body, in bytes (multipart framing and base64 included).
+        max_pixels: width x height of any one image, checked from its header before decoding.
+        max_images: images in one request.
+    """
+
+    max_upload_bytes: int = 20 * 2**20
+    max_pixels: int = 40_000_000
+    max_images: int = 16
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How the service batches and what it accepts (the ``vestis serve`` options).
+
+    Attributes:
+        max_batch_size: the most images in one model call; 1 turns micro-batching off.
+        max_wait_ms: how long the first image of a batch may wait for others.
+        max_upload_mb: the largest request body, in MiB.
+        max_pixels: the largest image (width x height), checked before decoding.
+        max_images: the most images in one request.
+        heatmap_max_side: heat-maps are computed at most this many pixels on their longer side.
+        warmup: run one batch before reporting ready (the first real request then pays no start-up cost).
+    """
+
+    max_batch_size: int = 16
+    max_wait_ms: float = 10.0
+    max_upload_mb: float = 20.0
+    max_pixels: int = 40_000_000
+    max_images: int = 16
+    heatmap_max_side: int = 512
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_batch_size": self.max_batch_size >= 1,
+            "max_wait_ms": self.max_wait_ms >= 0,
+            "max_upload_mb": self.max_upload_mb > 0,
+            "max_pixels": self.max_pixels >= 1,
+            "max_images": self.max_images >= 1,
+            "heatmap_max_side": self.heatmap_max_side >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise VestisError(
+                "service: " + "; ".join(f"{k}: expected a positive value, got {getattr(self, k)!r}" for k in bad)
+            )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_upload_bytes=int(self.max_upload_mb * 2**20), max_pixels=self.max_pixels, max_images=self.max_images
+        )

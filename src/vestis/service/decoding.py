@@ -1,0 +1,266 @@
+"""The first stage of the service: an HTTP request in, decoded images out, or a precise 4xx error.
+
+Two request forms carry images:
+
+* ``multipart/form-data`` with one or more parts named ``file`` (``curl -F file=@shirt.jpg``);
+* ``application/json`` ``{"images": ["<base64>", ...]}`` with the base64 of each image *file*.
+
+Nothing here fetches anything: a string that is not base64 (a URL, say) is a 422. Limits are checked as
+early as possible: the body size by :class:`BodyLimitMiddleware` while it streams in, the number of images
+before any is decoded, and the pixel count from the image header before any pixel is decoded
+(decompression bombs). Only a fixed set of raster formats is considered, so Pillow never hands a request
+to a plugin that shells out (EPS) or parses documents.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import vestis.data.images  # noqa: F401  (disables Pillow's global pixel guard; the cap below is ours)
+from vestis.service.config import Limits
+from vestis.service.schemas import ImagesRequest
+
+__all__ = [
+    "IMAGE_FORMATS",
+    "BodyLimitMiddleware",
+    "DecodedImage",
+    "RawImage",
+    "ServiceError",
+    "decode_image",
+    "decode_images",
+    "read_images",
+]
+
+# Raster formats a catalog photo comes in; Pillow tries only these plugins.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_BASE64_WHITESPACE = str.maketrans("", "", " \t\r\n")
+
+
+class ServiceError(Exception):
+    """An error answered as JSON ``{"error": ..., "detail": ...}`` with an HTTP status.
+
+    Args:
+        status: the HTTP status code.
+        error: a short, stable description (``invalid base64``, ``image too large``...).
+        detail: what exactly was wrong, for a person.
+    """
+
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(f"{status} {error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.error, "detail": self.detail}, status_code=self.status)
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """An image as it arrived: the file bytes, where it came from (``file[0]``, ``images[2]``) and its name."""
+
+    data: bytes
+    where: str
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded RGB image, its size as uploaded and the name it was uploaded under.
+
+    ``image`` may be smaller than ``width x height``: large JPEGs are decoded at a reduced DCT scale.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+    filename: str | None = None
+
+
+def _too_many(n: int | str, limits: Limits) -> ServiceError:
+    return ServiceError(413, "too many images", f"{n} images in one request; at most {limits.max_images} are allowed")
+
+
+async def read_images(request: Request, limits: Limits) -> list[RawImage]:
+    """The raw image files of a multipart or JSON request (see the module docstring).
+
+    Raises:
+        ServiceError: 415 for another content type, 413 for too many images, 422 for a malformed body,
+            a missing ``file`` part, an empty list or bad base64.
+    """
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data":
+        return await _read_multipart(request, limits)
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return _read_json(await request.body(), limits)
+    raise ServiceError(
+        415,
+        "unsupported media type",
+        f"got {media_type or 'no content type'}; send multipart/form-data with `file` parts "
+        'or application/json {"images": ["<base64>", ...]}',
+    )
+
+
+async def _read_multipart(request: Request, limits: Limits) -> list[RawImage]:
+    try:
+        # the parser stops at the image cap, so a request with thousands of parts is not spooled to the end
+        form = await request.form(max_files=limits.max_images, max_fields=16)
+    except HTTPException as e:  # starlette reports every multipart problem as a 400; tell the cap apart
+        if "Too many files" in str(e.detail):
+            raise _too_many(f"more than {limits.max_images}", limits) from None
+        raise ServiceError(422, "invalid multipart body", e.detail) from None
+    try:
+        parts = form.getlist("file")
+        if not parts:
+            raise ServiceError(422, "invalid request", "no `file` part: upload the image(s) in the form field `file`")
+        if len(parts) > limits.max_images:
+            raise _too_many(len(parts), limits)
+        out: list[RawImage] = []
+        for i, part in enumerate(parts):
+            if not isinstance(part, UploadFile):
+                raise ServiceError(
+                    422,
+                    "invalid request",
+                    f"file[{i}]: expected a file upload (a part with a filename), got a text field",
+                )
+            out.append(RawImage(await part.read(), f"file[{i}]", part.filename or None))
+        return out
+    finally:
+        await form.close()
+
+
+def _read_json(body: bytes, limits: Limits) -> list[RawImage]:
+    try:
+        data = json.loads(body)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ServiceError(422, "invalid JSON", str(e)) from None
+    if isinstance(data, dict) and isinstance(data.get("images"), list) and len(data["images"]) > limits.max_images:
+        raise _too_many(len(data["images"]), limits)
+    try:
+        req = ImagesRequest.model_validate(data)
+    except ValidationError as e:
+        raise ServiceError(
+            422, "invalid request", e.errors(include_url=False, include_context=False, include_input=False)
+        ) from None
+    return [RawImage(_b64decode(s, f"images[{i}]"), f"images[{i}]") for i, s in enumerate(req.images)]
+
+
+def _b64decode(text: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text.translate(_BASE64_WHITESPACE), validate=True)
+    except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII characters
+        raise ServiceError(
+            422, "invalid base64", f"{where}: not valid base64 ({e}); send the image file's bytes, never a URL"
+        ) from None
+
+
+def decode_image(raw: RawImage, max_pixels: int, min_side: int | None = None) -> DecodedImage:
+    """Decode one image file to RGB, refusing it before decoding when it has more than ``max_pixels``.
+
+    Decoding follows :func:`vestis.data.images.load_image` (which ``vestis predict`` uses), so an image
+    gets the same prediction over HTTP as in batch tagging.
+
+    Args:
+        raw: the file.
+        max_pixels: the pixel cap, checked from the header.
+        min_side: when given, a JPEG at least twice this size is decoded at a reduced DCT scale that keeps
+            both sides >= ``min_side`` (several times faster for large photos).
+
+    Raises:
+        ServiceError: 415 when it is not an image in :data:`IMAGE_FORMATS`, 413 when it is too large,
+            422 when it is empty, truncated or corrupt.
+    """
+    if not raw.data:
+        raise ServiceError(422, "empty image", f"{raw.where}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw.data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise ServiceError(415, "unsupported image", f"{raw.where}: not a {', '.join(IMAGE_FORMATS)} image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's own guard, if set
+        raise ServiceError(413, "image too large", f"{raw.where}: {e}") from None
+    except Exception as e:  # Pillow raises many types on a header it cannot parse
+        raise ServiceError(422, "corrupt image", f"{raw.where}: {type(e).__name__}: {e}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise ServiceError(
+            413, "image too large", f"{raw.where}: {w}x{h} = {w * h:,} pixels, over the cap of {max_pixels:,}"
+        )
+    try:
+        if min_side is not None and img.format == "JPEG":
+            # the same rule as load_image: the largest DCT scale that keeps both sides >= min_side
+            scale = min(w, h) / min_side
+            if scale >= 2:
+                img.draft("RGB", (max(1, int(w / scale)), max(1, int(h / scale))))
+        img.load()
+        rgb = img.convert("RGB") if img.mode != "RGB" else img
+    except Exception as e:  # truncated data, bad chunks, broken compression streams
+        raise ServiceError(422, "corrupt image", f"{raw.where}: {type(e).__name__}: {e}") from None
+    return DecodedImage(rgb, w, h, raw.filename)
+
+
+def decode_images(raws: list[RawImage], max_pixels: int, min_side: int | None = None) -> list[DecodedImage]:
+    """:func:`decode_image` on each image."""
+    return [decode_image(r, max_pixels, min_side) for r in raws]
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with a 413, from ``Content-Length`` or while streaming.
+
+    A body without ``Content-Length`` (chunked) is counted as it arrives; the endpoint reading it gets a
+    :class:`ServiceError` the moment the count passes the limit, so an oversized upload is never buffered.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _error(self, size: str) -> ServiceError:
+        return ServiceError(
+            413, "payload too large", f"request body of {size} bytes; the limit is {self.max_bytes:,} bytes"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await ServiceError(400, "bad request", "Content-Length is not an integer").response()(
+                        scope, receive, send
+                    )
+                    return
+                if declared > self.max_bytes:
+                    await self._error(f"{declared:,}").response()(scope, receive, send)
+                    return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._error(f"more than {self.max_bytes:,}")
+            return message
+
+        await self.app(scope, limited, send)

@@ -1,0 +1,244 @@
+// The vestis web page: pick or drop an image, see every attribute with a confidence bar, overlay the
+// heat-map, download the JSON. Plain browser APIs; talks only to this server.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, cls, text) => {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  };
+  const pct = (x) => `${(100 * x).toFixed(1)}%`;
+  const MAX_BARS = 5; // values shown per attribute (the predicted ones always are)
+
+  const state = { taxonomy: null, file: null, result: null, heatmapUrl: null, previewUrl: null, request: 0 };
+
+  function setStatus(text, kind = "") {
+    const s = $("status");
+    s.textContent = text;
+    s.className = `status ${kind}`.trim();
+    s.hidden = !text;
+  }
+
+  async function errorText(res) {
+    try {
+      const body = await res.json();
+      const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+      return `${res.status} ${body.error}${detail ? `: ${detail}` : ""}`;
+    } catch {
+      return `${res.status} ${res.statusText}`;
+    }
+  }
+
+  async function loadModel() {
+    try {
+      const res = await fetch("/v1/taxonomy");
+      if (!res.ok) throw new Error(await errorText(res));
+      state.taxonomy = await res.json();
+      const t = state.taxonomy;
+      $("model-name").textContent =
+        `${t.name || "model"} · ${t.attributes.length} attributes · ${t.preprocessing.image_size}px`;
+    } catch (e) {
+      $("model-name").textContent = `model unavailable (${e.message})`;
+    }
+    pollReady();
+  }
+
+  async function pollReady() {
+    try {
+      const res = await fetch("/readyz");
+      const body = await res.json();
+      $("ready-dot").className = `dot ${body.ready ? "ok" : "wait"}`;
+      $("ready-dot").title = body.detail;
+      if (body.ready) return;
+    } catch {
+      $("ready-dot").className = "dot bad";
+    }
+    setTimeout(pollReady, 1000);
+  }
+
+  function form(file) {
+    const data = new FormData();
+    data.append("file", file, file.name || "image");
+    return data;
+  }
+
+  async function analyse(file) {
+    const request = ++state.request;
+    state.file = file;
+    state.result = null;
+    resetHeatmap();
+    $("download").disabled = true;
+    $("heatmap-toggle").disabled = true;
+    $("attributes").replaceChildren();
+    $("timing").textContent = "";
+
+    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+    state.previewUrl = URL.createObjectURL(file);
+    $("preview").src = state.previewUrl;
+    $("stage").hidden = false;
+    $("drop-hint").hidden = true;
+    $("drop-zone").classList.add("has-image");
+    $("file-meta").textContent = `${file.name || "pasted image"} · ${(file.size / 1024).toFixed(0)} KB`;
+    setStatus("Predicting…", "busy");
+
+    const t0 = performance.now();
+    let res;
+    try {
+      res = await fetch("/v1/attributes", { method: "POST", body: form(file) });
+    } catch (e) {
+      if (request === state.request) setStatus(`The server did not answer (${e.message}).`, "error");
+      return;
+    }
+    if (request !== state.request) return; // a newer image was chosen meanwhile
+    if (!res.ok) {
+      setStatus(await errorText(res), "error");
+      return;
+    }
+    state.result = await res.json();
+    const ms = performance.now() - t0;
+    const r = state.result.results[0];
+    $("file-meta").textContent += ` · ${r.width}×${r.height}`;
+    $("timing").textContent = `${ms.toFixed(0)} ms`;
+    render(r.attributes);
+    setStatus("");
+    $("download").disabled = false;
+    $("heatmap-toggle").disabled = false;
+  }
+
+  function render(attributes) {
+    const box = $("attributes");
+    box.replaceChildren();
+    const t = state.taxonomy;
+    const names = t ? t.attributes.map((a) => a.name) : Object.keys(attributes);
+    const category = t && t.category_attribute && attributes[t.category_attribute]
+      ? attributes[t.category_attribute].value : null;
+    for (const name of names) {
+      const info = t ? t.attributes.find((a) => a.name === name) : null;
+      const got = attributes[name];
+      const card = el("div", "attribute");
+      card.dataset.attribute = name;
+      const head = el("div", "attribute-head");
+      head.append(el("span", "attribute-name", name));
+      if (info) head.append(el("span", `kind ${info.kind}`, info.kind === "multi" ? "multi-label" : "single"));
+      card.append(head);
+      if (!got) {
+        card.classList.add("not-applicable");
+        card.append(el("div", "prediction muted", `does not apply${category ? ` to ${category}` : ""}`));
+        box.append(card);
+        continue;
+      }
+      const chosen = got.values !== undefined ? got.values : [got.value];
+      const pred = el("div", "prediction", chosen.length ? chosen.join(", ") : "none above threshold");
+      if (!chosen.length) pred.classList.add("muted");
+      card.append(pred);
+      const ranked = Object.entries(got.scores).sort((a, b) => b[1] - a[1]);
+      const shown = ranked.filter(([v], i) => i < MAX_BARS || chosen.includes(v));
+      for (const [value, score] of shown) {
+        const row = el("div", "bar");
+        if (chosen.includes(value)) row.classList.add("chosen");
+        row.dataset.value = value;
+        row.dataset.score = String(score);
+        const label = el("span", "bar-value", value);
+        const track = el("span", "bar-track");
+        const fill = el("span", "bar-fill");
+        fill.style.width = `${Math.max(0, Math.min(1, score)) * 100}%`;
+        track.append(fill);
+        row.append(label, track, el("span", "bar-score", pct(score)));
+        card.append(row);
+      }
+      if (ranked.length > shown.length) {
+        card.append(el("div", "more muted", `+${ranked.length - shown.length} more values`));
+      }
+      box.append(card);
+    }
+  }
+
+  function resetHeatmap() {
+    if (state.heatmapUrl) URL.revokeObjectURL(state.heatmapUrl);
+    state.heatmapUrl = null;
+    $("heatmap").hidden = true;
+    $("heatmap").removeAttribute("src");
+    $("heatmap-toggle").checked = false;
+    $("heatmap-opacity").disabled = true;
+  }
+
+  async function toggleHeatmap() {
+    const on = $("heatmap-toggle").checked;
+    $("heatmap-opacity").disabled = !on;
+    if (!on) {
+      $("heatmap").hidden = true;
+      return;
+    }
+    if (!state.heatmapUrl) {
+      const request = state.request;
+      setStatus("Computing the heat map…", "busy");
+      let res;
+      try {
+        res = await fetch("/v1/heatmap", { method: "POST", body: form(state.file) });
+      } catch (e) {
+        setStatus(`The server did not answer (${e.message}).`, "error");
+        return;
+      }
+      if (request !== state.request) return;
+      if (!res.ok) {
+        setStatus(await errorText(res), "error");
+        $("heatmap-toggle").checked = false;
+        return;
+      }
+      state.heatmapUrl = URL.createObjectURL(await res.blob());
+      $("heatmap").src = state.heatmapUrl;
+      setStatus("");
+    }
+    $("heatmap").hidden = !$("heatmap-toggle").checked;
+  }
+
+  function download() {
+    if (!state.result) return;
+    const blob = new Blob([JSON.stringify(state.result, null, 2)], { type: "application/json" });
+    const a = el("a");
+    const base = (state.file && state.file.name ? state.file.name : "image").replace(/\.[^.]+$/, "");
+    a.href = URL.createObjectURL(blob);
+    a.download = `${base}.attributes.json`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  }
+
+  function pick(files) {
+    const file = files && files[0];
+    if (file) analyse(file);
+  }
+
+  function wire() {
+    const zone = $("drop-zone");
+    $("file-input").addEventListener("change", (e) => pick(e.target.files));
+    ["dragenter", "dragover"].forEach((type) =>
+      zone.addEventListener(type, (e) => {
+        e.preventDefault();
+        zone.classList.add("dragging");
+      }));
+    ["dragleave", "drop"].forEach((type) =>
+      zone.addEventListener(type, (e) => {
+        e.preventDefault();
+        zone.classList.remove("dragging");
+      }));
+    zone.addEventListener("drop", (e) => pick(e.dataTransfer && e.dataTransfer.files));
+    document.addEventListener("paste", (e) => {
+      const item = [...(e.clipboardData ? e.clipboardData.items : [])].find((i) => i.type.startsWith("image/"));
+      if (item) pick([item.getAsFile()]);
+    });
+    $("heatmap-toggle").addEventListener("change", toggleHeatmap);
+    $("heatmap-opacity").addEventListener("input", (e) => {
+      $("heatmap").style.opacity = String(e.target.value / 100);
+    });
+    $("heatmap").style.opacity = String($("heatmap-opacity").value / 100);
+    $("download").addEventListener("click", download);
+  }
+
+  wire();
+  loadModel();
+})();

@@ -1,0 +1,187 @@
+"""The micro-batcher alone: who lands in which batch, in what order, and what happens on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from vestis.service.batching import BatchStats, MicroBatcher
+
+
+class Recorder:
+    """A batch function: x -> 10 x, raising on negative items; records every batch it was called with."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        if any(x < 0 for x in items):
+            raise ValueError(f"negative item in {items}")
+        return [10 * x for x in items]
+
+
+def _run(batcher: MicroBatcher, body: Callable[[MicroBatcher], Awaitable]) -> object:
+    async def main() -> object:
+        await batcher.start()
+        try:
+            return await body(batcher)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main())
+
+
+def test_concurrent_callers_share_a_batch_and_get_their_own_results():
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch_size=16, max_wait_s=0.2)
+
+    async def body(b: MicroBatcher) -> list[list[int]]:
+        return await asyncio.gather(*[b.submit([i]) for i in range(8)])
+
+    results = _run(batcher, body)
+    assert results == [[10 * i] for i in range(8)]
+    assert fn.batches == [list(range(8))]
+
+
+def test_batches_are_cut_at_max_batch_size_in_arrival_order():
+    fn = Recorder()
+    stats: list[BatchStats] = []
+    batcher = MicroBatcher(fn, max_batch_size=4, max_wait_s=0.2, on_batch=stats.append)
+
+    async def body(b: MicroBatcher) -> list[list[int]]:
+        return await asyncio.gather(b.submit([0, 1, 2]), b.submit([3, 4, 5, 6]), b.submit([7, 8, 9]))
+
+    assert _run(batcher, body) == [[0, 10, 20], [30, 40, 50, 60], [70, 80, 90]]
+    assert fn.batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [s.size for s in stats] == [4, 4, 2] and not any(s.failed for s in stats)
+
+
+def test_max_batch_size_one_runs_every_item_alone():
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch_size=1, max_wait_s=0.2)
+
+    async def body(b: MicroBatcher) -> list[list[int]]:
+        return await asyncio.gather(b.submit([1, 2]), b.submit([3]))
+
+    assert _run(batcher, body) == [[10, 20], [30]]
+    assert fn.batches == [[1], [2], [3]]
+
+
+def test_zero_wait_takes_only_what_is_queued():
+    fn = Recorder()
+    gate = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return fn(items)
+
+    batcher = MicroBatcher(slow, max_batch_size=16, max_wait_s=0.0)
+
+    async def body(b: MicroBatcher) -> list[list[int]]:
+        first = asyncio.ensure_future(b.submit([1]))
+        await asyncio.sleep(0.05)  # the worker is now blocked on the first batch
+        rest = [asyncio.ensure_future(b.submit([x])) for x in (2, 3, 4)]
+        await asyncio.sleep(0.05)
+        assert b.depth == 3
+        gate.set()
+        return [await first] + [await r for r in rest]
+
+    assert _run(batcher, body) == [[10], [20], [30], [40]]
+    assert fn.batches == [[1], [2, 3, 4]]  # what queued during the first batch went together, without waiting
+
+
+def test_a_failing_batch_is_retried_item_by_item():
+    fn = Recorder()
+    stats: list[BatchStats] = []
+    batcher = MicroBatcher(fn, max_batch_size=8, max_wait_s=0.2, on_batch=stats.append)
+
+    async def body(b: MicroBatcher) -> list[object]:
+        return await asyncio.gather(b.submit([1]), b.submit([-1]), b.submit([2, 3]), return_exceptions=True)
+
+    ok1, bad, ok2 = _run(batcher, body)
+    assert ok1 == [10] and ok2 == [20, 30]
+    assert isinstance(bad, ValueError) and str(bad) == "negative item in [-1]"
+    assert fn.batches == [[1, -1, 2, 3], [1], [-1], [2], [3]]
+    assert [s.failed for s in stats] == [True, False, True, False, False]
+
+
+def test_the_worker_survives_failures():
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch_size=8, max_wait_s=0.0)
+
+    async def body(b: MicroBatcher) -> list[int]:
+        with pytest.raises(ValueError):
+            await b.submit([-5])
+        assert b.running
+        return await b.submit([4])
+
+    assert _run(batcher, body) == [40]
+
+
+def test_wrong_number_of_results_is_an_error():
+    batcher = MicroBatcher(lambda items: items[:-1], max_batch_size=4, max_wait_s=0.0)
+
+    async def body(b: MicroBatcher) -> None:
+        with pytest.raises(RuntimeError, match="returned 0 results for 1 items"):
+            await b.submit([1])
+
+    _run(batcher, body)
+
+
+def test_a_caller_that_goes_away_is_skipped():
+    fn = Recorder()
+    gate = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return fn(items)
+
+    batcher = MicroBatcher(slow, max_batch_size=16, max_wait_s=0.0)
+
+    async def body(b: MicroBatcher) -> list[int]:
+        first = asyncio.ensure_future(b.submit([1]))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(b.submit([2]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        kept = asyncio.ensure_future(b.submit([3]))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await first
+        return await kept
+
+    assert _run(batcher, body) == [30]
+    assert fn.batches == [[1], [3]]
+
+
+def test_submit_needs_a_running_batcher_and_stop_fails_waiting_callers():
+    gate = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return items
+
+    async def main() -> None:
+        b = MicroBatcher(slow, max_batch_size=1, max_wait_s=0.0)
+        with pytest.raises(RuntimeError, match="not running"):
+            await b.submit([1])
+        await b.start()
+        waiting = asyncio.ensure_future(b.submit([1, 2]))
+        await asyncio.sleep(0.05)
+        await b.stop()
+        gate.set()
+        with pytest.raises(RuntimeError, match="shutting down"):
+            await waiting
+        assert not b.running
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"max_wait_s": -1.0}])
+def test_invalid_settings(kwargs):
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda x: x, **kwargs)

@@ -1,0 +1,23 @@
+"""Service settings: validation and the per-request limits derived from them."""
+
+from __future__ import annotations
+
+import pytest
+
+from vestis.errors import VestisError
+from vestis.service.config import Limits, ServiceConfig
+
+
+def test_limits_from_the_settings():
+    assert ServiceConfig(max_upload_mb=0.5, max_pixels=1234, max_images=3).limits == Limits(2**19, 1234, 3)
+    assert ServiceConfig().limits == Limits()  # the two sets of defaults agree
+
+
+def test_every_bad_setting_is_reported():
+    with pytest.raises(VestisError) as e:
+        ServiceConfig(max_batch_size=0, max_upload_mb=-1, max_wait_ms=-0.5)
+    assert str(e.value) == (
+        "service: max_batch_size: expected a positive value, got 0; max_wait_ms: expected a positive value, "
+        "got -0.5; max_upload_mb: expected a positive value, got -1"
+    )
+    ServiceConfig(max_wait_ms=0)  # no waiting is allowed
