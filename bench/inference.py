@@ -1,0 +1,151 @@
+"""Inference speed of the default model: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime int8.
+
+For each backend: images/s at batch 1 and 32, latency p50/p99 at batch 1, and the achieved GFLOP/s
+(FLOPs of one forward pass counted with ``torch.utils.flop_counter.FlopCounterMode``, times images/s) as a
+fraction of this machine's measured fp32 matrix-multiply GFLOP/s at the same thread count (the roofline's
+compute ceiling). All backends run the same graph (:class:`vestis.inference.export.InferenceModule`:
+``uint8`` input, normalisation, probabilities and the heat-map) through :class:`vestis.inference.Predictor`.
+
+The model is the ``default`` preset's architecture on the synthetic taxonomy with random weights: speed
+does not depend on the weights (the agreement figures of int8 do, see the note written with the table).
+Iterations are bounded by count and by time, so a run takes a minute or two.
+
+    python bench/inference.py [--image-size 224] [--threads 1] [--no-write]
+    python bench/inference.py --backbone resnet50 --iters 30 --batches 2   # its own section
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from _common import write_section  # bench/ is on sys.path when this file is run as a script
+from vestis.config import load_config
+from vestis.data.synthetic import synthetic_taxonomy
+from vestis.inference.export import export_onnx, load_sample_images
+from vestis.inference.predictor import Predictor
+from vestis.models import create_model
+from vestis.train.checkpoint import save_checkpoint
+
+
+def _timings(fn: Callable[[], object], iters: int, max_seconds: float, warmup: int = 3) -> list[float]:
+    """Seconds per call of ``fn``: ``warmup`` calls discarded, then up to ``iters`` calls or ``max_seconds``."""
+    for _ in range(warmup):
+        fn()
+    out: list[float] = []
+    start = time.perf_counter()
+    while len(out) < iters and time.perf_counter() - start < max_seconds:
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Measured fp32 GFLOP/s of an ``n x n`` matrix multiply (2 n^3 FLOPs), best of ``reps``."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    times = _timings(lambda: torch.matmul(a, b), reps, 60.0, warmup=1)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def forward_flops(predictor: Predictor) -> int:
+    """FLOPs of one image through the PyTorch graph (convolutions and matrix products, 2 per multiply-add)."""
+    x = torch.zeros((1, 3, predictor.image_size, predictor.image_size), dtype=torch.uint8)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        predictor.module(x)
+    return int(counter.get_total_flops())
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--backbone", default=None, help="another registered backbone (default: the preset's)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads of every backend and of the matmul")
+    ap.add_argument("--iters", type=int, default=200, help="batch-1 calls per backend (also capped by time)")
+    ap.add_argument("--batches", type=int, default=8, help="batch-32 calls per backend (also capped by time)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="time cap per measurement")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    overrides = [f"data.image_size={args.image_size}"] + ([f"model.backbone={args.backbone}"] if args.backbone else [])
+    cfg = load_config("default", overrides)
+    load = os.getloadavg()[0]
+    taxonomy = synthetic_taxonomy()
+    model = create_model(cfg.model, taxonomy)
+    peak = matmul_gflops()
+    print(f"matmul: {peak:.1f} GFLOP/s on {args.threads} thread(s)")
+
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory(prefix="vestis-bench-") as tmp:
+        ckpt = save_checkpoint(Path(tmp) / "default.ckpt", model=model, config=cfg, taxonomy=taxonomy)
+        fp32 = export_onnx(ckpt, Path(tmp) / "fp32.onnx", check_images=32)
+        int8 = export_onnx(ckpt, Path(tmp) / "int8.onnx", int8=True, calibration_images=32, check_images=32)
+        for name, res in (("fp32", fp32), ("int8", int8)):
+            p = res.parity
+            assert p is not None
+            notes.append(
+                f"ONNX {name} against PyTorch on {p.num_images} synthetic images: max |dp| = {p.max_diff:.2e}, "
+                f"lowest per-attribute agreement {p.min_agreement:.3f}"
+            )
+        backends = {
+            "PyTorch eager": Predictor.from_checkpoint(ckpt, device="cpu", threads=args.threads),
+            "ONNX Runtime fp32": Predictor.from_onnx(fp32.path, device="cpu", threads=args.threads),
+            "ONNX Runtime int8": Predictor.from_onnx(int8.path, device="cpu", threads=args.threads),
+        }
+        flops = forward_flops(backends["PyTorch eager"])
+        images = load_sample_images(None, 32, args.image_size, seed=2)
+        for name, pred in backends.items():
+            one = _timings(lambda p=pred: p.run(images[:1]), args.iters, args.seconds)
+            many = _timings(lambda p=pred: p.run(images), args.batches, args.seconds, warmup=1)
+            ips1, ips32 = len(one) / sum(one), 32 * len(many) / sum(many)
+            best = max(ips1, ips32)
+            p50, p99 = np.percentile(one, [50, 99]) * 1e3
+            rows.append((name, ips1, ips32, p50, p99, flops * best / 1e9, flops * best / 1e9 / peak, len(one)))
+            print(f"{name}: {ips1:.1f} img/s (b1), {ips32:.1f} img/s (b32), p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+            del pred
+
+    gflop = flops / 1e9
+    lines = [
+        f"Model: `default` preset ({cfg.model.name} on {cfg.model.backbone}, CBAM), synthetic taxonomy "
+        f"({len(taxonomy)} attributes), random weights, {args.image_size} px, `uint8` input with in-graph "
+        f"normalisation, {gflop:.3f} GFLOP per image (FlopCounterMode). {args.threads} intra-op thread(s) for every "
+        f"backend. Machine fp32 matmul (2048 x 2048, same threads): {peak:.1f} GFLOP/s. The machine is shared: "
+        f"1-minute load average {load:.2f} when the run started.",
+        "",
+        "| backend | img/s batch 1 | img/s batch 32 | p50 ms (b1) | p99 ms (b1) | GFLOP/s | of matmul peak |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, ips1, ips32, p50, p99, gf, frac, _ in rows:
+        lines.append(f"| {name} | {ips1:.1f} | {ips32:.1f} | {p50:.2f} | {p99:.2f} | {gf:.1f} | {frac:.1%} |")
+    lines += [
+        "",
+        f"Batch-1 statistics over at least {min(r[-1] for r in rows)} calls per backend (after 3 warm-up "
+        f"calls); batch 32 over up to {args.batches} calls. GFLOP/s uses the better of the two batch sizes; int8 "
+        "is compared with the fp32 matmul ceiling, so its fraction is of the fp32 roofline.",
+        "",
+        *[f"- {n}" for n in notes],
+        "- The weights are random, so these agreement figures compare int8 rounding noise with the margins of an "
+        "untrained network; they are not the accuracy of int8 on a trained model (`vestis export --int8 "
+        "--calibration <your images>` reports that for a real checkpoint).",
+    ]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        name, title = "inference", "Inference: PyTorch vs ONNX Runtime (fp32, int8)"
+        if args.backbone:
+            name, title = f"inference-{args.backbone}", f"{title}, {args.backbone} backbone"
+        print(f"wrote {write_section(name, title, body)}")
+
+
+if __name__ == "__main__":
+    main()
