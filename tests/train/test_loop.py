@@ -29,10 +29,10 @@ def _cfg(*extra):
 
 
 def test_loss_goes_down_and_checkpoint_rebuilds(catalog, tmp_path):
-    result = train(_cfg("train.epochs=4", "train.lr=0.01"), catalog, tmp_path / "run", **QUIET)
+    result = train(_cfg("train.epochs=5"), catalog, tmp_path / "run", **QUIET)
     losses = [h["train"]["loss"] for h in result.history]
-    assert len(losses) == 4
-    assert losses[-1] < 0.9 * losses[0] and min(losses) == losses[-1], losses
+    assert len(losses) == 5
+    assert losses[-1] < 0.85 * losses[0] and min(losses) == losses[-1], losses
     assert result.best.is_file() and result.last.is_file()
     assert (tmp_path / "run" / "history.json").is_file()
     # the checkpoint alone rebuilds the model: same outputs as the trained one
