@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vestis.data.catalog import load_catalog
-from vestis.data.images import DEFAULT_MAX_PIXELS, check_image
+from vestis.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, check_image
 from vestis.data.manifest import Manifest, Problem, Record
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
@@ -190,12 +190,12 @@ def _image_problem(path: Path, max_pixels: int) -> tuple[str, str] | None:
     """``(kind, reason)`` for an unusable image, else ``None``."""
     if not path.is_file():
         return "missing-image", f"image file {str(path)!r} not found; expected a path relative to the manifest"
-    reason = check_image(path, max_pixels=max_pixels)
-    if reason is None:
+    error = check_image(path, max_pixels=max_pixels)
+    if error is None:
         return None
-    if "over the cap" in reason:
-        return "image-too-large", f"{reason} (raise --max-pixels if the image is genuine)"
-    return "bad-image", f"{reason}; expected a complete JPEG, PNG or WebP file"
+    if isinstance(error, ImageTooLarge):
+        return "image-too-large", f"{error.reason} (raise --max-pixels if the image is genuine)"
+    return "bad-image", f"{error.reason}; expected a complete JPEG, PNG or WebP file"
 
 
 def _check_images(

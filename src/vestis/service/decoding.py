@@ -18,11 +18,10 @@ import base64
 import binascii
 import io
 import json
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -30,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import vestis.data.images  # noqa: F401  (disables Pillow's global pixel guard; the cap below is ours)
+from vestis.data.images import ImageError, ImageTooLarge, ImageUnsupported, load_image
 from vestis.service.config import Limits
 from vestis.service.schemas import ImagesRequest
 
@@ -168,6 +167,12 @@ def _b64decode(text: str, where: str) -> bytes:
         ) from None
 
 
+def _original_size(data: bytes) -> tuple[int, int]:
+    """The size stated by the header (the decoded image may be smaller: JPEG DCT scaling)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
 def decode_image(raw: RawImage, max_pixels: int, min_side: int | None = None) -> DecodedImage:
     """Decode one image file to RGB, refusing it before decoding when it has more than ``max_pixels``.
 
@@ -187,31 +192,16 @@ def decode_image(raw: RawImage, max_pixels: int, min_side: int | None = None) ->
     if not raw.data:
         raise ServiceError(422, "empty image", f"{raw.where}: the file is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw.data), formats=IMAGE_FORMATS)
-    except UnidentifiedImageError:
-        raise ServiceError(415, "unsupported image", f"{raw.where}: not a {', '.join(IMAGE_FORMATS)} image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's own guard, if set
-        raise ServiceError(413, "image too large", f"{raw.where}: {e}") from None
-    except Exception as e:  # Pillow raises many types on a header it cannot parse
-        raise ServiceError(422, "corrupt image", f"{raw.where}: {type(e).__name__}: {e}") from None
-    w, h = img.size
-    if w * h > max_pixels:
-        img.close()
-        raise ServiceError(
-            413, "image too large", f"{raw.where}: {w}x{h} = {w * h:,} pixels, over the cap of {max_pixels:,}"
+        rgb = load_image(
+            io.BytesIO(raw.data), max_pixels=max_pixels, min_side=min_side, formats=IMAGE_FORMATS, name=raw.where
         )
-    try:
-        if min_side is not None and img.format == "JPEG":
-            # the same rule as load_image: the largest DCT scale that keeps both sides >= min_side
-            scale = min(w, h) / min_side
-            if scale >= 2:
-                img.draft("RGB", (max(1, int(w / scale)), max(1, int(h / scale))))
-        img.load()
-        rgb = img.convert("RGB") if img.mode != "RGB" else img
-    except Exception as e:  # truncated data, bad chunks, broken compression streams
-        raise ServiceError(422, "corrupt image", f"{raw.where}: {type(e).__name__}: {e}") from None
+    except ImageUnsupported:
+        raise ServiceError(415, "unsupported image", f"{raw.where}: not a {', '.join(IMAGE_FORMATS)} image") from None
+    except ImageTooLarge as e:
+        raise ServiceError(413, "image too large", str(e)) from None
+    except ImageError as e:
+        raise ServiceError(422, "corrupt image", str(e)) from None
+    w, h = _original_size(raw.data)
     return DecodedImage(rgb, w, h, raw.filename)
 
 
