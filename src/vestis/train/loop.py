@@ -29,12 +29,12 @@ from vestis.data.catalog import load_catalog
 from vestis.data.dataset import AttributeDataset
 from vestis.data.manifest import Manifest
 from vestis.data.splits import split_manifest
-from vestis.data.taxonomy import Taxonomy
+from vestis.data.taxonomy import Attribute, Taxonomy
 from vestis.data.transforms import BatchAugment, prepare_batch
 from vestis.data.validate import clean_catalog, validate_manifest
 from vestis.errors import VestisError
 from vestis.eval.evaluator import evaluate_predictions
-from vestis.eval.metrics import calibrate_thresholds
+from vestis.eval.metrics import calibrate_thresholds, one_hot
 from vestis.inference.batch import predict_loader
 from vestis.io import atomic_write_text
 from vestis.losses import MaskedMultiTaskLoss, class_weights
@@ -355,7 +355,10 @@ def _train(
                     best, bad_epochs, improved = float(value), 0, True
                     thresholds = {
                         a.name: [
-                            float(t) for t in calibrate_thresholds(probs[a.name], _multi_hot(a, enc), enc.masks[a.name])
+                            float(t)
+                            for t in calibrate_thresholds(
+                                probs[a.name], _targets_2d(a, enc.targets[a.name]), enc.masks[a.name]
+                            )
                         ]
                         for a in taxonomy
                     }
@@ -424,6 +427,11 @@ def _train(
     )
 
 
+def _targets_2d(attr: Attribute, targets: np.ndarray) -> np.ndarray:
+    """Targets as (N, K): single-label indices one-hot (missing rows zero), multi-label as they are."""
+    return targets if attr.kind == "multi" else one_hot(targets, attr.num_values)
+
+
 def _average_buffers(model: nn.Module, info: DistInfo) -> None:
     """Average float buffers (BatchNorm running stats) over ranks: DDP keeps parameters in step, but each
     rank updates its running statistics from its own shard; after this every rank holds the same model."""
@@ -433,14 +441,3 @@ def _average_buffers(model: nn.Module, info: DistInfo) -> None:
         if buf.is_floating_point():
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
             buf.div_(info.world_size)
-
-
-def _multi_hot(attr, enc) -> np.ndarray:
-    """Single-label index targets as one-hot (missing rows: zeros), multi-label ones as they are."""
-    t = enc.targets[attr.name]
-    if attr.kind == "multi":
-        return t
-    out = np.zeros((len(t), attr.num_values), dtype=np.float32)
-    ok = t >= 0
-    out[np.flatnonzero(ok), t[ok]] = 1.0
-    return out
