@@ -12,10 +12,10 @@ from PIL import Image
 
 import vestis
 from tests.inference.conftest import IMAGE_SIZE, THRESHOLDS, small_taxonomy
-from vestis.data.transforms import letterbox, normalize
+from vestis.data.transforms import letterbox, letterbox_box, normalize
 from vestis.errors import VestisError
 from vestis.inference.batch import probabilities
-from vestis.inference.predictor import Predictor, letterbox_box, project_heatmap
+from vestis.inference.predictor import Predictor, project_heatmap
 
 
 @pytest.fixture(scope="module")

@@ -21,21 +21,41 @@ from torch import Tensor, nn
 
 from vestis.config import AugmentConfig, DataConfig
 
-__all__ = ["BatchAugment", "LetterboxResize", "letterbox", "normalize", "prepare_batch"]
+__all__ = [
+    "BatchAugment",
+    "LetterboxResize",
+    "letterbox",
+    "letterbox_array",
+    "letterbox_box",
+    "normalize",
+    "prepare_batch",
+]
+
+
+def letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Where :func:`letterbox` puts a ``width x height`` image in the square: ``(x0, y0, w, h)``."""
+    scale = size / max(width, height)
+    nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
+    return (size - nw) // 2, (size - nh) // 2, nw, nh
 
 
 def letterbox(img: Image.Image, size: int, pad_value: int = 255) -> Image.Image:
     """Resize so the longer side is ``size`` keeping the aspect ratio, then centre-pad to ``size x size``."""
-    w, h = img.size
-    scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    if (nw, nh) != (w, h):
+    x0, y0, nw, nh = letterbox_box(*img.size, size)
+    if (nw, nh) != img.size:
         img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
     if nw == nh == size:
         return img
     canvas = Image.new("RGB", (size, size), (pad_value,) * 3)
-    canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
+    canvas.paste(img, (x0, y0))
     return canvas
+
+
+def letterbox_array(img: Image.Image, size: int, pad_value: int = 255) -> np.ndarray:
+    """PIL image -> letterboxed ``uint8`` array ``(3, size, size)``, the model's input layout."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    arr = np.asarray(letterbox(rgb, size, pad_value), dtype=np.uint8)  # (S, S, 3)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))  # (3, S, S)
 
 
 class LetterboxResize:
@@ -46,8 +66,7 @@ class LetterboxResize:
         self.pad_value = pad_value
 
     def __call__(self, img: Image.Image) -> Tensor:
-        arr = np.asarray(letterbox(img, self.size, self.pad_value), dtype=np.uint8)  # (S, S, 3)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (3, S, S)
+        return torch.from_numpy(letterbox_array(img, self.size, self.pad_value))
 
 
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:

@@ -253,7 +253,7 @@ def load_sample_images(
         VestisError: the source holds no readable image.
     """
     from vestis.data.images import ImageError, load_image
-    from vestis.data.transforms import letterbox
+    from vestis.data.transforms import letterbox_array
     from vestis.inference.tagging import collect_inputs
 
     def decode(paths: list[Path]) -> np.ndarray:
@@ -263,7 +263,7 @@ def load_sample_images(
                 img = load_image(p, min_side=size)
             except ImageError:
                 continue
-            arrays.append(np.asarray(letterbox(img, size, pad_value), dtype=np.uint8).transpose(2, 0, 1))
+            arrays.append(letterbox_array(img, size, pad_value))
         if not arrays:
             raise VestisError(f"{source}: no readable image for calibration")
         return np.ascontiguousarray(np.stack(arrays))  # (N, 3, S, S)

@@ -34,12 +34,12 @@ from torch import nn
 
 from vestis.data.images import DEFAULT_MAX_PIXELS
 from vestis.data.taxonomy import Taxonomy
-from vestis.data.transforms import letterbox
+from vestis.data.transforms import letterbox_array, letterbox_box
 from vestis.errors import VestisError
 from vestis.eval.metrics import DEFAULT_THRESHOLD
 from vestis.inference.export import HEATMAP_OUTPUT, INPUT_NAME, ONNX_FORMAT, ONNX_VERSION, InferenceModule
 
-__all__ = ["DEFAULT_THRESHOLD", "Predictor", "letterbox_box", "project_heatmap"]
+__all__ = ["DEFAULT_THRESHOLD", "Predictor", "project_heatmap"]
 
 _PREPROCESSING_KEYS = ("image_size", "mean", "std", "pad_value")
 
@@ -109,13 +109,6 @@ def _check_threads(threads: int) -> int:
     if threads < 1:
         raise VestisError(f"threads: expected a positive number of threads, got {threads}")
     return threads
-
-
-def letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """Where :func:`~vestis.data.transforms.letterbox` puts a ``width x height`` image: ``(x0, y0, w, h)``."""
-    scale = size / max(width, height)
-    nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
-    return (size - nw) // 2, (size - nh) // 2, nw, nh
 
 
 def project_heatmap(
@@ -379,8 +372,7 @@ class Predictor:
         s, pad = self.image_size, int(self.preprocessing["pad_value"])
         out = np.empty((len(images), 3, s, s), dtype=np.uint8)
         for i, img in enumerate(images):
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
-            out[i] = np.asarray(letterbox(rgb, s, pad), dtype=np.uint8).transpose(2, 0, 1)
+            out[i] = letterbox_array(img, s, pad)
         return out
 
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ from vestis.data.images import ImageError, load_image
 from vestis.data.manifest import FORMATS as MANIFEST_FORMATS
 from vestis.data.manifest import read_manifest
 from vestis.data.taxonomy import Taxonomy
-from vestis.data.transforms import letterbox
+from vestis.data.transforms import letterbox_array
 from vestis.errors import VestisError
 from vestis.inference.predictor import Predictor
 from vestis.io import atomic_write
@@ -153,8 +153,7 @@ def decode_image(path: Path, size: int, pad_value: int, max_pixels: int) -> tupl
     """``(uint8 (3, size, size), None)`` for a readable image, else ``(None, reason)``; never raises."""
     try:
         img = load_image(path, max_pixels=max_pixels, min_side=size)
-        arr = np.asarray(letterbox(img, size, pad_value), dtype=np.uint8).transpose(2, 0, 1)  # (3, S, S)
-        return np.ascontiguousarray(arr), None
+        return letterbox_array(img, size, pad_value), None
     except ImageError as e:
         msg = str(e)
         return None, msg[len(f"{path}: ") :] if msg.startswith(f"{path}: ") else msg
