@@ -2,8 +2,10 @@
 
 A request goes through stages, and the model code never sees HTTP::
 
-    read_images  (HTTP body -> image files; size and count limits)          on the event loop
-    decode       (files -> RGB images -> uint8 (3, S, S); pixel limit)      in the request thread pool
+    read_images  (HTTP body -> image files; size, count and JSON depth limits)  on the event loop
+    admit        (shed the request with 503 + Retry-After if the model is too far behind)
+    headers      (pixel limits per image and per request, before decoding)     in the request thread pool
+    decode       (one file at a time -> RGB -> uint8 (3, S, S), holding its share of the memory budget)
     batch        (MicroBatcher: items of concurrent requests -> (B, 3, S, S))
     predict      (predictor.predict_arrays)                                 in the one model thread
     unbatch      (per-attribute (B, K) -> one row per item)
@@ -12,6 +14,7 @@ A request goes through stages, and the model code never sees HTTP::
 Endpoints: ``POST /v1/attributes``, ``POST /v1/heatmap``, ``GET /v1/taxonomy``, ``GET /healthz``,
 ``GET /readyz``, ``GET /metrics`` and the web page at ``/``. Every error is JSON
 ``{"error": ..., "detail": ...}``; an exception in the model answers 500 and the next request is served.
+A client that goes away while its body is read is an ordinary event: counted, logged on one line, no 500.
 The service is self-contained: it fetches nothing (no URLs in requests, no CDN on the page), so the
 interactive ``/docs`` pages (which load scripts from a CDN) are off; ``/openapi.json`` is there.
 """
@@ -19,11 +22,10 @@ interactive ``/docs`` pages (which load scripts from a CDN) are off; ``/openapi.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -38,13 +40,25 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from vestis import __version__
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
-from vestis.service.batching import MicroBatcher
+from vestis.service.batching import MicroBatcher, Overloaded
+from vestis.service.budget import MemoryBudget
 from vestis.service.config import ServiceConfig
-from vestis.service.decoding import BodyLimitMiddleware, DecodedImage, ServiceError, decode_images, read_images
+from vestis.service.decoding import (
+    BodyLimitMiddleware,
+    DecodedImage,
+    ImageHeader,
+    RawImage,
+    ServiceError,
+    decode_image,
+    read_headers,
+    read_images,
+)
+from vestis.service.heatmap import fit_size, render_heatmap
 from vestis.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from vestis.service.schemas import (
     AttributesResponse,
@@ -127,41 +141,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "Malformed body, bad base64, or an empty, truncated or corrupt image.",
     },
     500: {"model": ErrorResponse, "description": "The model failed on this request."},
-    503: {"model": ErrorResponse, "description": "The model is not loaded yet."},
+    503: {
+        "model": ErrorResponse,
+        "description": "The model is not loaded yet, or the service is overloaded (see `Retry-After`).",
+        "headers": {"Retry-After": {"description": "Seconds after which to retry.", "schema": {"type": "integer"}}},
+    },
 }
-
-# colour map of the overlay: dark blue (ignored) -> cyan -> yellow -> red (looked here)
-_CMAP_STOPS = np.array([0.0, 0.35, 0.65, 1.0])
-_CMAP_RGB = np.array([[20, 30, 140], [0, 190, 230], [250, 220, 40], [230, 30, 30]], dtype=np.float64)
-
-
-def render_heatmap(heat: np.ndarray, style: Literal["overlay", "gray"] = "overlay") -> bytes:
-    """A heat-map ``(H, W)`` in [0, 1] as a PNG.
-
-    Args:
-        heat: the map; values outside [0, 1] are clipped and NaN counts as 0.
-        style: ``gray``: 8-bit greyscale, value x 255; ``overlay``: RGBA colour map whose opacity grows with
-            the value, to lay over the image.
-    """
-    v = np.nan_to_num(np.asarray(heat, dtype=np.float64), nan=0.0).clip(0.0, 1.0)
-    if v.ndim != 2:
-        raise ValueError(f"heat-map: expected a (H, W) array, got shape {v.shape}")
-    if style == "gray":
-        img = Image.fromarray(np.round(v * 255).astype(np.uint8), mode="L")
-    else:
-        rgb = np.stack([np.interp(v, _CMAP_STOPS, _CMAP_RGB[:, c]) for c in range(3)], axis=-1)  # (H, W, 3)
-        alpha = 60 + 170 * v  # faint where the model did not look, never fully hiding the image
-        rgba = np.concatenate([rgb, alpha[..., None]], axis=-1)  # (H, W, 4)
-        img = Image.fromarray(np.round(rgba).astype(np.uint8), mode="RGBA")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    w, h = size
-    scale = min(1.0, max_side / max(w, h))
-    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 class _Service:
@@ -174,8 +159,11 @@ class _Service:
         self.metrics = metrics
         self.executor: ThreadPoolExecutor | None = None
         self.batcher: MicroBatcher[np.ndarray, dict[str, np.ndarray]] | None = None
+        self.budget = MemoryBudget(config.decode_budget_bytes)
+        self.wait_s = config.max_queue_wait_ms / 1000.0
         self.ready = False
         self.status = "starting"
+        metrics.track_decode_bytes(lambda: self.budget.in_use)
 
     @property
     def input_size(self) -> int | None:
@@ -186,10 +174,56 @@ class _Service:
             return None
 
     # --- stages ---------------------------------------------------------------------------------------------
-    def decode(self, raws: list[Any]) -> tuple[list[DecodedImage], np.ndarray]:
-        """Files -> images and the model input ``uint8`` ``(N, 3, S, S)`` (runs in the request thread pool)."""
-        images = decode_images(raws, self.limits.max_pixels, self.input_size)
-        return images, self.predictor.preprocess([d.image for d in images])
+    def shed(self, reason: str, e: Overloaded) -> ServiceError:
+        """The 503 answer to an overload (counted by reason)."""
+        self.metrics.shed.labels(reason).inc()
+        retry = str(int(e.retry_after))
+        return ServiceError(503, "overloaded", f"{e}; retry in {retry} s", headers={"Retry-After": retry})
+
+    def admit(self, n: int) -> AbstractContextManager[None]:
+        """A place in the model's queue for ``n`` images while they are decoded, or a 503 now."""
+        if self.batcher is None or not self.batcher.running:
+            raise ServiceError(503, "not ready", "the model is not loaded yet; see /readyz")
+        try:
+            return self.batcher.admit(n)
+        except Overloaded as e:
+            raise self.shed("queue", e) from None
+
+    async def headers(self, raws: list[RawImage]) -> list[ImageHeader]:
+        """Sizes and decode memory from the headers; the pixel caps (in the request thread pool)."""
+        return await run_in_threadpool(read_headers, raws, self.limits, self.input_size)
+
+    @asynccontextmanager
+    async def memory(self, nbytes: int) -> AsyncIterator[None]:
+        """Hold ``nbytes`` of the decode budget, or answer 503 when it stays full for ``max_queue_wait_ms``."""
+        try:
+            reservation = self.budget.reserve(nbytes, self.wait_s)
+            await reservation.__aenter__()
+        except Overloaded as e:
+            raise self.shed("memory", e) from None
+        try:
+            yield
+        finally:
+            await reservation.__aexit__(None, None, None)
+
+    def _to_input(self, raw: RawImage) -> np.ndarray:
+        decoded = decode_image(raw, self.limits.max_pixels, self.input_size)
+        try:
+            return self.predictor.preprocess([decoded.image])  # (1, 3, S, S)
+        finally:
+            decoded.image.close()  # the full-size pixels go now, not when the request ends
+
+    async def decode(self, raws: list[RawImage], heads: list[ImageHeader]) -> np.ndarray:
+        """Files -> the model input ``uint8`` ``(N, 3, S, S)``.
+
+        One image at a time, each holding its decoded size of the budget only until it is reduced to the
+        model input, so a request of many large images never holds more than one of them decoded.
+        """
+        arrays = []
+        for raw, head in zip(raws, heads, strict=True):
+            async with self.memory(head.decoded_bytes):
+                arrays.append(await run_in_threadpool(self._to_input, raw))
+        return np.concatenate(arrays)  # (N, 3, S, S)
 
     def predict_batch(self, items: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """The batch function: items ``(3, S, S)`` -> one row ``{attribute: (K,)}`` per item (model thread)."""
@@ -197,22 +231,25 @@ class _Service:
         return [{name: p[i] for name, p in probs.items()} for i in range(len(items))]
 
     async def predict(self, batch: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The model's rows for ``batch``, whose images were admitted by :meth:`admit`."""
         if self.batcher is None or not self.batcher.running:
             raise ServiceError(503, "not ready", "the model is not loaded yet; see /readyz")
         try:
-            return await self.batcher.submit(list(batch))
+            return await self.batcher.submit(list(batch), shed=False)
         except Exception as e:
             log.exception("prediction failed")
             raise ServiceError(500, "prediction failed", f"{type(e).__name__}: {e}") from None
 
-    def encode(self, images: list[DecodedImage], rows: list[dict[str, np.ndarray]], calibrated: bool) -> dict:
+    def encode(
+        self, raws: list[RawImage], heads: list[ImageHeader], rows: list[dict[str, np.ndarray]], calibrated: bool
+    ) -> dict:
         """Rows -> the response body: the predictor's per-image results with the upload names and sizes."""
         try:
             probs = {name: np.stack([r[name] for r in rows]) for name in rows[0]}  # {attr: (N, K)}
             decoded = self.predictor.decode(probs, calibrated)
             results = [
-                ImageResult(filename=d.filename, width=d.width, height=d.height, attributes=attrs)
-                for d, attrs in zip(images, decoded, strict=True)
+                ImageResult(filename=r.filename, width=h.width, height=h.height, attributes=attrs)
+                for r, h, attrs in zip(raws, heads, decoded, strict=True)
             ]
         except Exception as e:
             log.exception("decoding the predictions failed")
@@ -223,7 +260,7 @@ class _Service:
         """The map as a PNG at the upload's aspect ratio, its longer side capped at ``heatmap_max_side``."""
         if self.executor is None:
             raise ServiceError(503, "not ready", "the model is not loaded yet; see /readyz")
-        size = _fit((decoded.width, decoded.height), self.config.heatmap_max_side)
+        size = fit_size((decoded.width, decoded.height), self.config.heatmap_max_side)
         try:
             loop = asyncio.get_running_loop()
             heat = await loop.run_in_executor(self.executor, self.predictor.heatmap, decoded.image, size)
@@ -241,6 +278,7 @@ class _Service:
             max_wait_s=self.config.max_wait_ms / 1000.0,
             executor=self.executor,
             on_batch=self.metrics.observe_batch,
+            max_queue_wait_s=self.wait_s,
         )
         self.metrics.track_queue(lambda: self.batcher.depth if self.batcher is not None else 0)
         await self.batcher.start()
@@ -322,7 +360,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=service.limits.max_upload_bytes)
     # outermost: it also counts the 413s above; app.routes is the live list the routes below are added to
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
-    _add_error_handlers(app)
+    _add_error_handlers(app, metrics)
 
     @app.post(
         "/v1/attributes",
@@ -340,9 +378,11 @@ def create_app(
         ),
     ) -> Any:
         raws = await read_images(request, service.limits)
-        images, batch = await run_in_threadpool(service.decode, raws)
-        rows = await service.predict(batch)
-        return service.encode(images, rows, calibrated)
+        with service.admit(len(raws)):
+            heads = await service.headers(raws)
+            batch = await service.decode(raws, heads)
+            rows = await service.predict(batch)
+        return service.encode(raws, heads, rows, calibrated)
 
     @app.post(
         "/v1/heatmap",
@@ -367,8 +407,13 @@ def create_app(
         raws = await read_images(request, service.limits)
         if len(raws) != 1:
             raise ServiceError(422, "one image expected", f"the heat-map takes exactly one image, got {len(raws)}")
-        [decoded] = await run_in_threadpool(decode_images, raws, service.limits.max_pixels, service.input_size)
-        png = await service.heatmap(decoded, style)
+        [head] = await service.headers(raws)
+        async with service.memory(head.decoded_bytes):
+            decoded = await run_in_threadpool(decode_image, raws[0], service.limits.max_pixels, service.input_size)
+            try:
+                png = await service.heatmap(decoded, style)
+            finally:
+                decoded.image.close()
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.get(
@@ -418,10 +463,17 @@ def create_app(
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     async def service_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
         return exc.response()
+
+    async def client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+        # nobody reads this answer; the status labels the request in the metrics (499 as in nginx)
+        metrics.client_disconnects.inc()
+        peer = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s went away while the body of %s %s was read", peer, request.method, request.url.path)
+        return JSONResponse({"error": "client disconnected", "detail": None}, status_code=499)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -441,6 +493,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": "internal error", "detail": type(exc).__name__}, status_code=500)
 
     app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(ClientDisconnect, client_disconnect)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)

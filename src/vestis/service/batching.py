@@ -8,6 +8,13 @@ in order. The event loop never blocks on the model, and the model sees one calle
 
 A batch that raises is retried item by item, so one bad input fails only its own request; the worker
 itself never dies from a batch function's exception.
+
+Load shedding: with ``max_queue_wait_s`` set, a caller whose items would wait longer than that for their
+batch is refused at once with :class:`Overloaded` (the service answers 503 with ``Retry-After``) instead
+of joining a queue that only grows: under overload the accepted requests keep a bounded latency and the
+others learn immediately when to come back. The wait is estimated from the items ahead (queued, and
+announced through :meth:`MicroBatcher.admit` by callers still preparing theirs) and the measured seconds
+per batch; the age of the oldest queued item is checked too, in case the estimate runs behind.
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["BatchStats", "MicroBatcher"]
+__all__ = ["BatchStats", "MicroBatcher", "Overloaded"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -29,13 +38,31 @@ R = TypeVar("R")
 log = logging.getLogger("vestis.service")
 
 
+# weight of the newest batch in the running estimate of seconds per batch
+_EWMA_ALPHA = 0.3
+
+
+class Overloaded(RuntimeError):
+    """The wait would exceed the configured bound; come back in ``retry_after`` seconds.
+
+    Attributes:
+        retry_after: whole seconds (>= 1) after which a retry is likely to be accepted.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class BatchStats:
-    """What one call of the batch function did: how many items and how long it took (seconds)."""
+    """What one call of the batch function did: how many items, how long it took (seconds), and how long
+    each item had waited in the queue before the call (``queue_waits``, seconds; empty for a retry)."""
 
     size: int
     seconds: float
     failed: bool = False
+    queue_waits: tuple[float, ...] = ()
 
 
 @dataclass
@@ -54,6 +81,8 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: how long the first item of a batch may wait for others; 0 takes only what is queued.
         executor: where ``fn`` runs; ``None`` is the loop's default thread pool.
         on_batch: called on the event loop after every call of ``fn`` (metrics).
+        max_queue_wait_s: shed load: refuse callers whose items would wait longer than this for their
+            batch (:class:`Overloaded`); ``None`` queues without bound.
 
     Example:
         >>> batcher = MicroBatcher(model_fn, max_batch_size=16, max_wait_s=0.01)
@@ -69,19 +98,27 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float = 0.01,
         executor: Executor | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
+        max_queue_wait_s: float | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: expected >= 1, got {max_batch_size}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s: expected >= 0, got {max_wait_s}")
+        if max_queue_wait_s is not None and max_queue_wait_s <= 0:
+            raise ValueError(f"max_queue_wait_s: expected > 0 or None, got {max_queue_wait_s}")
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.executor = executor
         self.on_batch = on_batch
+        self.max_queue_wait_s = max_queue_wait_s
         self._queue: asyncio.Queue[_Pending[T, R]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._current: list[_Pending[T, R]] = []
+        self._enqueued: deque[float] = deque()  # enqueue times of the queued items, oldest first
+        self._announced = 0  # items admitted by callers that have not submitted them yet
+        self._batch_s: float | None = None  # running estimate of seconds per batch call
+        self._batch_started: float | None = None  # loop time the running call started
 
     @property
     def running(self) -> bool:
@@ -113,21 +150,69 @@ class MicroBatcher(Generic[T, R]):
             if not p.future.done():
                 p.future.set_exception(RuntimeError("the service is shutting down"))
         self._current = []
+        self._enqueued.clear()
 
-    async def submit(self, items: Sequence[T]) -> list[R]:
+    def estimated_wait(self, n: int = 1) -> float:
+        """Seconds until the last of ``n`` new items would start its batch (0 before any batch was timed)."""
+        if self._batch_s is None:
+            return 0.0
+        loop = asyncio.get_running_loop()
+        running = 0.0
+        if self._batch_started is not None:  # the call in progress: what is left of its usual duration
+            running = max(0.0, self._batch_s - (loop.time() - self._batch_started))
+        ahead = self.depth + self._announced + n
+        return running + (math.ceil(ahead / self.max_batch_size) - 1) * self._batch_s
+
+    def _check_load(self, n: int) -> None:
+        if self.max_queue_wait_s is None:
+            return
+        wait = self.estimated_wait(n)
+        oldest = asyncio.get_running_loop().time() - self._enqueued[0] if self._enqueued else 0.0
+        if max(wait, oldest) > self.max_queue_wait_s:
+            raise Overloaded(
+                f"{self.depth + self._announced} images ahead; the wait would be about {max(wait, oldest):.1f} s, "
+                f"over the bound of {self.max_queue_wait_s:g} s",
+                retry_after=max(1.0, math.ceil(max(wait, oldest))),
+            )
+
+    def admit(self, n: int) -> contextlib.AbstractContextManager[None]:
+        """Reserve places for ``n`` items a caller is still preparing (decoding), or shed the caller now.
+
+        Use the result at once in a ``with`` statement: while inside, the ``n`` items count as queued in
+        :meth:`estimated_wait`, so callers arriving together are refused before they spend work on items
+        that would wait too long. Submit them with ``submit(items, shed=False)`` inside the block.
+
+        Raises:
+            Overloaded: the items would wait longer than ``max_queue_wait_s`` (raised by this call, not
+                by the ``with``, so that nothing inside the block is mistaken for it).
+        """
+        self._check_load(n)
+        return _Admission(self, n)
+
+    async def submit(self, items: Sequence[T], *, shed: bool = True) -> list[R]:
         """Queue ``items`` and wait for their results (in order).
+
+        Args:
+            items: the items.
+            shed: refuse them with :class:`Overloaded` when they would wait too long (False: they were
+                already admitted by :meth:`admit`).
 
         Raises:
             RuntimeError: the batcher is not running.
+            Overloaded: shed (nothing was queued).
             Exception: whatever the batch function raised for one of these items.
         """
         if not self.running or self._queue is None:
             raise RuntimeError("the batcher is not running")
+        if shed:
+            self._check_load(len(items))
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[R]] = []
         for item in items:
             future: asyncio.Future[R] = loop.create_future()
-            self._queue.put_nowait(_Pending(item, future, loop.time()))
+            now = loop.time()
+            self._queue.put_nowait(_Pending(item, future, now))
+            self._enqueued.append(now)
             futures.append(future)
         try:
             return list(await asyncio.gather(*futures))
@@ -139,12 +224,13 @@ class MicroBatcher(Generic[T, R]):
 
     async def _collect(self, queue: asyncio.Queue[_Pending[T, R]]) -> list[_Pending[T, R]]:
         loop = asyncio.get_running_loop()
-        first = await queue.get()
+        first = await self._get(queue)
         batch = [first]
         deadline = first.enqueued + self.max_wait_s
         while len(batch) < self.max_batch_size:
             try:
                 batch.append(queue.get_nowait())
+                self._enqueued.popleft()
                 continue
             except asyncio.QueueEmpty:
                 pass
@@ -154,10 +240,15 @@ class MicroBatcher(Generic[T, R]):
             try:
                 # Queue.get is cancellation-safe: on timeout no item is taken
                 async with asyncio.timeout(remaining):
-                    batch.append(await queue.get())
+                    batch.append(await self._get(queue))
             except TimeoutError:
                 break
         return batch
+
+    async def _get(self, queue: asyncio.Queue[_Pending[T, R]]) -> _Pending[T, R]:
+        p = await queue.get()
+        self._enqueued.popleft()  # every item is put with its time and taken once, in the same order
+        return p
 
     async def _loop(self) -> None:
         assert self._queue is not None
@@ -168,9 +259,10 @@ class MicroBatcher(Generic[T, R]):
                 await self._run(self._current)
             self._current = []
 
-    async def _call(self, items: list[T]) -> list[R]:
+    async def _call(self, items: list[T], queue_waits: tuple[float, ...] = ()) -> list[R]:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        self._batch_started = loop.time()
         failed = True
         try:
             out = list(await loop.run_in_executor(self.executor, self.fn, items))
@@ -179,15 +271,21 @@ class MicroBatcher(Generic[T, R]):
             failed = False
             return out
         finally:
+            seconds = time.perf_counter() - t0
+            self._batch_started = None
+            self._batch_s = (
+                seconds if self._batch_s is None else (1 - _EWMA_ALPHA) * self._batch_s + _EWMA_ALPHA * seconds
+            )
             if self.on_batch is not None:
                 try:
-                    self.on_batch(BatchStats(len(items), time.perf_counter() - t0, failed))
+                    self.on_batch(BatchStats(len(items), seconds, failed, queue_waits))
                 except Exception:  # metrics must never break serving
                     log.exception("on_batch callback failed")
 
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
+        now = asyncio.get_running_loop().time()
         try:
-            results = await self._call([p.item for p in batch])
+            results = await self._call([p.item for p in batch], tuple(now - p.enqueued for p in batch))
         except Exception as e:
             if len(batch) == 1:
                 _fail(batch[0], e)
@@ -205,6 +303,17 @@ class MicroBatcher(Generic[T, R]):
             return
         for p, r in zip(batch, results, strict=True):
             _succeed(p, r)
+
+
+class _Admission:
+    def __init__(self, batcher: MicroBatcher, n: int) -> None:
+        self.batcher, self.n = batcher, n
+
+    def __enter__(self) -> None:
+        self.batcher._announced += self.n
+
+    def __exit__(self, *exc: object) -> None:
+        self.batcher._announced -= self.n
 
 
 def _succeed(p: _Pending[T, R], result: R) -> None:

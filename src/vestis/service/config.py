@@ -17,11 +17,17 @@ class Limits:
         max_upload_bytes: the request body, in bytes (multipart framing and base64 included).
         max_pixels: width x height of any one image, checked from its header before decoding.
         max_images: images in one request.
+        max_request_pixels: width x height summed over the images of one request, checked from the headers
+            before any is decoded (a small body of highly compressible images must not decode to gigabytes).
+        max_json_depth: nesting of arrays and objects in a JSON body, checked before parsing (the parser
+            recurses; a deeply nested body would exhaust the stack).
     """
 
     max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 40_000_000
     max_images: int = 16
+    max_request_pixels: int = 100_000_000
+    max_json_depth: int = 32
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,15 @@ class ServiceConfig:
         max_upload_mb: the largest request body, in MiB.
         max_pixels: the largest image (width x height), checked before decoding.
         max_images: the most images in one request.
+        max_request_pixels: the most pixels (width x height summed) in one request, checked before decoding;
+            the default lets through 16 photos of 6 MP.
+        max_json_depth: the deepest nesting of a JSON body (a valid request needs 2).
+        decode_budget_mb: decoded pixel memory, in MiB, that all requests together may hold at once; an image
+            waits for its share (at most ``max_queue_wait_ms``, then 503). An image larger than the whole
+            budget is decoded alone.
+        max_queue_wait_ms: load shedding: a request whose images would wait longer than this for the model
+            (or for decode memory) is answered 503 with ``Retry-After`` at once, so accepted requests keep a
+            bounded latency under overload.
         heatmap_max_side: heat-maps are computed at most this many pixels on their longer side.
         warmup: run one batch before reporting ready (the first real request then pays no start-up cost).
     """
@@ -43,6 +58,10 @@ class ServiceConfig:
     max_upload_mb: float = 20.0
     max_pixels: int = 40_000_000
     max_images: int = 16
+    max_request_pixels: int = 100_000_000
+    max_json_depth: int = 32
+    decode_budget_mb: float = 1024.0
+    max_queue_wait_ms: float = 2000.0
     heatmap_max_side: int = 512
     warmup: bool = True
 
@@ -53,16 +72,34 @@ class ServiceConfig:
             "max_upload_mb": self.max_upload_mb > 0,
             "max_pixels": self.max_pixels >= 1,
             "max_images": self.max_images >= 1,
+            "max_request_pixels": self.max_request_pixels >= 1,
+            "max_json_depth": self.max_json_depth >= 2,
+            "decode_budget_mb": self.decode_budget_mb > 0,
+            "max_queue_wait_ms": self.max_queue_wait_ms > 0,
             "heatmap_max_side": self.heatmap_max_side >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise VestisError(
-                "service: " + "; ".join(f"{k}: expected a positive value, got {getattr(self, k)!r}" for k in bad)
+                "service: "
+                + "; ".join(
+                    f"{k}: expected {_EXPECTED.get(k, 'a positive value')}, got {getattr(self, k)!r}" for k in bad
+                )
             )
 
     @property
     def limits(self) -> Limits:
         return Limits(
-            max_upload_bytes=int(self.max_upload_mb * 2**20), max_pixels=self.max_pixels, max_images=self.max_images
+            max_upload_bytes=int(self.max_upload_mb * 2**20),
+            max_pixels=self.max_pixels,
+            max_images=self.max_images,
+            max_request_pixels=self.max_request_pixels,
+            max_json_depth=self.max_json_depth,
         )
+
+    @property
+    def decode_budget_bytes(self) -> int:
+        return int(self.decode_budget_mb * 2**20)
+
+
+_EXPECTED = {"max_json_depth": "at least 2 (a request is an object holding a list)"}

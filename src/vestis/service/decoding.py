@@ -6,10 +6,11 @@ Two request forms carry images:
 * ``application/json`` ``{"images": ["<base64>", ...]}`` with the base64 of each image *file*.
 
 Nothing here fetches anything: a string that is not base64 (a URL, say) is a 422. Limits are checked as
-early as possible: the body size by :class:`BodyLimitMiddleware` while it streams in, the number of images
-before any is decoded, and the pixel count from the image header before any pixel is decoded
-(decompression bombs). Only a fixed set of raster formats is considered, so Pillow never hands a request
-to a plugin that shells out (EPS) or parses documents.
+early as possible: the body size by :class:`BodyLimitMiddleware` while it streams in, the nesting of a JSON
+body before it is parsed, the number of images before any is decoded, and the pixel count of each image
+and of the whole request from the image headers before any pixel is decoded (decompression bombs). Only a
+fixed set of raster formats is considered, so Pillow never hands a request to a plugin that shells out
+(EPS) or parses documents.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import base64
 import binascii
 import io
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -37,16 +41,25 @@ __all__ = [
     "IMAGE_FORMATS",
     "BodyLimitMiddleware",
     "DecodedImage",
+    "ImageHeader",
     "RawImage",
     "ServiceError",
     "decode_image",
     "decode_images",
+    "json_depth",
+    "json_within_depth",
+    "read_headers",
     "read_images",
 ]
 
 # Raster formats a catalog photo comes in; Pillow tries only these plugins.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _BASE64_WHITESPACE = str.maketrans("", "", " \t\r\n")
+# a JSON string with its escapes (unrolled loop: linear, no backtracking); brackets inside do not nest
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[{]}")))
+_DEPTH_CHUNK = 1 << 20
 
 
 class ServiceError(Exception):
@@ -56,16 +69,18 @@ class ServiceError(Exception):
         status: the HTTP status code.
         error: a short, stable description (``invalid base64``, ``image too large``...).
         detail: what exactly was wrong, for a person.
+        headers: extra response headers (``Retry-After`` on a 503).
     """
 
-    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+    def __init__(self, status: int, error: str, detail: Any = None, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(f"{status} {error}: {detail}")
         self.status = status
         self.error = error
         self.detail = detail
+        self.headers = dict(headers or {})
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.error, "detail": self.detail}, status_code=self.status)
+        return JSONResponse({"error": self.error, "detail": self.detail}, status_code=self.status, headers=self.headers)
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,22 @@ class RawImage:
     data: bytes
     where: str
     filename: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read before any pixel is decoded.
+
+    Attributes:
+        width: the width as uploaded.
+        height: the height as uploaded.
+        decoded_bytes: the memory its decoding will hold at once (the decoded pixels, at the reduced DCT
+            scale for a large JPEG, plus their RGB copy when the file is in another mode).
+    """
+
+    width: int
+    height: int
+    decoded_bytes: int
 
 
 @dataclass(frozen=True)
@@ -142,11 +173,53 @@ async def _read_multipart(request: Request, limits: Limits) -> list[RawImage]:
         await form.close()
 
 
+def json_depth(body: bytes, stop_above: int | None = None) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, without parsing it.
+
+    Brackets inside strings do not count. The scan is a regular expression and byte translations in C plus
+    a chunked numpy running sum (a 20 MB body takes a fraction of a second), and it returns as soon as the
+    depth passes ``stop_above``, so a hostile body costs little. It is exact for valid JSON; for invalid
+    JSON it is some number and the parser reports the error.
+    """
+    # keep only the brackets, as +1 (openers) and -1 (closers, byte 0xFF read as int8)
+    steps = _JSON_STRING.sub(b"", body).translate(_BRACKET_STEPS, _NOT_BRACKETS)
+    depth = deepest = 0
+    for start in range(0, len(steps), _DEPTH_CHUNK):
+        chunk = np.frombuffer(steps, dtype=np.int8, count=min(_DEPTH_CHUNK, len(steps) - start), offset=start)
+        levels = depth + np.cumsum(chunk, dtype=np.int64)
+        deepest = max(deepest, int(levels.max()))
+        depth = int(levels[-1])
+        if stop_above is not None and deepest > stop_above:
+            break
+    return deepest
+
+
+def json_within_depth(body: bytes, max_depth: int) -> bool:
+    """Whether a JSON text nests at most ``max_depth`` arrays and objects (``json.loads`` recurses per level,
+    so a body nested thousands deep would end in a ``RecursionError``).
+
+    A body with no more openers than ``max_depth`` (every valid request: base64 has no brackets) passes
+    after one byte translation; only the others are scanned by :func:`json_depth`.
+    """
+    brackets = body.translate(None, _NOT_BRACKETS)
+    if brackets.count(b"[") + brackets.count(b"{") <= max_depth:
+        return True
+    return json_depth(body, stop_above=max_depth) <= max_depth
+
+
 def _read_json(body: bytes, limits: Limits) -> list[RawImage]:
+    if not json_within_depth(body, limits.max_json_depth):
+        raise ServiceError(
+            422,
+            "invalid JSON",
+            f'nested more than {limits.max_json_depth} levels deep; a request is {{"images": ["<base64>", ...]}}',
+        )
     try:
         data = json.loads(body)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise ServiceError(422, "invalid JSON", str(e)) from None
+    except RecursionError:  # not reached under the depth cap; kept so that no body can end in a 500
+        raise ServiceError(422, "invalid JSON", "nested too deeply") from None
     if isinstance(data, dict) and isinstance(data.get("images"), list) and len(data["images"]) > limits.max_images:
         raise _too_many(len(data["images"]), limits)
     try:
@@ -171,6 +244,68 @@ def _original_size(data: bytes) -> tuple[int, int]:
     """The size stated by the header (the decoded image may be smaller: JPEG DCT scaling)."""
     with Image.open(io.BytesIO(data)) as img:
         return img.size
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    # Pillow keeps 1-byte modes in one byte per pixel, 16-bit modes in two, everything else (RGB too) in four
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def read_header(raw: RawImage, max_pixels: int, min_side: int | None = None) -> ImageHeader:
+    """The size of one image and the memory its decoding needs, from the header alone.
+
+    Args:
+        raw: the file.
+        max_pixels: the pixel cap of one image.
+        min_side: as in :func:`decode_image`: a large JPEG is counted at the reduced DCT scale it will be
+            decoded at.
+
+    Raises:
+        ServiceError: 422 when it is empty or its header is unreadable, 415 when it is not an image in
+            :data:`IMAGE_FORMATS`, 413 when it has more than ``max_pixels``.
+    """
+    if not raw.data:
+        raise ServiceError(422, "empty image", f"{raw.where}: the file is empty")
+    try:
+        with Image.open(io.BytesIO(raw.data), formats=IMAGE_FORMATS) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                too_many = f"image is {w}x{h} = {w * h:,} pixels, over the cap of {max_pixels:,}"
+                raise ServiceError(413, "image too large", f"{raw.where}: {too_many}")
+            if min_side is not None and img.format == "JPEG" and min(w, h) / min_side >= 2:
+                # the same request as load_image makes; draft only rescales the header, decoding nothing
+                scale = min(w, h) / min_side
+                img.draft("RGB", (max(1, int(w / scale)), max(1, int(h / scale))))
+            dw, dh = img.size
+            extra = 0 if img.mode == "RGB" else 4  # the RGB copy made from any other mode
+            return ImageHeader(w, h, dw * dh * (_bytes_per_pixel(img.mode) + extra))
+    except UnidentifiedImageError:
+        raise ServiceError(415, "unsupported image", f"{raw.where}: not a {', '.join(IMAGE_FORMATS)} image") from None
+    except ServiceError:
+        raise
+    except Exception as e:  # Pillow raises many types on a header it cannot parse
+        raise ServiceError(422, "corrupt image", f"{raw.where}: unreadable image ({type(e).__name__}: {e})") from None
+
+
+def read_headers(raws: list[RawImage], limits: Limits, min_side: int | None = None) -> list[ImageHeader]:
+    """:func:`read_header` on each image, then the request's total pixel count against its cap.
+
+    Raises:
+        ServiceError: as :func:`read_header`, and 413 when the images together have more than
+            ``limits.max_request_pixels``.
+    """
+    heads = [read_header(r, limits.max_pixels, min_side) for r in raws]
+    total = sum(h.width * h.height for h in heads)
+    if total > limits.max_request_pixels:
+        raise ServiceError(
+            413,
+            "too many pixels",
+            f"the {len(heads)} images hold {total:,} pixels together; one request may hold at most "
+            f"{limits.max_request_pixels:,}",
+        )
+    return heads
 
 
 def decode_image(raw: RawImage, max_pixels: int, min_side: int | None = None) -> DecodedImage:

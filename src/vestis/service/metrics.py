@@ -10,6 +10,12 @@ name                                       type       labels / meaning
 ``vestis_batch_failures_total``            counter    model calls that raised
 ``vestis_images_total``                    counter    images sent to the model
 ``vestis_queue_depth``                     gauge      images waiting for a batch
+``vestis_queue_wait_seconds``              histogram  per image: from joining the queue to its batch's start
+``vestis_shed_requests_total``             counter    ``reason``: refused with 503 + Retry-After, ``queue``
+                                                      (the model is too far behind) or ``memory`` (the
+                                                      decode budget stayed full)
+``vestis_decode_bytes_in_flight``          gauge      decoded image bytes held by requests right now
+``vestis_client_disconnects_total``        counter    clients that went away while their body was read
 ``vestis_ready``                           gauge      1 once the model is loaded and warmed up
 =========================================  =========  =====================================================
 """
@@ -62,6 +68,27 @@ class ServiceMetrics:
         self.batch_failures = Counter("vestis_batch_failures", "Model calls that raised.", registry=r)
         self.images = Counter("vestis_images", "Images sent to the model.", registry=r)
         self.queue_depth = Gauge("vestis_queue_depth", "Images waiting for a batch.", registry=r)
+        self.queue_wait = Histogram(
+            "vestis_queue_wait_seconds",
+            "Seconds an image waited in the queue for its batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shed = Counter(
+            "vestis_shed_requests",
+            "Requests refused with 503 and Retry-After, by reason (queue: the model is behind; memory: "
+            "the decode budget stayed full).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("queue", "memory"):  # present at 0 from the start, so a rate is defined
+            self.shed.labels(reason)
+        self.decode_bytes = Gauge(
+            "vestis_decode_bytes_in_flight", "Decoded image bytes held by requests right now.", registry=r
+        )
+        self.client_disconnects = Counter(
+            "vestis_client_disconnects", "Clients that went away while their request body was read.", registry=r
+        )
         self.ready = Gauge("vestis_ready", "1 once the model is loaded and warmed up.", registry=r)
 
     def observe_batch(self, stats: BatchStats) -> None:
@@ -69,12 +96,18 @@ class ServiceMetrics:
         self.batch_size.observe(stats.size)
         self.batch_seconds.observe(stats.seconds)
         self.images.inc(stats.size)
+        for wait in stats.queue_waits:
+            self.queue_wait.observe(wait)
         if stats.failed:
             self.batch_failures.inc()
 
     def track_queue(self, depth: Callable[[], int]) -> None:
         """Read the queue depth from ``depth`` at every scrape."""
         self.queue_depth.set_function(depth)
+
+    def track_decode_bytes(self, in_flight: Callable[[], int]) -> None:
+        """Read the decoded bytes in flight from ``in_flight`` at every scrape."""
+        self.decode_bytes.set_function(in_flight)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every collector."""
