@@ -20,8 +20,15 @@ def list_models() -> list[str]:
     return _list()
 
 
-def load(path: Any, **kwargs: Any) -> Any:
-    """Rebuild a trained model from a checkpoint file alone (see :func:`vestis.train.checkpoint.load`)."""
+def load(path: Any, *, map_location: Any = "cpu", trust: bool = False) -> Any:
+    """Rebuild a trained model from a checkpoint file alone (see :func:`vestis.train.checkpoint.load`).
+
+    Args:
+        path: the checkpoint file.
+        map_location: the device of the returned model.
+        trust: also load an old pickle checkpoint; unpickling runs any code the file holds, so pass it only for
+            a file from a source you trust.
+    """
     from vestis.train.checkpoint import load as _load
 
-    return _load(path, **kwargs)
+    return _load(path, map_location=map_location, trust=trust)

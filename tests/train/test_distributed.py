@@ -11,6 +11,7 @@ from vestis.config import load_config
 from vestis.data.synthetic import generate_catalog
 from vestis.data.taxonomy import load_taxonomy
 from vestis.models import create_model
+from vestis.train.checkpoint import load_checkpoint
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -31,7 +32,7 @@ def test_two_ranks_end_with_identical_weights(tmp_path):
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
     # the checkpoint (written by rank 0) holds those weights after exactly 3 optimiser steps
-    ckpt = torch.load(out / "last.ckpt", weights_only=False)
+    ckpt = load_checkpoint(out / "last.ckpt")
     assert ckpt["train_state"]["step"] == 3
     assert all(torch.equal(ckpt["model"][k], w0[k]) for k in w0)
     # and the steps moved the weights away from the initial (seeded) model

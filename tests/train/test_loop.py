@@ -12,6 +12,7 @@ import vestis.cli
 from vestis.config import load_config
 from vestis.data.synthetic import generate_catalog
 from vestis.errors import VestisError
+from vestis.train.checkpoint import load_checkpoint
 from vestis.train.loop import train
 
 QUIET = {"progress": False, "log": lambda *_: None}
@@ -55,8 +56,8 @@ def test_resume_continues_exactly(catalog, tmp_path):
     assert first.epochs_run == 1
     resumed = train(cfg, catalog, tmp_path / "split", resume=True, **QUIET)
     assert resumed.epochs_run == 1 and resumed.steps == full.steps
-    a = torch.load(full.last, weights_only=False)
-    b = torch.load(resumed.last, weights_only=False)
+    a = load_checkpoint(full.last)
+    b = load_checkpoint(resumed.last)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [h["train"]["loss"] for h in a["train_state"]["history"]] == [

@@ -191,7 +191,12 @@ class Predictor:
     # --- construction ---------------------------------------------------------------------------------------
     @classmethod
     def from_path(
-        cls, path: str | os.PathLike[str], device: str | None = None, *, threads: int | None = None
+        cls,
+        path: str | os.PathLike[str],
+        device: str | None = None,
+        *,
+        threads: int | None = None,
+        trust_checkpoint: bool = False,
     ) -> Predictor:
         """A ``.onnx`` file (ONNX Runtime) or a checkpoint (PyTorch).
 
@@ -202,30 +207,38 @@ class Predictor:
             threads: CPU threads per model call; ``None`` leaves the runtime's default (all cores). For ONNX
                 it is the session's own setting; for PyTorch it calls ``torch.set_num_threads``, which is
                 process-wide.
+            trust_checkpoint: also load an old pickle checkpoint, which runs any code the file holds (see
+                :func:`vestis.train.checkpoint.load_checkpoint`).
 
         Raises:
-            VestisError: a missing or unreadable file, a file without vestis metadata, an unavailable device.
+            VestisError: a missing or unreadable file, a file without vestis metadata, an old pickle checkpoint
+                without ``trust_checkpoint``, an unavailable device.
         """
         path = Path(path)
         if not path.is_file():
             raise VestisError(f"{path}: model file not found")
         if path.suffix.lower() == ".onnx":
             return cls.from_onnx(path, device, threads=threads)
-        return cls.from_checkpoint(path, device, threads=threads)
+        return cls.from_checkpoint(path, device, threads=threads, trust_checkpoint=trust_checkpoint)
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike[str], device: str | None = None, *, threads: int | None = None
+        cls,
+        path: str | os.PathLike[str],
+        device: str | None = None,
+        *,
+        threads: int | None = None,
+        trust_checkpoint: bool = False,
     ) -> Predictor:
         """The PyTorch backend on a vestis checkpoint (see :meth:`from_path`)."""
-        from vestis.train.checkpoint import load, load_checkpoint
+        from vestis.train.checkpoint import load_checkpoint, rebuild_model
 
         path = Path(path)
         if threads is not None:
             torch.set_num_threads(_check_threads(threads))
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, trust=trust_checkpoint)
         dev = _torch_device(device)
-        model = load(path, map_location=dev)
+        model = rebuild_model(state, source=str(path), map_location=dev)
         predictor = cls.from_model(
             model, preprocessing=state.get("preprocessing"), thresholds=state.get("thresholds"), device=str(dev)
         )

@@ -162,6 +162,7 @@ def train(
     device: str | None = None,
     progress: bool = True,
     log: Any = print,
+    trust_checkpoint: bool = False,
 ) -> TrainResult:
     """Train a model on a manifest and write ``last.ckpt`` / ``best.ckpt`` into ``out_dir``.
 
@@ -175,11 +176,15 @@ def train(
         device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
         progress: show a progress bar.
         log: where one-line messages go.
+        trust_checkpoint: resume from an old pickle ``last.ckpt`` too (unpickling runs any code it holds).
     """
     out = Path(out_dir)
     info = init_distributed(device)
     try:
-        return _train(cfg, Path(data), out, info, taxonomy, resume, skip_invalid, check_images, progress, log)
+        return _train(
+            cfg, Path(data), out, info, taxonomy, resume, skip_invalid, check_images, progress, log,
+            trust_checkpoint=trust_checkpoint,
+        )  # fmt: skip
     finally:
         cleanup(info)
 
@@ -195,6 +200,7 @@ def _train(
     check_images: bool,
     progress: bool,
     log: Any,
+    trust_checkpoint: bool = False,
 ) -> TrainResult:
     tc, dc = cfg.train, cfg.data
     dev = info.device
@@ -209,7 +215,7 @@ def _train(
     if resume:
         if not last_path.is_file():
             raise VestisError(f"{last_path}: nothing to resume (no last.ckpt in the run directory)")
-        saved = load_checkpoint(last_path)
+        saved = load_checkpoint(last_path, trust=trust_checkpoint)
         _check_resume_config(saved["config"], cfg, last_path)
         if saved.get("train_state") is None:
             raise VestisError(f"{last_path}: checkpoint has no training state to resume from")
