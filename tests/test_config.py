@@ -64,3 +64,35 @@ def test_unknown_preset_and_section(tmp_path):
     p.write_text("trian:\n  epochs: 3\n")
     with pytest.raises(VestisError, match=r"bad.yaml: trian: unknown setting"):
         load_config(p)
+
+
+def test_config_file_hostile_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epochs: 3\n  lr: 1e-3\n  epochs: 4\n", encoding="utf-8")
+    with pytest.raises(VestisError, match=r"c\.yaml:4: config: duplicate key 'epochs' \(first on line 2\)"):
+        load_config(p)
+    p.write_bytes("train:\n  # réglages\n  epochs: 3\n".encode("latin-1"))
+    with pytest.raises(VestisError, match=r"c\.yaml:2: not UTF-8: byte 0xe9 at column 6"):
+        load_config(p)
+    p.write_text("train: " + "[" * 20_000 + "]" * 20_000 + "\n", encoding="utf-8")
+    with pytest.raises(VestisError, match=r"c\.yaml:1: config: nesting deeper than 64 levels"):
+        load_config(p)
+
+
+def test_base_chain_loop_and_type(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(f"base: {b}\ntrain: {{epochs: 3}}\n", encoding="utf-8")
+    b.write_text(f"base: {a}\ntrain: {{lr: 0.5}}\n", encoding="utf-8")
+    with pytest.raises(VestisError, match=r"a\.yaml: base: the chain of bases comes back to this file"):
+        load_config(a)
+    b.write_text("base: tiny\ntrain: {lr: 0.5, epochs: 9}\n", encoding="utf-8")
+    cfg = load_config(a)
+    assert (cfg.train.epochs, cfg.train.lr, cfg.model.backbone) == (3, 0.5, "resnet18_tiny")
+    a.write_text("base: [tiny]\n", encoding="utf-8")
+    with pytest.raises(VestisError, match=r"a\.yaml: base: expected a preset name or a YAML path, got \['tiny'\]"):
+        load_config(a)
+
+
+def test_override_value_that_is_not_yaml_stays_text():
+    cfg = apply_overrides(Config(), ["model.pretrained=" + "[" * 20_000])
+    assert cfg.model.pretrained == "[" * 20_000

@@ -18,8 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from vestis.data.textio import read_text
+from vestis.data.yaml_safe import load_yaml
 from vestis.errors import VestisError
 
 __all__ = [
@@ -203,9 +203,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             raise VestisError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+            value = load_yaml(raw, "override", key)[0] if raw.strip() else ""
+        except VestisError:
+            value = raw  # not YAML: the text itself
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -230,32 +230,44 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _config_data(name_or_path: str | os.PathLike[str], chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+    """``(settings, source)`` of a preset or YAML file, with its ``base:`` chain merged underneath."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise VestisError(f"{p}: config file not found")
+        text, source, key = read_text(p, "config"), str(p), str(p.resolve())
+    else:
+        res = resources.files("vestis.configs") / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise VestisError(f"unknown preset {str(name_or_path)!r}; presets: {list_presets()}")
+        text, source = res.read_text(encoding="utf-8"), f"preset {name_or_path}"
+        key = source
+    # bounded: alias bombs, deep nesting and duplicate keys are refused with the line (see yaml_safe)
+    data = load_yaml(text, source, "config")[0] or {}
+    if not isinstance(data, dict):
+        raise VestisError(f"{source}: expected a mapping of sections (data, model, train)")
+    base = data.pop("base", None)
+    if base is None:
+        return data, source
+    if not isinstance(base, str) or not base.strip():
+        raise VestisError(f"{source}: base: expected a preset name or a YAML path, got {base!r}")
+    if key in chain:
+        raise VestisError(f"{source}: base: the chain of bases comes back to this file ({' -> '.join(chain)})")
+    base_data, _ = _config_data(base, (*chain, key))
+    return _merge(Config.from_dict(base_data, source=base).to_dict(), data), source
+
+
 def load_config(name_or_path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
     """A preset name (``paper``, ``default``, ``tiny``) or a YAML path, then ``overrides`` on top.
 
-    A YAML file may start from a preset with ``base: <preset>``.
+    A YAML file may start from a preset (or another file) with ``base: <preset>``.
+
+    Raises:
+        VestisError: an unknown preset, a file that is not UTF-8 or not valid YAML, YAML that
+            :class:`~vestis.data.yaml_safe.BoundedLoader` refuses (alias bombs, deep nesting, duplicate keys),
+            a ``base:`` chain that loops, or an unknown or mistyped setting; each message names the file.
     """
-    data: dict[str, Any] = {}
-    source = "<defaults>"
-    if name_or_path is not None:
-        p = Path(name_or_path)
-        if p.suffix in (".yaml", ".yml") or p.exists():
-            if not p.is_file():
-                raise VestisError(f"{p}: config file not found")
-            text, source = p.read_text(encoding="utf-8"), str(p)
-        else:
-            res = resources.files("vestis.configs") / f"{name_or_path}.yaml"
-            if not res.is_file():
-                raise VestisError(f"unknown preset {str(name_or_path)!r}; presets: {list_presets()}")
-            text, source = res.read_text(encoding="utf-8"), f"preset {name_or_path}"
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise VestisError(f"{source}: not valid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise VestisError(f"{source}: expected a mapping of sections (data, model, train)")
-        base = data.pop("base", None)
-        if base is not None:
-            data = _merge(load_config(base).to_dict(), data)
+    data, source = _config_data(name_or_path) if name_or_path is not None else ({}, "<defaults>")
     cfg = Config.from_dict(data, source=source)
     return apply_overrides(cfg, overrides or [])

@@ -337,3 +337,29 @@ def test_attribute_index_unknown_value():
     assert a.index("blue") == 1
     with pytest.raises(VestisError, match=r"colour: unknown value 'green'; expected one of \['red', 'blue'\]"):
         a.index("green")
+
+
+def test_duplicate_keys_are_reported(tmp_path):
+    path = _write(tmp_path, VALID.replace("    roi: large\n", "    roi: large\n    kind: single\n"))
+    with pytest.raises(VestisError) as e:
+        load_taxonomy(path)
+    assert str(e.value).startswith(f"{path}:20: taxonomy: duplicate key 'kind' (first on line 17)")
+
+
+def test_alias_bomb_and_self_reference(tmp_path):
+    from tests.data.test_yaml_safe import billion_laughs
+
+    path = _write(tmp_path, billion_laughs() + "attributes: [{name: c, values: *a8}]\n")
+    with pytest.raises(VestisError, match=r"taxonomy\.yaml:6: taxonomy: aliases expand to more than"):
+        load_taxonomy(path)
+    path = _write(tmp_path, "attributes: &a\n  - name: c\n    values: *a\n")
+    with pytest.raises(VestisError, match=r"taxonomy\.yaml:3: taxonomy: an alias refers to a node that contains it"):
+        load_taxonomy(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])
+def test_not_utf8_taxonomy(tmp_path, encoding):
+    path = tmp_path / "taxonomy.yaml"
+    path.write_bytes(VALID.replace("demo", "démo").encode(encoding))
+    with pytest.raises(VestisError, match=r"taxonomy\.yaml:1: not UTF-8: "):
+        load_taxonomy(path)

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import yaml
 
+from vestis.data.yaml_safe import read_yaml
 from vestis.errors import VestisError
 from vestis.io import atomic_write_text
 
@@ -333,19 +334,16 @@ def _line_map(node: yaml.Node, path: str = "", out: dict[str, int] | None = None
 
 
 def load_taxonomy(path: str | os.PathLike[str]) -> Taxonomy:
-    """Read and validate a taxonomy YAML file."""
+    """Read and validate a taxonomy YAML file.
+
+    Raises:
+        VestisError: the file is unreadable, not UTF-8, not valid YAML, refused by
+            :class:`~vestis.data.yaml_safe.BoundedLoader` (alias bombs, deep nesting, duplicate keys), or not
+            a valid taxonomy; each message names the file and the line.
+    """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise VestisError(f"{path}: cannot read taxonomy: {e.strerror or e}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        raise VestisError(f"{path}:{line}: taxonomy: not valid YAML ({getattr(e, 'problem', e)})") from None
+    # bounded: aliases, nesting, duplicate keys and encodings are refused with the line (see yaml_safe)
+    data, node = read_yaml(path, "taxonomy")
     lines = _line_map(node) if node is not None else {}
     return Taxonomy.from_dict(data, source=str(path), lines=lines)
 
