@@ -49,6 +49,11 @@ class AugmentConfig:
     rotate: float = 10.0  # degrees, +-
     shear: float = 0.1  # +-10 %, as a shear factor (tan of the angle)
     hflip: float = 0.5  # probability
+    # Catalog photos are often tiny (60x80 px) and re-compressed: imitate that so the model does not rely on
+    # detail it will not see. Probability per image of a down-and-up rescale followed by a JPEG re-encoding.
+    degrade: float = 0.0
+    degrade_scale: tuple[float, float] = (0.25, 0.6)  # down-scale factor range (then back up to the input size)
+    jpeg_quality: tuple[int, int] = (30, 90)  # JPEG quality range of the re-encoding
 
 
 @dataclass

@@ -7,23 +7,30 @@ Two halves, split where the data crosses from the loader to the model:
   than float.
 * :class:`BatchAugment` and :func:`normalize` run on the batch, on the training device (kornia), so the
   paper's affine augmentations cost one ``grid_sample`` per batch instead of a PIL call per image.
+  :class:`RandomDegrade` (optional) imitates tiny, re-compressed catalog photos.
 """
 
 from __future__ import annotations
 
+import io
 import math
+from typing import Literal
 
 import kornia.augmentation as K
 import numpy as np
 import torch
+import torch.nn.functional as F
+from kornia.enhance import jpeg_codec_differentiable
 from PIL import Image
 from torch import Tensor, nn
 
 from vestis.config import AugmentConfig, DataConfig
+from vestis.errors import VestisError
 
 __all__ = [
     "BatchAugment",
     "LetterboxResize",
+    "RandomDegrade",
     "letterbox",
     "letterbox_array",
     "letterbox_box",
@@ -77,6 +84,75 @@ def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -
     return (x - m) / s
 
 
+def _jpeg_pillow(x: Tensor, quality: list[int]) -> Tensor:
+    """libjpeg round trip of each [0, 1] image (3, H, W) at its quality, through Pillow."""
+    out = torch.empty_like(x)
+    arr = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    for i, q in enumerate(quality):
+        buf = io.BytesIO()
+        Image.fromarray(arr[i]).save(buf, format="JPEG", quality=q)
+        dec = np.array(Image.open(buf).convert("RGB"))  # (H, W, 3) uint8
+        out[i] = torch.from_numpy(dec).permute(2, 0, 1).to(x.device, x.dtype) / 255.0
+    return out
+
+
+class RandomDegrade(nn.Module):
+    """Make some images look like small, re-compressed catalog photos (e.g. 60x80 px thumbnails).
+
+    Each image is picked with probability ``p``; a picked image is scaled down by a factor drawn from
+    ``scale`` (area averaging, as a camera or a thumbnailer would), back up to its size (bilinear, as the
+    letterbox resize does at inference), then JPEG re-encoded at a quality drawn from ``quality``.
+
+    Args:
+        p: probability per image.
+        scale: range of the down-scale factor, in (0, 1].
+        quality: range of the JPEG quality, in [1, 100] (integers, both ends included).
+        codec: ``pillow`` (libjpeg, exact, fastest on a CPU), ``kornia`` (differentiable approximation that runs
+            on the batch's device) or ``auto`` (kornia on CUDA, Pillow otherwise).
+    """
+
+    def __init__(
+        self,
+        p: float,
+        scale: tuple[float, float] = (0.25, 0.6),
+        quality: tuple[int, int] = (30, 90),
+        codec: Literal["auto", "pillow", "kornia"] = "auto",
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise VestisError(f"data.augment.degrade: expected a probability in [0, 1], got {p}")
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise VestisError(
+                f"data.augment.degrade_scale: expected [low, high] with 0 < low <= high <= 1, got {scale}"
+            )
+        if not 1 <= quality[0] <= quality[1] <= 100:
+            raise VestisError(
+                f"data.augment.jpeg_quality: expected [low, high] with 1 <= low <= high <= 100, got {quality}"
+            )
+        self.p, self.scale, self.quality, self.codec = p, tuple(scale), tuple(quality), codec
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[0, 1] images (B, 3, H, W) -> the same shape, picked images degraded."""
+        b, _, h, w = x.shape
+        picked = (torch.rand(b, device=x.device) < self.p).nonzero().flatten().tolist()
+        if not picked:
+            return x
+        factors = torch.empty(len(picked)).uniform_(*self.scale).tolist()
+        quality = torch.randint(self.quality[0], self.quality[1] + 1, (len(picked),)).tolist()
+        out = x.clone()
+        for i, f in zip(picked, factors, strict=True):
+            small = F.interpolate(x[i : i + 1], size=(max(1, round(h * f)), max(1, round(w * f))), mode="area")
+            out[i] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+        sub = out[picked].clamp(0, 1)  # (P, 3, H, W)
+        use_kornia = self.codec == "kornia" or (self.codec == "auto" and x.device.type == "cuda")
+        if use_kornia:
+            q = torch.tensor(quality, device=x.device, dtype=x.dtype)
+            out[picked] = jpeg_codec_differentiable(sub, q)
+        else:
+            out[picked] = _jpeg_pillow(sub, quality)
+        return out
+
+
 class BatchAugment(nn.Module):
     """The multi-scale paper's augmentations (§5.2), applied per image to a [0, 1] float batch.
 
@@ -84,11 +160,16 @@ class BatchAugment(nn.Module):
     flip with p = 0.5. A shear of 10 % is a shear factor of 0.1, i.e. atan(0.1) = 5.7 degrees. Pixels
     moved in from outside repeat the border (the Keras ``nearest`` fill the paper's set-up used), which
     on white catalog backgrounds stays white.
+
+    With ``cfg.degrade > 0``, :class:`RandomDegrade` runs first: it stands for the photo as the catalog stores
+    it, the affine transforms for how the product is framed in it.
     """
 
     def __init__(self, cfg: AugmentConfig) -> None:
         super().__init__()
         ops: list[nn.Module] = []
+        if cfg.degrade > 0:
+            ops.append(RandomDegrade(cfg.degrade, cfg.degrade_scale, cfg.jpeg_quality))
         if cfg.hflip > 0:
             ops.append(K.RandomHorizontalFlip(p=cfg.hflip))
         if cfg.zoom or cfg.translate or cfg.rotate or cfg.shear:
