@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -57,3 +59,26 @@ def test_import_command_errors_exit_1(tmp_path):
     assert result.exit_code == 1
     assert "no attribute left for the taxonomy (colour: no value left)" in result.output
     assert not (tmp_path / "o2").exists()
+
+
+def test_import_folders_copy_skips_a_symlink_to_etc_passwd_unless_follow_symlinks(tmp_path):
+    src = tmp_path / "shop"
+    for rel in ("colour/red/a.jpg", "colour/blue/b.jpg"):
+        write_image(src / rel, size=(8, 8))
+    os.symlink("/etc/passwd", src / "colour" / "red" / "passwd.jpg")
+    out = tmp_path / "catalog"
+    runner = CliRunner()
+    result = runner.invoke(vestis.cli.app, ["import", "folders", str(src), "--out", str(out), "--copy"])
+    assert result.exit_code == 0, result.output
+    assert "rows read: 3\nrows written: 2\nrows skipped: 1\n" in result.output
+    assert "outside the source: 1 (e.g. colour/red/passwd.jpg: 'shop/colour/red/passwd.jpg' lies outside" in (
+        result.output.replace(str(tmp_path) + "/", "")
+    )
+    assert sorted(p.name for p in (out / "images").rglob("*.jpg")) == ["a.jpg", "b.jpg"]
+    result = runner.invoke(
+        vestis.cli.app, ["import", "folders", str(src), "--out", str(tmp_path / "c2"), "--copy", "--follow-symlinks"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "rows written: 3\n" in result.output
+    copied = tmp_path / "c2" / "images" / "colour" / "red" / "passwd.jpg"
+    assert copied.read_bytes() == Path("/etc/passwd").read_bytes() and not copied.is_symlink()

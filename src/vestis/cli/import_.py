@@ -38,9 +38,21 @@ def import_command(
     crop: Annotated[
         bool, typer.Option("--crop", help="Write one crop per item box (deepfashion-attributes, imaterialist-2021).")
     ] = False,
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option(
+            "--follow-symlinks", help="Accept images whose symlinks lead outside SRC (skipped rows otherwise)."
+        ),
+    ] = False,
 ) -> None:
-    """Import a dataset: writes DIR/manifest.csv, DIR/taxonomy.yaml and DIR/import_report.json."""
+    """Import a dataset: writes DIR/manifest.csv, DIR/taxonomy.yaml and DIR/import_report.json.
+
+    Ids and image paths from the data stay inside SRC and copies inside DIR: the rows that would leave them
+    are skipped and counted in the report with their reason.
+    """
     from vestis.data.importers import import_dataset
 
-    report = import_dataset(fmt, src, out, copy=copy, min_count=min_count, rare=rare, crop=crop)
+    report = import_dataset(
+        fmt, src, out, copy=copy, min_count=min_count, rare=rare, crop=crop, follow_symlinks=follow_symlinks
+    )
     echo(report.summary())

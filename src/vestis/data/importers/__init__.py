@@ -21,6 +21,11 @@ Formats (one module each; see the module docstrings for the taxonomy each one pr
 ``folders``                 ``root/<attribute>/<value>/*.jpg``
 ==========================  ======================================================================
 
+Paths from the data stay inside the dataset: an id that is not a plain name, an image path with ``..`` or a
+root, a symlink leading out of the folder the image is looked up in (``follow_symlinks=True`` accepts those)
+and anything but a regular file become skipped rows with their reason; copies and crops are written only
+under ``out/images``.
+
 Rare values: ``min_count=N`` folds values with fewer than N examples into ``other`` (``rare='other'``)
 or removes them from the taxonomy and their labels from the rows (``rare='drop'``). An attribute left
 with too few values is left out of the taxonomy and named in the report.
@@ -87,6 +92,7 @@ def import_dataset(
     crop: bool = False,
     min_count: int = 0,
     rare: str = "other",
+    follow_symlinks: bool = False,
     **options: Any,
 ) -> ImportReport:
     """Import the dataset at ``src`` (format ``fmt``) into the catalog folder ``out``.
@@ -99,6 +105,7 @@ def import_dataset(
         crop: write one crop per item box to ``out/images`` (``deepfashion-attributes``, ``imaterialist-2021``).
         min_count: values with fewer examples than this are rare (0: keep every value).
         rare: ``other`` folds rare values into ``other``; ``drop`` removes them (labels become missing).
+        follow_symlinks: accept images whose symlinks lead outside the dataset folder they are looked up in.
         **options: format-specific options (:func:`format_options` lists them).
 
     Returns:
@@ -122,6 +129,6 @@ def import_dataset(
     if not src_path.exists():
         raise VestisError(f"{src_path}: dataset not found")
     report = ImportReport(format=fmt, source=str(src_path), out=str(out_path))
-    ctx = ImportContext(fmt, src_path, out_path, copy=copy, crop=crop, report=report)
+    ctx = ImportContext(fmt, src_path, out_path, copy=copy, crop=crop, report=report, follow_symlinks=follow_symlinks)
     imported = reader(src_path, ctx, **options)
     return finalize(imported, ctx, min_count=min_count, rare=rare)  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ from vestis.data.importers._common import (
     SKIP_NO_IMAGE,
     ImportContext,
     Imported,
+    UnsafePath,
 )
 from vestis.data.manifest import Record
 from vestis.data.taxonomy import Attribute
@@ -141,8 +142,12 @@ def read_clothing_attributes(
         number = i + 1
         report.rows_read += 1
         name = f"{number:06d}.jpg"
-        path = images / name
-        if not ctx.exists(path):
+        try:
+            path = ctx.find(name, images)
+        except UnsafePath as e:
+            ctx.skip_unsafe(e, f"labels row {number}: images/{name}")
+            continue
+        if path is None:
             missing.append(number)
             report.skip(SKIP_NO_IMAGE, f"labels row {number}: images/{name} not found")
             continue

@@ -14,7 +14,9 @@ when present); image and annotation ids renumbered from 1; ``file_name`` relativ
 ``width``/``height`` read from the image header when absent; ``area`` = ``w * h`` when absent;
 ``iscrowd`` defaults to 0; category ids kept.
 
-Skipped images: ``unparseable entry`` (no ``file_name``), ``duplicate id``, ``no image``, ``unreadable image``.
+Skipped images: ``unparseable entry`` (no ``file_name``), ``duplicate id``, ``no image``, ``unreadable image``,
+``unsafe path`` (a ``file_name`` with ``..`` or a root), ``outside the source`` (a symlink leading out of the
+image folder) and ``not a regular file``.
 Annotations left out are counted in ``details.annotations_dropped`` (unknown image or category, box without area).
 """
 
@@ -30,6 +32,7 @@ from vestis.data.importers._common import (
     ImportContext,
     Imported,
     ImportReport,
+    UnsafePath,
     load_json,
 )
 from vestis.data.manifest import SPLITS, Record
@@ -107,7 +110,11 @@ def read_coco(src: Path, ctx: ImportContext, *, image_dir: str | None = None, sp
         if rid in seen or img["id"] in new_id:
             report.skip(SKIP_DUPLICATE, f"{where}: {file_name} already imported")
             continue
-        image_path = next((d / file_name for d in dirs if ctx.exists(d / file_name)), None)
+        try:
+            image_path = ctx.find(file_name, *dirs)
+        except UnsafePath as e:
+            ctx.skip_unsafe(e, where)
+            continue
         if image_path is None:
             report.skip(SKIP_NO_IMAGE, f"{where}: {file_name} not found")
             continue
@@ -118,8 +125,12 @@ def read_coco(src: Path, ctx: ImportContext, *, image_dir: str | None = None, sp
                 report.skip("unreadable image", f"{where}: {file_name} is not a readable image")
                 continue
             w, h = size
+        try:
+            ref = ctx.image(image_path, file_name)
+        except UnsafePath as e:
+            ctx.skip_unsafe(e, where)
+            continue
         seen.add(rid)
-        ref = ctx.image(image_path, file_name)
         new_id[img["id"]] = len(images) + 1
         images.append({"id": len(images) + 1, "file_name": ref, "width": w, "height": h})
         records.append(Record(id=rid, image=ref, split=split))

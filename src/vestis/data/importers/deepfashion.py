@@ -15,8 +15,9 @@ Taxonomy (``name: deepfashion-attributes``), names as in the files, in file orde
 * ``split`` from the official partition (train/val/test); ``title`` = the folder name (the product title).
 
 ``--crop`` writes the crop to the ``list_bbox.txt`` box as ``images/<path without img/>``. Rows whose image is
-missing are skipped (``no image``); an out-of-range category (``unknown value``) or a malformed line
-(``unparseable line``) skips the row too; a malformed attribute line only drops that row's attributes.
+missing are skipped (``no image``); an out-of-range category (``unknown value``), a malformed line
+(``unparseable line``) or an image name with ``..`` or a root (``unsafe path``) skips the row too; a
+malformed attribute line only drops that row's attributes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from vestis.data.importers._common import (
     ImportContext,
     Imported,
     ImportReport,
+    UnsafePath,
     require_file,
 )
 from vestis.data.manifest import SPLITS, Record
@@ -132,27 +134,31 @@ def read_deepfashion_attributes(src: Path, ctx: ImportContext) -> Imported:
         if not 1 <= label <= len(cat_names):
             report.skip(SKIP_UNKNOWN_VALUE, f"{where}: category_label {label} not in 1..{len(cat_names)}")
             continue
-        path = image_root / name
-        if not ctx.exists(path):
-            report.skip(SKIP_NO_IMAGE, f"{where}: {name} not found")
-            continue
         rel = name[4:] if name.startswith("img/") else name
-        if ctx.crop:
-            box = boxes.get(name)
-            if box is None:
-                report.skip("no box", f"{where}: {name} not in list_bbox.txt")
+        try:
+            path = ctx.find(name, image_root)
+            if path is None:
+                report.skip(SKIP_NO_IMAGE, f"{where}: {name} not found")
                 continue
-            try:
-                cropped = ctx.crop_image(path, box, rel)
-            except ImageError as e:
-                report.skip("unreadable image", f"{where}: {e}")
-                continue
-            if cropped is None:
-                report.skip("empty box", f"{where}: box {box} is outside the image")
-                continue
-            image = cropped[0]
-        else:
-            image = ctx.image(path, rel)
+            if ctx.crop:
+                box = boxes.get(name)
+                if box is None:
+                    report.skip("no box", f"{where}: {name} not in list_bbox.txt")
+                    continue
+                try:
+                    cropped = ctx.crop_image(path, box, rel)
+                except ImageError as e:
+                    report.skip("unreadable image", f"{where}: {e}")
+                    continue
+                if cropped is None:
+                    report.skip("empty box", f"{where}: box {box} is outside the image")
+                    continue
+                image = cropped[0]
+            else:
+                image = ctx.image(path, rel)
+        except UnsafePath as e:
+            ctx.skip_unsafe(e, where)
+            continue
         labels: dict[str, tuple[str, ...]] = {"category": (cat_names[label - 1],)}
         if attrs_by_image is not None:
             if name not in attrs_by_image:

@@ -31,6 +31,7 @@ from vestis.data.importers._common import (
     SKIP_NO_IMAGE,
     ImportContext,
     Imported,
+    UnsafePath,
 )
 from vestis.data.manifest import Record
 from vestis.data.taxonomy import Attribute
@@ -118,14 +119,20 @@ def read_deepfashion2(src: Path, ctx: ImportContext) -> Imported:
             stem = anno_path.stem
             where = f"{prefix}annos/{anno_path.name}"
             try:
+                # the annotation files are data too: a symlink among them must not read a file elsewhere
+                ctx.find(anno_path.name, folder / "annos")
+                path = ctx.find(f"{stem}.jpg", folder / "image")
+            except UnsafePath as e:
+                ctx.skip_unsafe(e, where)
+                continue
+            try:
                 anno = json.loads(anno_path.read_text(encoding="utf-8"))
                 if not isinstance(anno, dict):
                     raise ValueError("expected a JSON object")
             except (OSError, ValueError) as e:
                 report.skip("unparseable file", f"{where}: {e}")
                 continue
-            path = folder / "image" / f"{stem}.jpg"
-            if not ctx.exists(path):
+            if path is None:
                 report.skip(SKIP_NO_IMAGE, f"{where}: image/{stem}.jpg not found")
                 continue
             items = _items(anno, dropped)

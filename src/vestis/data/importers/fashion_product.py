@@ -15,7 +15,8 @@ Taxonomy (``name: fashion-product``), values as they occur in the imported rows,
 
 File quirks handled: 22 rows have unquoted commas in ``productDisplayName`` (a line is split into at most
 10 fields, the last takes the rest); empty cells and the literal ``NA`` are missing. Rows without an image
-are skipped as ``no image``; lines with fewer than 10 fields as ``unparseable line``; repeated ids as ``duplicate id``.
+are skipped as ``no image``; lines with fewer than 10 fields as ``unparseable line``; repeated ids as ``duplicate id``;
+an id that is not a plain file name (``../../secret/s``) as ``unsafe path``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from vestis.data.importers._common import (
     SKIP_UNPARSEABLE,
     ImportContext,
     Imported,
+    UnsafePath,
     clean_value,
     require_file,
 )
@@ -111,16 +113,22 @@ def read_fashion_product(src: Path, ctx: ImportContext, *, image_dir: str = "ima
                 report.skip(SKIP_DUPLICATE, f"{where}: id {rid!r} already seen")
                 continue
             seen.add(rid)
-            path = images / f"{rid}.jpg"
-            if not ctx.exists(path):
-                report.skip(SKIP_NO_IMAGE, f"{where}: {image_dir}/{rid}.jpg not found")
+            try:
+                ctx.check_name(rid)  # the id names the image file: '../../secret/s' must not
+                path = ctx.find(f"{rid}.jpg", images)
+                if path is None:
+                    report.skip(SKIP_NO_IMAGE, f"{where}: {image_dir}/{rid}.jpg not found")
+                    continue
+                image = ctx.image(path, f"{rid}.jpg")
+            except UnsafePath as e:
+                ctx.skip_unsafe(e, where)
                 continue
             labels = {a: (v,) for a in ATTRIBUTES if (v := clean_value(row[a])) is not None}
             year = clean_value(row["year"])
             records.append(
                 Record(
                     id=rid,
-                    image=ctx.image(path, f"{rid}.jpg"),
+                    image=image,
                     labels=labels,
                     title=clean_value(row["productDisplayName"]),
                     meta={"year": year} if year is not None else {},

@@ -11,8 +11,9 @@ suffix, values with the official names in the official order (:data:`DIMENSIONS`
 for the collar, lapel, neck and neckline designs and sleeve length; large for coat, skirt and pant length.
 
 The label is the position of the single ``y``; ``m`` marks are ignored (counted in ``details.maybe_marks``).
-Skipped: ``no image``; ``unknown dimension``; ``unknown value`` (wrong length or characters other than
-y/n/m); ``no 'y'`` (only maybes); ``several 'y'``; ``duplicate id`` (the same image twice in one dimension).
+Skipped: ``no image``; ``unsafe path`` (an image path with ``..`` or a root); ``unknown dimension``;
+``unknown value`` (wrong length or characters other than y/n/m); ``no 'y'`` (only maybes); ``several 'y'``;
+``duplicate id`` (the same image twice in one dimension).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from vestis.data.importers._common import (
     SKIP_UNPARSEABLE,
     ImportContext,
     Imported,
+    UnsafePath,
     require_file,
 )
 from vestis.data.manifest import Record
@@ -136,8 +138,12 @@ def read_fashionai(src: Path, ctx: ImportContext) -> Imported:
                 report.skip(reason, f"{where}: {code}")
                 continue
             maybe += "m" in code
-            path = src / name
-            if not ctx.exists(path):
+            try:
+                path = ctx.find(name, src)
+            except UnsafePath as e:
+                ctx.skip_unsafe(e, where)
+                continue
+            if path is None:
                 report.skip(SKIP_NO_IMAGE, f"{where}: {name} not found")
                 continue
             rel = name.removeprefix("Images/")

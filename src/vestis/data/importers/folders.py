@@ -10,14 +10,23 @@ order. An attribute is single-label unless an item sits under two of its values,
 when it is single-label. Rows have ``id`` = the file name without its extension.
 
 Files that are not images (by extension) and files outside a value folder are ignored and counted in
-``details.ignored_files``; hidden files and folders (``.name``) are not read.
+``details.ignored_files``; hidden files and folders (``.name``) are not read. An image that is a symlink
+leading outside ``root`` (directly or through a symlinked folder) is skipped as ``outside the source``
+unless ``follow_symlinks``; one that is not a regular file as ``not a regular file``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from vestis.data.importers._common import IMPORTERS, SKIP_DUPLICATE, ImportContext, Imported
+from vestis.data.importers._common import (
+    IMPORTERS,
+    SKIP_DUPLICATE,
+    SKIP_NO_IMAGE,
+    ImportContext,
+    Imported,
+    UnsafePath,
+)
 from vestis.data.manifest import RESERVED, Record
 from vestis.data.taxonomy import Attribute
 from vestis.errors import VestisError
@@ -75,10 +84,19 @@ def read_folders(src: Path, ctx: ImportContext) -> Imported:
                     continue
                 report.rows_read += 1
                 rel = path.relative_to(src).as_posix()
+                try:
+                    # a symlinked file or value folder must not lead outside the tree (/etc/passwd as a.jpg)
+                    found = ctx.find(rel, src)
+                    if found is None:  # removed since the folder was listed
+                        report.skip(SKIP_NO_IMAGE, f"{rel}: not found")
+                        continue
+                except UnsafePath as e:
+                    ctx.skip_unsafe(e, rel)
+                    continue
                 rid = path.stem
                 record = rows.get(rid)
                 if record is None:
-                    rows[rid] = Record(id=rid, image=ctx.image(path, rel), labels={attr: (value,)})
+                    rows[rid] = Record(id=rid, image=ctx.image(found, rel), labels={attr: (value,)})
                     names[rid] = path.name
                     continue
                 if names[rid] != path.name:

@@ -39,6 +39,7 @@ from vestis.data.importers._common import (
     ImportContext,
     Imported,
     ImportReport,
+    UnsafePath,
     load_json,
     slug,
 )
@@ -201,10 +202,6 @@ def read_imaterialist(
     )
 
 
-def _find(file_name: str, dirs: Sequence[Path], ctx: ImportContext) -> Path | None:
-    return next((d / file_name for d in dirs if ctx.exists(d / file_name)), None)
-
-
 def _image_rows(
     img: dict[str, Any],
     anns: list[dict[str, Any]],
@@ -222,7 +219,11 @@ def _image_rows(
     if not isinstance(file_name, str) or not file_name:
         report.skip("unparseable entry", f"{where}: expected a file_name")
         return []
-    path = _find(file_name, dirs, ctx)
+    try:
+        path = ctx.find(file_name, *dirs)
+    except UnsafePath as e:
+        ctx.skip_unsafe(e, where)
+        return []
     if path is None:
         report.skip(SKIP_NO_IMAGE, f"{where}: {file_name} not found")
         return []
@@ -240,7 +241,12 @@ def _image_rows(
     whole = [a for a in items if not onto.is_part(a)] or items
     main = max(whole, key=lambda a: _area(_box(a)))  # max() keeps the first of equal areas
     labels = onto.labels(main, items, report)
-    return [Record(id=stem, image=ctx.image(path, file_name), labels=labels, split=split)]
+    try:
+        image = ctx.image(path, file_name)
+    except UnsafePath as e:
+        ctx.skip_unsafe(e, where)
+        return []
+    return [Record(id=stem, image=image, labels=labels, split=split)]
 
 
 def _item_rows(
@@ -262,12 +268,19 @@ def _item_rows(
             report.rows_read += 1
             report.skip("unparseable entry", f"{where}: expected a file_name")
         return []
-    path = _find(file_name, dirs, ctx)
+    unsafe: UnsafePath | None = None
+    try:
+        path = ctx.find(file_name, *dirs)
+    except UnsafePath as e:
+        path, unsafe = None, e
     stem = Path(file_name).with_suffix("").as_posix()
     parts = [(a, _box(a)) for a in anns if onto.known(a) and onto.is_part(a)]
     out = []
     for ann in rows:
         report.rows_read += 1
+        if unsafe is not None:
+            ctx.skip_unsafe(unsafe, where)
+            continue
         rid = f"{stem}-{ann.get('id')}"
         w = f"{where}: annotation {ann.get('id')}"
         if not onto.known(ann):
@@ -284,7 +297,11 @@ def _item_rows(
             report.skip(SKIP_DUPLICATE, f"{w}: already imported")
             continue
         try:
+            # the annotation id is part of the crop's file name: one that is not a plain name is refused
             cropped = ctx.crop_image(path, box, f"{rid}{Path(file_name).suffix or '.jpg'}")
+        except UnsafePath as e:
+            ctx.skip_unsafe(e, w)
+            continue
         except ImageError as e:
             report.skip("unreadable image", f"{w}: {e}")
             continue
