@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -75,6 +76,7 @@ class ColourPredictor:
     Attributes:
         calls: the batch size of every ``predict_arrays`` call, in order.
         gate: when set to an unset :class:`threading.Event`, ``predict_arrays`` waits for it.
+        delay: seconds every ``predict_arrays`` call takes at least (a slow model).
     """
 
     def __init__(self) -> None:
@@ -90,6 +92,7 @@ class ColourPredictor:
         self.net = ColourNet().eval()
         self.calls: list[int] = []
         self.gate: threading.Event | None = None
+        self.delay = 0.0
         self.heatmap_calls: list[tuple[int, int]] = []
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -102,6 +105,8 @@ class ColourPredictor:
     def predict_arrays(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self.gate is not None:
             self.gate.wait(10)
+        if self.delay:
+            time.sleep(self.delay)
         self.calls.append(len(batch))
         means = batch.reshape(len(batch), 3, -1).mean(-1)  # (B, 3)
         if any(tuple(np.round(m).astype(int)) == POISON for m in means):
@@ -206,6 +211,58 @@ def wait_ready(client: Any, timeout: float = 10.0) -> None:
 @pytest.fixture
 def predictor() -> ColourPredictor:
     return ColourPredictor()
+
+
+class LoopbackServer:
+    """uvicorn serving ``app`` in a thread on a free 127.0.0.1 port; stops itself on exit (bounded waits).
+
+    uvicorn is told not to configure logging, so its records (an "Exception in ASGI application" among
+    them) reach pytest's ``caplog``.
+    """
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> LoopbackServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise AssertionError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text -> ``{(name, sorted labels): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def one_bit_png(side: int) -> bytes:
+    """A white ``side`` x ``side`` one-bit PNG: a few kilobytes that decode to ``5 side^2`` bytes."""
+    buf = io.BytesIO()
+    Image.new("1", (side, side), 1).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
 
 
 # --- a real checkpoint ----------------------------------------------------------------------------------------

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 
-from vestis.service.batching import BatchStats, MicroBatcher
+from vestis.service.batching import BatchStats, MicroBatcher, Overloaded
 
 
 class Recorder:
@@ -181,7 +182,101 @@ def test_submit_needs_a_running_batcher_and_stop_fails_waiting_callers():
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"max_wait_s": -1.0}])
+# --- load shedding -------------------------------------------------------------------------------------------
+def _sleeper(seconds: float) -> Callable[[list[int]], list[int]]:
+    def fn(items: list[int]) -> list[int]:
+        time.sleep(seconds)
+        return [10 * x for x in items]
+
+    return fn
+
+
+def test_an_overload_is_shed_and_the_accepted_wait_a_bounded_time():
+    stats: list[BatchStats] = []
+    bound = 0.3
+    batcher = MicroBatcher(
+        _sleeper(0.05), max_batch_size=2, max_wait_s=0.0, max_queue_wait_s=bound, on_batch=stats.append
+    )
+
+    async def body(b: MicroBatcher) -> tuple[list[object], list[float]]:
+        await b.submit([0])  # one timed batch: the estimate needs the seconds per batch
+
+        async def one(i: int) -> object:
+            t0 = time.perf_counter()
+            try:
+                out = await b.submit([i])
+            except Overloaded as e:
+                return e
+            return out, time.perf_counter() - t0
+
+        results = await asyncio.gather(*[one(i) for i in range(1, 41)])
+        return results, [w for s in stats for w in s.queue_waits]
+
+    results, waits = _run(batcher, body)
+    shed = [r for r in results if isinstance(r, Overloaded)]
+    accepted = [r for r in results if not isinstance(r, Overloaded)]
+    # 40 at once, 2 per 50 ms batch: about 0.3 / 0.05 * 2 = 12 fit under the bound; the rest is refused at once
+    assert 4 <= len(accepted) <= 20 and len(shed) == 40 - len(accepted)
+    assert all(e.retry_after >= 1 and "over the bound of 0.3 s" in str(e) for e in shed)
+    assert [r[0] for r in accepted] == [[10 * i] for i in range(1, len(accepted) + 1)]  # the first ones, in order
+    assert max(lat for _, lat in accepted) < bound + 0.5  # one batch and scheduling slack over the bound
+    assert len(waits) == 1 + len(accepted) and max(waits) < bound + 0.5
+
+
+def test_without_a_bound_nothing_is_shed():
+    batcher = MicroBatcher(_sleeper(0.01), max_batch_size=2, max_wait_s=0.0)
+
+    async def body(b: MicroBatcher) -> list[list[int]]:
+        await b.submit([0])
+        return await asyncio.gather(*[b.submit([i]) for i in range(30)])
+
+    assert _run(batcher, body) == [[10 * i] for i in range(30)]
+
+
+def test_admitted_items_count_as_queued():
+    batcher = MicroBatcher(_sleeper(0.1), max_batch_size=1, max_wait_s=0.0, max_queue_wait_s=0.5)
+
+    async def body(b: MicroBatcher) -> list[int]:
+        await b.submit([0])  # the estimate: >= 0.1 s per batch of one
+        with b.admit(2):  # ahead of a newcomer: these 2
+            assert b.estimated_wait(1) >= 0.2
+            with pytest.raises(Overloaded):
+                b.admit(5)  # (2 + 5 - 1) batches >= 0.6 s
+            with pytest.raises(Overloaded):
+                await b.submit([1, 2, 3, 4, 5])  # the same by submit, nothing queued
+            assert b.depth == 0
+            out = await b.submit([7, 8], shed=False)
+        with b.admit(5):  # admitted alone, (5 - 1) x 0.1 s <= 0.5 s unless the machine stalls badly
+            pass
+        return out
+
+    assert _run(batcher, body) == [70, 80]
+
+
+def test_the_age_of_the_oldest_item_sheds_even_without_an_estimate():
+    gate = threading.Event()
+
+    def blocked(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return items
+
+    batcher = MicroBatcher(blocked, max_batch_size=1, max_wait_s=0.0, max_queue_wait_s=0.1)
+
+    async def body(b: MicroBatcher) -> list[object]:
+        running = asyncio.ensure_future(b.submit([1]))  # blocks the worker; never timed yet
+        await asyncio.sleep(0.02)
+        queued = asyncio.ensure_future(b.submit([2]))  # accepted: the estimate is 0 and nothing is old
+        await asyncio.sleep(0.2)
+        assert b.estimated_wait() == 0.0
+        with pytest.raises(Overloaded, match=r"over the bound of 0\.1 s"):
+            await b.submit([3])  # the queued item has waited 0.2 s > 0.1 s
+        gate.set()
+        return [await running, await queued]
+
+    assert _run(batcher, body) == [[1], [2]]
+
+
+@pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"max_wait_s": -1.0}, {"max_queue_wait_s": 0.0}])
 def test_invalid_settings(kwargs):
     with pytest.raises(ValueError):
         MicroBatcher(lambda x: x, **kwargs)

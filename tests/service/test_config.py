@@ -21,3 +21,16 @@ def test_every_bad_setting_is_reported():
         "got -0.5; max_upload_mb: expected a positive value, got -1"
     )
     ServiceConfig(max_wait_ms=0)  # no waiting is allowed
+
+
+def test_the_hostile_load_settings():
+    c = ServiceConfig(max_request_pixels=5000, max_json_depth=4, decode_budget_mb=0.5, max_queue_wait_ms=250)
+    assert (c.limits.max_request_pixels, c.limits.max_json_depth) == (5000, 4)
+    assert c.decode_budget_bytes == 2**19
+    with pytest.raises(VestisError) as e:
+        ServiceConfig(max_request_pixels=0, max_json_depth=1, decode_budget_mb=0, max_queue_wait_ms=0)
+    assert str(e.value) == (
+        "service: max_request_pixels: expected a positive value, got 0; max_json_depth: expected at least 2 "
+        "(a request is an object holding a list), got 1; decode_budget_mb: expected a positive value, got 0; "
+        "max_queue_wait_ms: expected a positive value, got 0"
+    )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vestis.cli._app import command, echo
+from vestis.cli._app import TrustCheckpointOpt, command, echo
 from vestis.errors import VestisError
 from vestis.service.config import ServiceConfig
 
@@ -36,10 +36,20 @@ def serve_cmd(
     max_images: Annotated[
         int, typer.Option("--max-images", min=1, help="Most images per request (413).")
     ] = _D.max_images,
+    max_request_pixels: Annotated[
+        int, typer.Option("--max-request-pixels", min=1, help="Most pixels in one request, all images together (413).")
+    ] = _D.max_request_pixels,
+    decode_budget_mb: Annotated[
+        float, typer.Option("--decode-budget-mb", min=1, help="Decoded image memory of all requests at once, MiB.")
+    ] = _D.decode_budget_mb,
+    max_queue_wait_ms: Annotated[
+        float, typer.Option("--max-queue-wait-ms", min=1, help="Answer 503 + Retry-After if the wait would be longer.")
+    ] = _D.max_queue_wait_ms,
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
     """Serve MODEL over HTTP: /v1/attributes, /v1/heatmap, /v1/taxonomy, health, metrics and a web page at /."""
     try:
@@ -51,9 +61,10 @@ def serve_cmd(
 
     config = ServiceConfig(
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-        max_images=max_images,
+        max_images=max_images, max_request_pixels=max_request_pixels, decode_budget_mb=decode_budget_mb,
+        max_queue_wait_ms=max_queue_wait_ms,
     )  # fmt: skip
-    predictor = Predictor.from_path(model, device=device)
+    predictor = Predictor.from_path(model, device=device, trust_checkpoint=trust_checkpoint)
     app = create_app(predictor, config)
     shown = f"[{host}]" if ":" in host else host
     echo(

@@ -20,6 +20,7 @@ import binascii
 import io
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,7 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[{]}")))
 _DEPTH_CHUNK = 1 << 20
+_ORIENTATION = 0x0112  # EXIF tag
 
 
 class ServiceError(Exception):
@@ -253,6 +255,13 @@ def _bytes_per_pixel(mode: str) -> int:
     return 2 if mode.startswith("I;16") else 4
 
 
+def _rotated(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(_ORIENTATION, 1) not in (1, None)
+    except Exception:  # a damaged EXIF block is read as absent, as the decoder does
+        return False
+
+
 def read_header(raw: RawImage, max_pixels: int, min_side: int | None = None) -> ImageHeader:
     """The size of one image and the memory its decoding needs, from the header alone.
 
@@ -269,7 +278,10 @@ def read_header(raw: RawImage, max_pixels: int, min_side: int | None = None) -> 
     if not raw.data:
         raise ServiceError(422, "empty image", f"{raw.where}: the file is empty")
     try:
-        with Image.open(io.BytesIO(raw.data), formats=IMAGE_FORMATS) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw.data), formats=IMAGE_FORMATS)
+        with img:
             w, h = img.size
             if w * h > max_pixels:
                 too_many = f"image is {w}x{h} = {w * h:,} pixels, over the cap of {max_pixels:,}"
@@ -279,10 +291,16 @@ def read_header(raw: RawImage, max_pixels: int, min_side: int | None = None) -> 
                 scale = min(w, h) / min_side
                 img.draft("RGB", (max(1, int(w / scale)), max(1, int(h / scale))))
             dw, dh = img.size
-            extra = 0 if img.mode == "RGB" else 4  # the RGB copy made from any other mode
-            return ImageHeader(w, h, dw * dh * (_bytes_per_pixel(img.mode) + extra))
+            held = _bytes_per_pixel(img.mode)
+            if _rotated(img):
+                held *= 2  # turning it upright by its EXIF orientation copies it
+            if img.mode != "RGB":
+                held += 4  # the RGB copy made from any other mode
+            return ImageHeader(w, h, dw * dh * held)
     except UnidentifiedImageError:
         raise ServiceError(415, "unsupported image", f"{raw.where}: not a {', '.join(IMAGE_FORMATS)} image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's guard, if set lower
+        raise ServiceError(413, "image too large", f"{raw.where}: {e}") from None
     except ServiceError:
         raise
     except Exception as e:  # Pillow raises many types on a header it cannot parse
