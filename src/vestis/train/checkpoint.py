@@ -281,7 +281,8 @@ class _Encoder:
         if isinstance(obj, np.ndarray):
             if obj.dtype.kind not in "biuf":
                 raise TypeError(f"{where}: cannot store a NumPy array of dtype {obj.dtype}")
-            return {"$ndarray": self._add(torch.from_numpy(np.ascontiguousarray(obj)), where)}
+            arr = obj if obj.flags.c_contiguous else obj.copy(order="C")  # ascontiguousarray would make 0-d 1-d
+            return {"$ndarray": self._add(torch.from_numpy(arr), where)}
         if isinstance(obj, np.generic):
             return self.encode(obj.item(), where, depth)
         if isinstance(obj, list):
