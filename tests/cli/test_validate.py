@@ -98,3 +98,22 @@ def test_explicit_taxonomy_and_errors(tmp_path):
     res = runner.invoke(vestis.cli.app, ["validate", str(tmp_path / "nope.csv")])
     assert res.exit_code == 1
     assert "manifest not found" in res.stderr
+
+
+def test_root_reports_images_outside_it(tmp_path):
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    write_image(tmp_path / "outside.jpg")
+    path = _catalog(cat, ["a,a.jpg,train,shirt,red,", "b,../outside.jpg,train,shirt,red,", "c,/etc/passwd,,shirt,,"])
+    res = runner.invoke(vestis.cli.app, ["validate", str(path), "--root", str(cat)])
+    assert res.exit_code == 1, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0] == (
+        f"{path}:3: image: '{cat / '../outside.jpg'}' lies outside '{cat}'; expected an image inside --root"
+    )
+    assert lines[1].startswith(f"{path}:4: image: '/etc/passwd' lies outside '{cat}'")
+    assert "  outside-root  2" in res.stdout
+    res = runner.invoke(vestis.cli.app, ["validate", str(path), "--root", str(tmp_path / "nope")])
+    assert res.exit_code == 1 and "root: expected an existing folder" in res.output
+    res = runner.invoke(vestis.cli.app, ["validate", str(path), "--root", "/"])
+    assert res.exit_code == 1 and "outside-root" not in res.output  # /etc/passwd opened: a bad image

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,73 @@ def test_real_images(tmp_path):
     assert 0 < len(absent) < len(ids)  # styles.csv lists more products than there are photos
     assert {p.line - 2 for p in problems} == {ids.index(i) for i in absent}
     assert {problem_kind(p) for p in problems} == {"missing-image"}
+
+
+def test_root_confinement_reports_and_never_opens_images_outside(tmp_path, monkeypatch):
+    import vestis.data.validate as validate_mod
+
+    cat = tmp_path / "cat"
+    write_image(cat / "ok.jpg")
+    write_image(tmp_path / "outside.jpg")
+    os.symlink("/etc/passwd", cat / "link.jpg")
+    (cat / "folder.jpg").mkdir()
+    (cat / "sub").mkdir()
+    rows = [
+        "a,ok.jpg,,,,,,,,",
+        "b,../outside.jpg,,,,,,,,",
+        "c,/etc/passwd,,,,,,,,",
+        "d,link.jpg,,,,,,,,",
+        "e,sub/../ok.jpg,,,,,,,,",  # '..' that stays inside is fine
+        f"f,{cat / 'ok.jpg'},,,,,,,,",  # so is an absolute path inside the root
+        "g,gone.jpg,,,,,,,,",
+        "h,folder.jpg,,,,,,,,",
+    ]
+    m = _catalog(cat, rows, images=False)
+    opened: list[str] = []
+    real_check = validate_mod.check_image
+
+    def spy(path, **kw):
+        opened.append(os.path.realpath(path))
+        return real_check(path, **kw)
+
+    monkeypatch.setattr(validate_mod, "check_image", spy)
+    problems = validate_manifest(m, TAX, root=cat)
+    assert _found(problems) == [
+        (3, "image", "outside-root"),
+        (4, "image", "outside-root"),
+        (5, "image", "outside-root"),
+        (8, "image", "missing-image"),
+        (9, "image", "bad-image"),
+    ]
+    msgs = {p.line: p.message for p in problems}
+    assert (
+        msgs[5]
+        == f"'{cat / 'link.jpg'}' lies outside '{cat}' (it resolves to /etc/passwd); expected an image inside --root"
+    )
+    assert msgs[9] == f"'{cat / 'folder.jpg'}' is not a regular file; expected an image file"
+    assert "/etc/passwd" not in opened and str(tmp_path / "outside.jpg") not in opened
+    assert summarize(problems)["outside-root"] == 3
+    # without --root the same manifest opens /etc/passwd and calls it a bad image
+    opened.clear()
+    without = validate_manifest(m, TAX)
+    assert "/etc/passwd" in opened and (4, "image", "bad-image") in _found(without)
+    # the root check needs no image decoding
+    kinds = [k for _, _, k in _found(validate_manifest(m, TAX, check_images=False, root=cat))]
+    assert kinds == ["outside-root"] * 3 + ["bad-image"]
+    with pytest.raises(VestisError, match="root: expected an existing folder"):
+        validate_manifest(m, TAX, root=tmp_path / "nope")
+
+
+def test_confined_image_path_resolves_and_refuses(tmp_path):
+    from vestis.data.catalog import UnsafePath, confined_image_path
+
+    real = tmp_path / "real"
+    write_image(real / "a.jpg")
+    os.symlink(real, tmp_path / "linked")  # the root itself may be a symlink
+    records = [Record("a", "a.jpg"), Record("b", "../real/a.jpg"), Record("c", "/etc/hostname")]
+    m = Manifest(records, [], root=tmp_path / "linked")
+    assert confined_image_path(m, m.records[0], tmp_path / "linked") == real / "a.jpg"
+    assert confined_image_path(m, m.records[1], tmp_path / "linked") == real / "a.jpg"  # '..' back inside
+    with pytest.raises(UnsafePath) as exc:
+        confined_image_path(m, m.records[2], tmp_path / "linked")
+    assert exc.value.kind == "outside"

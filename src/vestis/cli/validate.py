@@ -26,6 +26,15 @@ def validate(
     ] = DEFAULT_MAX_PIXELS,
     no_images: Annotated[bool, typer.Option("--no-images", help="Skip the image file checks.")] = False,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Threads for the image checks.")] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            "--root",
+            metavar="DIR",
+            help="Report images that resolve outside DIR (.., absolute paths, symlinks) as outside-root; "
+            "they are not opened.",
+        ),
+    ] = None,
 ) -> None:
     """Report every problem as file:line: field: what was expected; exit 1 if there is any."""
     m, tax = load_catalog(manifest, taxonomy)
@@ -45,7 +54,7 @@ def validate(
 
     with progress:
         problems = validate_manifest(
-            m, tax, check_images=not no_images, max_pixels=max_pixels, workers=workers, progress=advance
+            m, tax, check_images=not no_images, max_pixels=max_pixels, workers=workers, progress=advance, root=root
         )
     for p in problems:
         echo(escape(str(p)))

@@ -9,6 +9,8 @@ the structural ones found while reading (:attr:`Manifest.problems`) plus
 * ``not-applicable``: a value for an attribute whose ``applies_to`` excludes the row's category;
 * ``duplicate-id``: the same id on several rows (every row is reported);
 * ``group-split``: a group whose rows sit in different splits (the rows outside its most common split);
+* ``outside-root`` (with ``root``): the image path resolves (``..``, absolute paths, symlinks) outside the
+  root folder; such an image is not opened;
 * ``missing-image``, ``bad-image``, ``image-too-large``: the image file is absent, does not decode fully,
   or has more pixels than the cap (read from the header, before any pixel is decoded).
 
@@ -23,12 +25,12 @@ import io
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from vestis.data.catalog import load_catalog
+from vestis.data.catalog import UnsafePath, confined_image_path, load_catalog
 from vestis.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, check_image
 from vestis.data.manifest import Manifest, Problem, Record
 from vestis.data.taxonomy import Taxonomy
@@ -57,6 +59,7 @@ KINDS = (
     "not-applicable",
     "duplicate-id",
     "group-split",
+    "outside-root",
     "missing-image",
     "bad-image",
     "image-too-large",
@@ -198,13 +201,37 @@ def _image_problem(path: Path, max_pixels: int) -> tuple[str, str] | None:
     return "bad-image", f"{error.reason}; expected a complete JPEG, PNG or WebP file"
 
 
+def _check_root(manifest: Manifest, root: str | os.PathLike[str]) -> tuple[list[ValidationProblem], set[int]]:
+    """``outside-root`` problems (and ``bad-image`` for what is not a file), and the records not to open."""
+    if not Path(root).is_dir():
+        raise VestisError(f"{root}: root: expected an existing folder")
+    out: list[ValidationProblem] = []
+    refused: set[int] = set()
+    for r in manifest.records:
+        try:
+            confined_image_path(manifest, r, root)
+        except UnsafePath as e:
+            if e.kind == "outside":
+                msg, kind = f"{e.detail}; expected an image inside --root", "outside-root"
+            else:
+                msg, kind = f"{e.detail}; expected an image file", "bad-image"
+            out.append(ValidationProblem(manifest.source, r.line, "image", msg, kind))
+            refused.add(id(r))
+    return out, refused
+
+
 def _check_images(
-    manifest: Manifest, max_pixels: int, workers: int | None, progress: ProgressFn | None
+    manifest: Manifest,
+    max_pixels: int,
+    workers: int | None,
+    progress: ProgressFn | None,
+    refused: Container[int] = frozenset(),
 ) -> list[ValidationProblem]:
     # several rows may share one file: decode each file once
     by_path: dict[Path, list[Record]] = defaultdict(list)
     for r in manifest.records:
-        by_path[manifest.image_path(r)].append(r)
+        if id(r) not in refused:  # outside the root: never opened
+            by_path[manifest.image_path(r)].append(r)
     paths = list(by_path)
     total = len(paths)
     if progress is not None:
@@ -237,6 +264,7 @@ def validate_manifest(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> list[Problem]:
     """Every problem of ``manifest`` against ``taxonomy``, sorted by line.
 
@@ -247,6 +275,8 @@ def validate_manifest(
         max_pixels: images with more pixels than this are reported (checked from the header).
         workers: threads for the image checks (default: a few more than the CPU count, at most 8).
         progress: called as ``progress(done, total)`` while images are checked.
+        root: when given, every image must resolve inside this folder (:func:`confined_image_path`); the
+            others are ``outside-root`` problems and are not opened. Checked even without ``check_images``.
 
     Returns:
         The problems; :func:`problem_kind` gives the kind of each.
@@ -256,8 +286,12 @@ def validate_manifest(
     problems += _check_labels(manifest, taxonomy)
     problems += _check_ids(manifest)
     problems += _check_groups(manifest)
+    refused: set[int] = set()
+    if root is not None:
+        outside, refused = _check_root(manifest, root)
+        problems += outside
     if check_images:
-        problems += _check_images(manifest, max_pixels, workers, progress)
+        problems += _check_images(manifest, max_pixels, workers, progress, refused)
     # stable sort: the problems of one line stay in check order
     return sorted(problems, key=lambda p: p.line)
 
@@ -270,6 +304,7 @@ def validate_file(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> tuple[Manifest, Taxonomy, list[Problem]]:
     """Read a manifest and its taxonomy (default: ``taxonomy.yaml`` beside it) and validate them.
 
@@ -277,7 +312,13 @@ def validate_file(
     """
     manifest, taxonomy = load_catalog(path, taxonomy_path)
     problems = validate_manifest(
-        manifest, taxonomy, check_images=check_images, max_pixels=max_pixels, workers=workers, progress=progress
+        manifest,
+        taxonomy,
+        check_images=check_images,
+        max_pixels=max_pixels,
+        workers=workers,
+        progress=progress,
+        root=root,
     )
     return manifest, taxonomy, problems
 
