@@ -3,8 +3,8 @@
 A request goes through stages, and the model code never sees HTTP::
 
     read_images  (HTTP body -> image files; size, count and JSON depth limits)  on the event loop
-    admit        (shed the request with 503 + Retry-After if the model is too far behind)
     headers      (pixel limits per image and per request, before decoding)     in the request thread pool
+    admit        (shed the request with 503 + Retry-After if the model is too far behind)
     decode       (one file at a time -> RGB -> uint8 (3, S, S), holding its share of the memory budget)
     batch        (MicroBatcher: items of concurrent requests -> (B, 3, S, S))
     predict      (predictor.predict_arrays)                                 in the one model thread
@@ -378,8 +378,8 @@ def create_app(
         ),
     ) -> Any:
         raws = await read_images(request, service.limits)
+        heads = await service.headers(raws)  # a request that can never be served gets its 4xx, not a 503
         with service.admit(len(raws)):
-            heads = await service.headers(raws)
             batch = await service.decode(raws, heads)
             rows = await service.predict(batch)
         return service.encode(raws, heads, rows, calibrated)
