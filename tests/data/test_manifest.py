@@ -243,7 +243,8 @@ def _manifests(draw: st.DrawFn) -> Manifest:
         records.append(
             Record(
                 id=draw(_text),
-                image=draw(_text.map(lambda s, i=i: f"images/{i}/{s}.jpg")),
+                # a NUL byte cannot be in a path: it is a problem (tested below), not a round trip
+                image=draw(_text.filter(lambda s: "\x00" not in s).map(lambda s, i=i: f"images/{i}/{s}.jpg")),
                 labels={a: tuple(v) for a, v in labels.items()},
                 group=draw(st.none() | _text),
                 split=draw(st.sampled_from((None, *SPLITS))),
@@ -265,3 +266,130 @@ def test_round_trip_property(m, suffix):
         # CSV and Parquet keep every column, in order; JSONL only has the keys that some row uses
         assert back.attributes == m.attributes
         assert back.meta_columns == m.meta_columns
+
+
+# --- hostile files: every line is a record or a problem, never a traceback ---------------------------------------
+
+
+def _thirty_rows(tmp_path: Path, *, title_last: bool, closing_quote_on: int | None = None) -> Path:
+    """30 data rows; row 5 (line 6) opens a quote in its title that is never closed (or closed on a later line)."""
+    cols = ["id", "image", "title", "colour"] if not title_last else ["id", "image", "colour", "title"]
+    lines = [",".join(cols)]
+    for i in range(1, 31):
+        cells = {"id": f"r{i}", "image": f"{i}.jpg", "colour": "red", "title": f"Shirt {i}"}
+        if i == 5:
+            cells["title"] = '"Shirt 5'
+        if closing_quote_on is not None and i + 1 == closing_quote_on:
+            cells["title"] = 'Shirt "x" blue'
+        lines.append(",".join(cells[c] for c in cols))
+    path = tmp_path / "m.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("title_last", "closing", "last"),
+    [(False, None, 31), (True, None, 31), (False, 20, 20), (True, 20, 20)],
+    ids=["count-differs", "to-the-end", "closed-later", "closed-later-last-column"],
+)
+def test_unclosed_quote_reports_every_swallowed_line(tmp_path, title_last, closing, last):
+    from vestis.data.taxonomy import Taxonomy
+    from vestis.data.validate import clean_catalog, validate_manifest
+
+    path = _thirty_rows(tmp_path, title_last=title_last, closing_quote_on=closing)
+    m = read_manifest(path)
+    problem_lines = sorted({p.line for p in m.problems})
+    assert problem_lines == list(range(6, last + 1))
+    assert m.problems[0].message.startswith(f"a quoted field opened on this line runs on to line {last} (")
+    assert m.problems[1].message == (
+        "inside the quoted field opened on line 6 (an unclosed quote there?); expected a row of its own"
+    )
+    assert [r.line for r in m.records] == [2, 3, 4, 5, *range(last + 1, 32)]
+    # skipping the invalid rows accounts for every data row of the file
+    tax = Taxonomy.from_dict({"attributes": [{"name": "colour", "values": ["red", "blue"]}]})
+    problems = validate_manifest(m, tax, check_images=False)
+    kept = clean_catalog(m, tax, problems, skip_invalid=True, skipped_path=tmp_path / "skipped.csv")
+    skipped = (tmp_path / "skipped.csv").read_text(encoding="utf-8").splitlines()[1:]
+    assert len(skipped) == last - 5
+    assert len(kept) + len(skipped) == 30
+
+
+def test_multiline_cells_and_blank_lines_are_not_rows(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text('id,image,title\na,a.jpg,"one\n\ntwo, three"\n\nb,b.jpg,"x\ny\nz"\n', encoding="utf-8")
+    m = read_manifest(path)
+    assert m.problems == []
+    assert [(r.id, r.line, r.title) for r in m.records] == [("a", 2, "one\n\ntwo, three"), ("b", 6, "x\ny\nz")]
+    # a swallowed span skips its blank lines: they were never rows
+    path.write_text('id,image,title\na,a.jpg,"open\n\nb,b.jpg,t\n', encoding="utf-8")
+    assert [p.line for p in read_manifest(path).problems] == [2, 4]
+
+
+def test_long_fields(tmp_path):
+    from vestis.data.textio import MAX_CSV_FIELD
+
+    path = tmp_path / "m.csv"
+    path.write_text(f"id,image,title\na,a.jpg,{'t' * 200_000}\nb,b.jpg,ok\n", encoding="utf-8")
+    m = read_manifest(path)
+    assert m.problems == [] and len(m.records[0].title) == 200_000  # the csv module alone stops at 128 KiB
+    path.write_text(f"id,image,title\na,a.jpg,ok\nb,b.jpg,{'t' * (MAX_CSV_FIELD + 1)}\nc,c.jpg,ok\n", encoding="utf-8")
+    m = read_manifest(path)
+    assert [r.id for r in m.records] == ["a", "c"]
+    assert [(p.line, p.field) for p in m.problems] == [(3, "row")]
+    assert m.problems[0].message.startswith("field larger than field limit (4194304) (a field over 4,194,304")
+    path.write_text(f"id,image\na,{'x/' * 3000}a.jpg\nb,{'y' * 300}.jpg\n", encoding="utf-8")
+    m = read_manifest(path)
+    assert [(p.line, p.message) for p in m.problems] == [(2, "a path of 6,005 characters; expected at most 4,096")]
+    assert [r.id for r in m.records] == ["b"]  # too long a name is a missing image for validate, not a path error
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("id,image,title\na,a.jpg,ok\nb,b.jpg,Été\n".encode("latin-1"), "m.csv:3: not UTF-8: byte 0xc9 at column 9"),
+        ("id,image\na,a.jpg\n".encode("utf-16"), "m.csv:1: not UTF-8: UTF-16 text (byte-order mark ff fe)"),
+        ("id,image\na,a.jpg\n".encode("utf-16-le"), "m.csv:1: not UTF-8: NUL bytes (UTF-16 text without a"),
+        ("id,image\na,a.jpg\n".encode("utf-32"), "m.csv:1: not UTF-8: UTF-32 text"),
+        (b"id,image\r\na,a.jpg\r\n" * 5000 + b"b,\xff.jpg\r\n", "m.csv:10001: not UTF-8: byte 0xff at column 3"),
+    ],
+)
+def test_csv_not_utf8(tmp_path, data, message):
+    path = tmp_path / "m.csv"
+    path.write_bytes(data)
+    with pytest.raises(VestisError) as e:
+        read_manifest(path)
+    assert str(e.value).startswith(f"{tmp_path}/{message}")
+
+
+def test_csv_nul_bytes(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"id,image,title\na,a\x00.jpg,t\nb,b.jpg,t\x00itle\n")
+    m = read_manifest(path)
+    assert [(p.line, p.field, p.message) for p in m.problems] == [
+        (2, "image", "a NUL byte in the path; expected a file path")
+    ]
+    assert [(r.id, r.title) for r in m.records] == [("b", "t\x00itle")]  # text may hold one; a path may not
+
+
+def test_jsonl_hostile_lines(tmp_path):
+    path = tmp_path / "m.jsonl"
+    lines = [
+        b'{"id": "a", "image": "a.jpg"}',
+        b'{"id": "b", "image": "caf\xe9.jpg"}',
+        b'{"id": "c", "image": "c.jpg", "t": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"id": ' + b"7" * 5000 + b', "image": "d.jpg"}',
+        b'{"id": ' + b"7" * 4300 + b', "image": "e.jpg"}',
+        b'{"id": "f", "image": "f.jpg", "t": ' + b"[" * 500 + b"]" * 500 + b"}",
+    ]
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")
+    m = read_manifest(path)
+    assert [(p.line, p.field) for p in m.problems] == [(2, "row"), (3, "row"), (4, "row"), (6, "t")]
+    msgs = [p.message for p in m.problems]
+    assert msgs[0].startswith("not UTF-8: byte 0xe9 at column 26 (Latin-1 or Windows-1252?)")
+    assert msgs[1] == "expected a JSON object (nested too deeply to read)"
+    assert msgs[2] == "an integer of 5,000 digits; expected at most 4,300 (quote ids)"
+    assert msgs[3].startswith("expected a string ('a|b' for several values) or a list of strings, got [[[[...]]]]")
+    assert [r.id for r in m.records] == ["a", "7" * 4300, "f"]
+    path.write_bytes('{"id": "a", "image": "a.jpg"}\n'.encode("utf-16"))
+    with pytest.raises(VestisError, match=r"m\.jsonl:1: not UTF-8: UTF-16 text"):
+        read_manifest(path)

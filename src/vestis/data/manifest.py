@@ -12,15 +12,20 @@ checks that need the taxonomy and the image files.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import os
+import re
+import reprlib
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vestis.data.textio import MAX_CSV_FIELD, allow_large_csv_fields, encoding_problem, not_utf8_error, utf8_problem
 from vestis.errors import VestisError
 from vestis.io import atomic_write, atomic_write_text
 
@@ -41,6 +46,12 @@ SPLITS = ("train", "val", "test")
 FORMATS = (".csv", ".jsonl", ".parquet")
 META_PREFIX = "meta_"
 SEP = "|"
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+MAX_PATH = 4096  # PATH_MAX on Linux: a longer image path cannot name a file
+# values quoted in messages stay short: a 4 MB cell or a deeply nested JSON value is shown by its start
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 80
+_short.maxlevel = 3
 
 
 @dataclass(frozen=True)
@@ -152,7 +163,7 @@ class _RowParser:
         if v is None:
             return None
         if isinstance(v, bool) or not isinstance(v, str | int) or (isinstance(v, int) and not allow_int):
-            self._bad(line, col, f"expected a string, got {type(v).__name__} {v!r}")
+            self._bad(line, col, f"expected a string, got {type(v).__name__} {_short.repr(v)}")
             return None
         s = str(v).strip()
         return s or None
@@ -160,6 +171,13 @@ class _RowParser:
     def parse(self, row: dict[str, Any], line: int) -> Record | None:
         rid = self._scalar(row, "id", line, allow_int=True)
         image = self._scalar(row, "image", line)
+        # no file can have such a path (the OS refuses a NUL byte, and longer paths than PATH_MAX)
+        if image is not None and "\x00" in image:
+            self._bad(line, "image", "a NUL byte in the path; expected a file path")
+            return None
+        if image is not None and len(image) > MAX_PATH:
+            self._bad(line, "image", f"a path of {len(image):,} characters; expected at most {MAX_PATH:,}")
+            return None
         blank = lambda v: v is None or (isinstance(v, str) and not v.strip())  # noqa: E731
         if rid is None and blank(row.get("id")):
             self._bad(line, "id", "expected a non-empty id")
@@ -179,7 +197,8 @@ class _RowParser:
             elif isinstance(v, list) and all(isinstance(x, str) for x in v):
                 vals = tuple(x.strip() for x in v if x.strip())
             else:
-                self._bad(line, a, f"expected a string ('a|b' for several values) or a list of strings, got {v!r}")
+                got = _short.repr(v)
+                self._bad(line, a, f"expected a string ('a|b' for several values) or a list of strings, got {got}")
                 continue
             if vals:
                 labels[a] = vals
@@ -202,66 +221,197 @@ class _RowParser:
         )
 
 
+def _check_encoding(path: Path, head: bytes) -> None:
+    msg = encoding_problem(head)
+    if msg:
+        raise VestisError(f"{path}:1: {msg}")
+
+
+def _spans_rows(raw: list[str], lines: list[str], n: int) -> bool:
+    """Whether a row read over several physical ``lines`` is a quote that swallowed rows, not a multi-line cell.
+
+    A cell may hold a newline (titles do), so spanning lines is no error by itself. It is one when the row has
+    the wrong field count, when its quote never closes (the csv module reads on to the end of the file), or when
+    a line wholly inside a cell would be a complete row of ``n`` fields by itself.
+    """
+    if len(raw) != n:
+        return True
+    try:
+        for _ in csv.reader(lines, strict=True):
+            pass
+    except csv.Error:
+        return True  # unexpected end of data: the quote runs to the end of the file
+    # the lines wholly inside one cell (not its first or last fragment, which share a line with other cells)
+    inner = (part for cell in raw for part in _LINE_BREAK.split(cell)[1:-1])
+    return any(part.strip() and len(next(csv.reader([part]), [])) == n for part in inner)
+
+
+def _span_problems(source: str, first: int, lines: list[str], fields: int, n: int) -> list[Problem]:
+    """One problem per non-blank physical line of a swallowing quote, so that skipping accounts for each."""
+    last = first + len(lines) - 1
+    out = [
+        Problem(
+            source,
+            first,
+            "row",
+            f"a quoted field opened on this line runs on to line {last} ({fields} fields over {len(lines)} lines; "
+            f"an unclosed quote?); expected {n} fields with the quote closed on this line",
+        )
+    ]
+    for k, text in enumerate(lines[1:], start=first + 1):
+        if text.strip():
+            msg = (
+                f"inside the quoted field opened on line {first} (an unclosed quote there?); expected a row of its own"
+            )
+            out.append(Problem(source, k, "row", msg))
+    return out
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]], list[Problem]]:
+    allow_large_csv_fields()
+    with path.open("rb") as fb:
+        _check_encoding(path, fb.read(4))
+        fb.seek(0)
+        text = io.TextIOWrapper(fb, encoding="utf-8-sig", newline="")
+        try:
+            return _parse_csv(text, str(path))
+        except UnicodeDecodeError:
+            raise not_utf8_error(path) from None
+
+
+def _parse_csv(
+    text: io.TextIOWrapper, source: str
+) -> tuple[list[str], list[tuple[int, dict[str, Any]]], list[Problem]]:
+    physical: list[str] = []  # the lines the reader consumed for the current row
+
+    def lines() -> Iterator[str]:
+        for line in text:
+            physical.append(line)
+            yield line
+
+    reader = csv.reader(lines())
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise VestisError(f"{source}:1: header: the file is empty; expected a header line") from None
+    except csv.Error as e:
+        raise VestisError(f"{source}:1: header: {e}; expected the column names") from None
+    if any("\x00" in h for h in header):
+        raise VestisError(f"{source}:1: header: a NUL byte (UTF-16 text?); expected UTF-8 column names")
+    header = [h.strip() for h in header]
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise VestisError(f"{source}:1: header: duplicate column(s) {dup}")
+    n = len(header)
+    rows: list[tuple[int, dict[str, Any]]] = []
+    pre: list[Problem] = []
+    start = reader.line_num + 1
+    while True:
+        physical.clear()
+        try:
+            raw = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            # a field over the limit: the reader drops the row and goes on with the next line
+            end, start = reader.line_num, reader.line_num + 1
+            msg = f"{e} (a field over {MAX_CSV_FIELD:,} characters: an unclosed quote?); expected shorter fields"
+            pre.extend(Problem(source, k, "row", msg) for k in range(end - len(physical) + 1, end + 1))
+            continue
+        line, end = start, reader.line_num
+        start = end + 1
+        if end > line and _spans_rows(raw, physical, n):
+            pre.extend(_span_problems(source, line, list(physical), len(raw), n))
+            continue
+        if not any(c.strip() for c in raw):
+            continue
+        if len(raw) != n:
+            pre.append(Problem(source, line, "row", f"expected {n} fields, got {len(raw)}"))
+            continue
+        rows.append((line, {h: (c if c.strip() else None) for h, c in zip(header, raw, strict=True)}))
+    return header, rows, pre
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > sys.get_int_max_str_digits():
+        raise _LongInt(len(digits.lstrip("-")))
+    return int(digits)
+
+
+class _LongInt(ValueError):
+    """An integer longer than Python converts (``sys.get_int_max_str_digits``); the row is reported."""
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]], list[Problem]]:
+    source = str(path)
+    rows: list[tuple[int, dict[str, Any]]] = []
+    pre: list[Problem] = []
+    columns_seen: dict[str, None] = {}
+    with path.open("rb") as f:
+        _check_encoding(path, f.read(4))
+        f.seek(0)
+        # binary lines: each one is decoded on its own, so a bad byte costs its row, not the file
+        for i, data in enumerate(f, start=1):
+            if i == 1 and data.startswith(codecs.BOM_UTF8):
+                data = data[len(codecs.BOM_UTF8) :]
+            bad = utf8_problem(data)
+            if bad is not None:
+                pre.append(Problem(source, i, "row", bad[1]))
+                continue
+            if not data.strip():
+                continue
+            try:
+                obj = json.loads(data.decode("utf-8"), parse_int=_parse_int)
+            except json.JSONDecodeError as e:
+                pre.append(Problem(source, i, "row", f"expected a JSON object ({e.msg})"))
+                continue
+            except _LongInt as e:
+                msg = (
+                    f"an integer of {e.args[0]:,} digits; expected at most {sys.get_int_max_str_digits():,} (quote ids)"
+                )
+                pre.append(Problem(source, i, "row", msg))
+                continue
+            except RecursionError:
+                pre.append(Problem(source, i, "row", "expected a JSON object (nested too deeply to read)"))
+                continue
+            if not isinstance(obj, dict):
+                pre.append(Problem(source, i, "row", f"expected a JSON object, got {type(obj).__name__}"))
+                continue
+            for k in obj:
+                columns_seen.setdefault(k, None)
+            rows.append((i, obj))
+    return list(columns_seen) or ["id", "image"], rows, pre
+
+
+def _read_parquet(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]], list[Problem]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+        values = table.to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise VestisError(f"{path}: cannot read Parquet: {e}") from None
+    # line = row number + 1, as if the file had a header line like the CSV
+    return list(table.column_names), [(i + 2, r) for i, r in enumerate(values)], []
+
+
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
-    """Read a CSV, JSONL or Parquet manifest. Rows with structural problems are kept out and reported."""
+    """Read a CSV, JSONL or Parquet manifest. Rows with structural problems are kept out and reported.
+
+    Every data line of the file is either a record or has a problem with its line, so that skipping the
+    invalid rows accounts for all of them: a quote that swallows the lines after it reports each of them.
+
+    Raises:
+        VestisError: the file is missing, not UTF-8 (CSV: the line of the first bad byte; JSONL reports bad
+            lines as problems), or its header is unusable.
+    """
     path = Path(path)
     fmt = _fmt(path)
     if not path.is_file():
         raise VestisError(f"{path}: manifest not found")
-    source = str(path)
-    rows: list[tuple[int, dict[str, Any]]] = []
-    pre: list[Problem] = []
-    if fmt == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            try:
-                header = next(reader)
-            except StopIteration:
-                raise VestisError(f"{path}:1: header: the file is empty; expected a header line") from None
-            header = [h.strip() for h in header]
-            dup = sorted({h for h in header if header.count(h) > 1})
-            if dup:
-                raise VestisError(f"{path}:1: header: duplicate column(s) {dup}")
-            columns = header
-            start = reader.line_num + 1
-            for raw in reader:
-                line = start
-                start = reader.line_num + 1
-                if not any(c.strip() for c in raw):
-                    continue
-                if len(raw) != len(header):
-                    pre.append(Problem(source, line, "row", f"expected {len(header)} fields, got {len(raw)}"))
-                    continue
-                rows.append((line, {h: (c if c.strip() else None) for h, c in zip(header, raw, strict=True)}))
-    elif fmt == ".jsonl":
-        columns_seen: dict[str, None] = {}
-        with path.open(encoding="utf-8") as f:
-            for i, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
-                    pre.append(Problem(source, i, "row", f"expected a JSON object ({e.msg})"))
-                    continue
-                if not isinstance(obj, dict):
-                    pre.append(Problem(source, i, "row", f"expected a JSON object, got {type(obj).__name__}"))
-                    continue
-                for k in obj:
-                    columns_seen.setdefault(k, None)
-                rows.append((i, obj))
-        columns = list(columns_seen) or ["id", "image"]
-    else:
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise VestisError(f"{path}: cannot read Parquet: {e}") from None
-        columns = list(table.column_names)
-        # line = row number + 1, as if the file had a header line like the CSV
-        rows = [(i + 2, r) for i, r in enumerate(table.to_pylist())]
-    parser = _RowParser(source, columns)
+    read = {".csv": _read_csv, ".jsonl": _read_jsonl}.get(fmt, _read_parquet)
+    columns, rows, pre = read(path)
+    parser = _RowParser(str(path), columns)
     records = [r for line, row in rows if (r := parser.parse(row, line)) is not None]
     return Manifest(
         records=records,

@@ -26,6 +26,7 @@ __all__ = [
     "encoding_problem",
     "not_utf8_error",
     "read_text",
+    "utf8_problem",
 ]
 
 MAX_CSV_FIELD = 4 * 1024 * 1024
@@ -73,25 +74,36 @@ def _describe(data: bytes, err: UnicodeDecodeError) -> tuple[int, str]:
     return line, f"not UTF-8: byte 0x{data[err.start]:02x} at column {col} (Latin-1 or Windows-1252?); {_RESAVE}"
 
 
+def utf8_problem(data: bytes) -> tuple[int, str] | None:
+    """``(line, message)`` for the first reason ``data`` is not UTF-8 text, else ``None``.
+
+    A UTF-8 byte-order mark is fine; UTF-16/32 (with or without a mark), NUL bytes and invalid bytes are not.
+    """
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        msg = encoding_problem(data[:4])
+        return (1, msg) if msg else _describe(data, e)
+    nul = data.find(b"\x00")  # valid UTF-8, but no text file holds one: UTF-16 (no mark) or binary data
+    if nul < 0:
+        return None
+    line, col = _where(data, nul)
+    head = encoding_problem(data[:4])
+    if line == 1 and head:
+        return 1, head
+    return line, f"not UTF-8: a NUL byte at column {col} (binary data?); {_RESAVE}"
+
+
 def decode_utf8(data: bytes, source: str) -> str:
     """``data`` as text; a UTF-8 byte-order mark is dropped.
 
     Raises:
         VestisError: ``source:line: not UTF-8: ...`` for UTF-16/32 data, NUL bytes or the first invalid byte.
     """
-    msg = encoding_problem(data[:4])
-    if msg:
-        raise VestisError(f"{source}:1: {msg}")
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        line, col = _where(data, nul)
-        hint = "UTF-16 text without a byte-order mark?" if line == 1 else "binary data?"
-        raise VestisError(f"{source}:{line}: not UTF-8: a NUL byte at column {col} ({hint}); {_RESAVE}")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line, msg = _describe(data, e)
-        raise VestisError(f"{source}:{line}: {msg}") from None
+    problem = utf8_problem(data)
+    if problem is not None:
+        raise VestisError(f"{source}:{problem[0]}: {problem[1]}")
+    return data.decode("utf-8-sig")
 
 
 def not_utf8_error(path: str | os.PathLike[str]) -> VestisError:

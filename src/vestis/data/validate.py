@@ -191,7 +191,11 @@ def _check_groups(manifest: Manifest) -> list[ValidationProblem]:
 
 def _image_problem(path: Path, max_pixels: int) -> tuple[str, str] | None:
     """``(kind, reason)`` for an unusable image, else ``None``."""
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as e:  # a name the OS refuses (too long): no file can be there
+        return "missing-image", f"image path {str(path)[:80]!r}... cannot name a file ({e.strerror})"
+    if not found:
         return "missing-image", f"image file {str(path)!r} not found; expected a path relative to the manifest"
     error = check_image(path, max_pixels=max_pixels)
     if error is None:
