@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import pickle
 import random
 import struct
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 import vestis
 from tests.inference.conftest import make_checkpoint, small_taxonomy
+from tests.train.conftest import crafted_checkpoint, legacy_checkpoint
 from vestis.config import load_config
 from vestis.errors import VestisError
 from vestis.models import create_model
@@ -30,33 +30,6 @@ from vestis.train.checkpoint import (
     save_checkpoint,
 )
 from vestis.train.optim import build_optimizer, build_scheduler
-
-
-class Payload:
-    """Unpickling this creates ``marker``: the file a crafted checkpoint's code would leave behind."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
-
-
-def crafted_checkpoint(path: Path, marker: Path, *, raw: bool = False) -> Path:
-    """A file that looks like an old vestis checkpoint and runs code when unpickled."""
-    state = {"format": FORMAT, "version": 1, "model": {}, "config": {}, "taxonomy": {}, "x": Payload(marker)}
-    if raw:
-        path.write_bytes(pickle.dumps(state, protocol=4))
-    else:
-        torch.save(state, path)
-    return path
-
-
-def legacy_checkpoint(src: Path, dst: Path) -> Path:
-    """``src`` re-written in the old format (``torch.save`` of the same dict, version 1)."""
-    state = load_checkpoint(src)
-    torch.save({**state, "version": 1}, dst)
-    return dst
 
 
 def assert_same(a: Any, b: Any, where: str = "") -> None:

@@ -33,6 +33,13 @@ TaxonomyOpt = Annotated[
     typer.Option("--taxonomy", "-t", help="Taxonomy YAML (default: taxonomy.yaml beside the manifest)."),
 ]
 OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+TrustCheckpointOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoint",
+        help="Also load an old pickle checkpoint. Unpickling runs any code the file holds: only for files you trust.",
+    ),
+]
 
 
 @app.callback()

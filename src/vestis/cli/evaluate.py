@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vestis.cli._app import OutDirOpt, TaxonomyOpt, command, echo
+from vestis.cli._app import OutDirOpt, TaxonomyOpt, TrustCheckpointOpt, command, echo
 
 
 @command("evaluate")
@@ -21,6 +21,7 @@ def evaluate_cmd(
     workers: Annotated[int, typer.Option("--workers", min=0)] = 2,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip rows that fail validation.")] = False,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda.")] = None,
+    trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
     """Evaluate CHECKPOINT: metrics.json, report.md, report.html and figures in --out."""
     from vestis.eval.evaluator import format_table
@@ -28,7 +29,7 @@ def evaluate_cmd(
 
     result = evaluate_checkpoint(
         checkpoint, data, out, taxonomy=taxonomy, split=split, batch_size=batch_size, workers=workers,
-        device=device, skip_invalid=skip_invalid,
+        device=device, skip_invalid=skip_invalid, trust_checkpoint=trust_checkpoint,
     )  # fmt: skip
     echo(format_table(result.metrics))
     echo(f"\n{result.num_items} items ({split}); report: {result.files['report.html']}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vestis.cli._app import command, echo
+from vestis.cli._app import TrustCheckpointOpt, command, echo
 
 
 @command("export")
@@ -22,13 +22,14 @@ def export_cmd(
     ] = None,
     calibration_images: Annotated[int, typer.Option("--calibration-images", min=1)] = 32,
     check_images: Annotated[int, typer.Option("--check-images", min=0, help="Images to compare; 0: no check.")] = 16,
+    trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
     """Export CHECKPOINT to ONNX with its taxonomy, preprocessing and thresholds as metadata."""
     from vestis.inference.export import export_onnx
 
     result = export_onnx(
         checkpoint, out, int8=int8, opset=opset, calibration=calibration, calibration_images=calibration_images,
-        check_images=check_images,
+        check_images=check_images, trust_checkpoint=trust_checkpoint,
     )  # fmt: skip
     kind = "int8" if result.int8 else "fp32"
     size = result.path.stat().st_size / 2**20

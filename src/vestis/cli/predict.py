@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vestis.cli._app import command, echo
+from vestis.cli._app import TrustCheckpointOpt, command, echo
 
 
 @command("predict")
@@ -24,12 +24,15 @@ def predict_cmd(
     ] = True,
     restart: Annotated[bool, typer.Option("--restart", help="Discard earlier results in --out.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
     """Predict the attributes of every image; a rerun after a crash continues where it stopped."""
+    from vestis.inference.predictor import Predictor
     from vestis.inference.tagging import tag_catalog
 
+    predictor = Predictor.from_path(model, device=device, trust_checkpoint=trust_checkpoint)
     r = tag_catalog(
-        model, inputs, out, batch_size=batch_size, workers=workers, engine=engine, device=device,
+        predictor, inputs, out, batch_size=batch_size, workers=workers, engine=engine, device=device,
         calibrated=calibrated, restart=restart, progress=progress,
     )  # fmt: skip
     if r.done_before:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vestis.cli._app import command, echo
+from vestis.cli._app import TrustCheckpointOpt, command, echo
 from vestis.errors import VestisError
 from vestis.service.config import ServiceConfig
 
@@ -49,6 +49,7 @@ def serve_cmd(
         str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
     """Serve MODEL over HTTP: /v1/attributes, /v1/heatmap, /v1/taxonomy, health, metrics and a web page at /."""
     try:
@@ -63,7 +64,7 @@ def serve_cmd(
         max_images=max_images, max_request_pixels=max_request_pixels, decode_budget_mb=decode_budget_mb,
         max_queue_wait_ms=max_queue_wait_ms,
     )  # fmt: skip
-    predictor = Predictor.from_path(model, device=device)
+    predictor = Predictor.from_path(model, device=device, trust_checkpoint=trust_checkpoint)
     app = create_app(predictor, config)
     shown = f"[{host}]" if ":" in host else host
     echo(

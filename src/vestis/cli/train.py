@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vestis.cli._app import TaxonomyOpt, command, echo
+from vestis.cli._app import TaxonomyOpt, TrustCheckpointOpt, command, echo
 
 
 @command("train")
@@ -30,6 +30,7 @@ def train_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly.")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip rows that fail validation.")] = False,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
+    trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
     """Train a multi-task attribute model; writes RUN_DIR/last.ckpt and best.ckpt."""
     from vestis.config import load_config
@@ -49,7 +50,7 @@ def train_cmd(
     say(f"model {cfg.model.name} on {cfg.model.backbone}, {cfg.data.image_size}px, {cfg.train.epochs} epochs -> {out}")
     result = train(
         cfg, data, out, taxonomy=taxonomy, resume=resume, skip_invalid=skip_invalid, device=device,
-        progress=main_process, log=say,
+        progress=main_process, log=say, trust_checkpoint=trust_checkpoint,
     )  # fmt: skip
     if result.best.exists():
         say(f"best: {result.best} ({cfg.train.early_stop_metric} = {result.best_metric})")

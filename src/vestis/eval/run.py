@@ -57,16 +57,18 @@ def evaluate_checkpoint(
     workers: int = 2,
     device: str | None = None,
     skip_invalid: bool = False,
+    trust_checkpoint: bool = False,
 ) -> EvaluationResult:
     """Predict ``split`` of ``data`` with the checkpoint and write metrics.json, report.md/html and figures.
 
     The split is recomputed with the checkpoint's data settings, so ``test`` is exactly the rows the
-    training run held out. ``split="all"`` evaluates every row.
+    training run held out. ``split="all"`` evaluates every row. ``trust_checkpoint`` also loads an old pickle
+    checkpoint, which runs any code the file holds.
     """
     if split not in (*SPLITS, "all"):
         raise VestisError(f"--split {split!r}: expected one of {[*SPLITS, 'all']}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load(checkpoint, map_location=dev)
+    model = load(checkpoint, map_location=dev, trust=trust_checkpoint)
     cfg, tax = model.config, model.taxonomy
     data = Path(data)
     _check_taxonomy(data, taxonomy, tax)

@@ -392,6 +392,7 @@ def export_onnx(
     calibration: Sequence[str | os.PathLike[str]] | None = None,
     calibration_images: int = 32,
     check_images: int = 16,
+    trust_checkpoint: bool = False,
 ) -> ExportResult:
     """Export a checkpoint to ONNX (graph and metadata in the module docstring).
 
@@ -405,6 +406,7 @@ def export_onnx(
         calibration_images: how many images calibrate the int8 ranges.
         check_images: how many images the parity check compares (0: no check). They are drawn apart from
             the calibration images.
+        trust_checkpoint: also load an old pickle checkpoint, which runs any code the file holds.
 
     Returns:
         The path, opset, exporter, and the parity of the written model against the checkpoint.
@@ -421,7 +423,7 @@ def export_onnx(
 
     if Path(checkpoint).suffix.lower() == ".onnx":
         raise VestisError(f"{checkpoint}: expected a checkpoint to export, got an ONNX file")
-    reference = Predictor.from_checkpoint(checkpoint, device="cpu")
+    reference = Predictor.from_checkpoint(checkpoint, device="cpu", trust_checkpoint=trust_checkpoint)
     prep = reference.preprocessing
     size, pad = int(prep["image_size"]), int(prep["pad_value"])
     module = reference.module
