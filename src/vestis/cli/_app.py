@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -57,10 +58,12 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
         def wrapper(*args: Any, **kw: Any) -> Any:
             try:
                 return fn(*args, **kw)
-            except VestisError as e:
-                if _state["debug"]:
+            except (VestisError, OSError) as e:
+                # an OSError naming a file is the user's path (an --out that is a folder, a read-only place)
+                if _state["debug"] or (isinstance(e, OSError) and not e.filename):
                     raise
-                err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+                msg = str(e) if isinstance(e, VestisError) else _os_error_message(e)
+                err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
             except KeyboardInterrupt:
                 err_console.print("interrupted")
@@ -70,6 +73,25 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
         return fn
 
     return deco
+
+
+_EXPECTED = {
+    errno.EISDIR: "expected a file, not a folder",
+    errno.ENOTDIR: "a part of the path is a file; expected folders up to the last part",
+    errno.EEXIST: "expected a new path or a folder",
+    errno.EACCES: "permission denied; expected a path this user may use",
+    errno.EPERM: "not permitted; expected a path this user may use",
+    errno.EROFS: "read-only file system; expected a writable place",
+    errno.ENOSPC: "no space left on the device",
+    errno.ENAMETOOLONG: "expected a shorter name",
+}
+
+
+def _os_error_message(e: OSError) -> str:
+    """``path: what was expected`` for an OSError; a rename names its target (``filename2``)."""
+    path = e.filename2 if e.filename2 is not None else e.filename
+    what = _EXPECTED.get(e.errno or 0, "")
+    return f"{path}: {e.strerror or e}" + (f" ({what})" if what else "")
 
 
 def echo(msg: str = "", *, markup: bool = False) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -25,6 +26,7 @@ __all__ = [
     "decode_utf8",
     "encoding_problem",
     "not_utf8_error",
+    "open_utf8",
     "read_text",
     "utf8_problem",
 ]
@@ -132,3 +134,11 @@ def read_text(path: str | os.PathLike[str], what: str) -> str:
     except OSError as e:
         raise VestisError(f"{path}: cannot read {what}: {e.strerror or e}") from None
     return decode_utf8(data, str(path))
+
+
+def open_utf8(path: str | os.PathLike[str], what: str) -> io.StringIO:
+    """The UTF-8 text of ``path`` as a stream that splits lines like ``open(path, newline="")``.
+
+    The whole file is decoded first, so a bad byte is an error naming its line before any row is used.
+    """
+    return io.StringIO(read_text(path, what), newline="")

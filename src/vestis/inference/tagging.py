@@ -272,9 +272,18 @@ def _iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 return
             if line.strip():
                 try:
-                    row = json.loads(line)
+                    row = json.loads(line.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    col = e.start + 1
+                    raise VestisError(
+                        f"{path}:{n}: not UTF-8 (byte 0x{line[e.start]:02x} at column {col}); "
+                        "expected the JSON rows of a vestis predict output"
+                    ) from None
                 except json.JSONDecodeError as e:
                     raise VestisError(f"{path}:{n}: not a JSON row ({e.msg}); not a vestis predict output?") from None
+                except (ValueError, RecursionError) as e:  # an integer over 4,300 digits, nesting beyond the stack
+                    why = "nested too deeply" if isinstance(e, RecursionError) else "an integer too long to read"
+                    raise VestisError(f"{path}:{n}: not a JSON row ({why}); not a vestis predict output?") from None
                 if not isinstance(row, dict) or not isinstance(row.get("id"), str):
                     raise VestisError(f"{path}:{n}: expected a JSON object with an 'id'; not a vestis predict output?")
                 yield offset, row

@@ -38,6 +38,7 @@ from vestis.data.importers._common import (
 )
 from vestis.data.manifest import Record
 from vestis.data.taxonomy import Attribute
+from vestis.data.textio import allow_large_csv_fields, open_utf8
 from vestis.errors import VestisError
 
 __all__ = ["ATTRIBUTES", "COLUMNS", "read_fashion_product"]
@@ -65,7 +66,10 @@ def _split(line: str) -> list[str]:
     n = len(COLUMNS)
     if '"' not in line:
         return line.split(",", n - 1)
-    fields = next(csv.reader([line]))
+    try:
+        fields = next(csv.reader([line]))
+    except csv.Error:  # a quoted field over MAX_CSV_FIELD: the line is unparseable
+        return []
     return [*fields[: n - 1], ",".join(fields[n - 1 :])] if len(fields) > n else fields
 
 
@@ -87,7 +91,8 @@ def read_fashion_product(src: Path, ctx: ImportContext, *, image_dir: str = "ima
     report = ctx.report
     records: list[Record] = []
     seen: set[str] = set()
-    with open(styles, encoding="utf-8-sig", newline="") as f:
+    allow_large_csv_fields()  # a quoted title over the csv module's 128 KiB default is still a title
+    with open_utf8(styles, "styles.csv") as f:
         header = [h.strip() for h in f.readline().rstrip("\r\n").split(",")]
         missing = [c for c in COLUMNS if c not in header]
         if missing:
