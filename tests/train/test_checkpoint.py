@@ -18,7 +18,7 @@ import torch
 
 import vestis
 from tests.inference.conftest import make_checkpoint, small_taxonomy
-from tests.train.conftest import crafted_checkpoint, legacy_checkpoint
+from tests.train.conftest import Payload, crafted_checkpoint, legacy_checkpoint
 from vestis.config import load_config
 from vestis.errors import VestisError
 from vestis.models import create_model
@@ -80,6 +80,11 @@ def _train_state(model: torch.nn.Module) -> dict[str, Any]:
         "history": history,
         "rng": [rng],
     }
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("good") / "good.ckpt")
 
 
 @pytest.fixture
@@ -193,6 +198,32 @@ def test_a_crafted_pickle_is_refused_and_runs_nothing(tmp_path, raw):
     assert marker.read_text() == "ran"
 
 
+def test_the_pre_zip_torch_format_is_refused_too(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"x": Payload(marker)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(VestisError, match="an old pickle checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_a_header_length_that_looks_like_a_pickle_opcode(tmp_path, good):
+    # a header of 0x10280 bytes starts the file with 80 02, the bytes of pickle protocol 2
+    with safetensors.safe_open(str(good), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+    def padded(pad: int) -> bytes:
+        return safetensors.torch.save(tensors, metadata={**meta, "padding": " " * pad})
+
+    base = struct.unpack("<Q", padded(0)[:8])[0]  # each space adds a byte; the header is aligned to 8
+    data = next(d for pad in range(0x10280 - base - 8, 0x10280 - base + 8) if (d := padded(pad))[:3] == b"\x80\x02\x01")
+    assert struct.unpack("<Q", data[:8])[0] == 0x10280
+    path = tmp_path / "a.ckpt"
+    path.write_bytes(data)
+    assert_same(load_checkpoint(path), load_checkpoint(good))
+
+
 def test_a_trusted_old_checkpoint_loads_with_a_warning(tmp_path, caplog):
     new = make_checkpoint(tmp_path / "new.ckpt")
     old = legacy_checkpoint(new, tmp_path / "old.ckpt")
@@ -209,11 +240,6 @@ def test_a_trusted_old_checkpoint_loads_with_a_warning(tmp_path, caplog):
 
 
 # --- damaged and foreign files ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("good") / "good.ckpt")
 
 
 def _fields(path: Path) -> dict[str, Any]:

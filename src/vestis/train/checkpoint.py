@@ -176,8 +176,9 @@ def _sniff(path: Path) -> str:
     """``pickle`` (a torch zip or a raw pickle), ``safetensors`` or ``unknown``, from the first bytes only."""
     with path.open("rb") as f:
         head = f.read(9)
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
-        return "pickle"  # torch.save's zip archive, or a pickle's PROTO opcode (protocols 2-5)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "pickle"  # torch.save's zip archive
+    # before the pickle test: a header length such as 0x0280 starts with the bytes of a PROTO 2 opcode
     if len(head) == 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")
         if n > MAX_HEADER_BYTES:
@@ -185,6 +186,8 @@ def _sniff(path: Path) -> str:
         if n > path.stat().st_size - 8:
             raise VestisError(f"{path}: truncated checkpoint (the header runs past the end of the file)")
         return "safetensors"
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"  # a PROTO opcode (protocols 2-5): a bare pickle, or torch.save's pre-1.6 format
     return "unknown"
 
 
