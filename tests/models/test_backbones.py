@@ -33,7 +33,8 @@ def test_registered_names() -> None:
 
 # Published counts with the 1000-class classifier, minus that classifier:
 # ResNet: fc 2048*1000+1000 (512*1000+1000 for -18); EfficientNetV2: 1280*1000+1000;
-# MobileNetV3-Small: Linear(576, 1024) + Linear(1024, 1000) = 1,615,848.
+# MobileNetV3-Small: Linear(576, 1024) + Linear(1024, 1000) = 1,615,848. EfficientNet-Lite: the totals of the
+# TensorFlow reference's ImageNet files (4,652,008 / 5,416,680 / 6,092,072), classifier 1280*1000+1000.
 @pytest.mark.parametrize(
     ("name", "published", "classifier"),
     [
@@ -42,6 +43,9 @@ def test_registered_names() -> None:
         ("efficientnetv2_s", 21_458_488, 1_281_000),
         ("efficientnetv2_m", 54_139_356, 1_281_000),
         ("mobilenetv3_small", 2_542_856, 1_615_848),
+        ("efficientnet_lite0", 4_652_008, 1_281_000),
+        ("efficientnet_lite1", 5_416_680, 1_281_000),
+        ("efficientnet_lite2", 6_092_072, 1_281_000),
     ],
 )
 def test_parameter_counts_match_published_architectures(name: str, published: int, classifier: int) -> None:

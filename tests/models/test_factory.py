@@ -14,8 +14,17 @@ from vestis.registry import BACKBONES
 
 def test_list_models_and_backbones() -> None:
     assert list_models() == ["a1", "a2", "a3", "a4", "baseline"]
-    assert list_backbones(tiny=True) == ["efficientnetv2_tiny", "mobilenetv3_tiny", "resnet18_tiny", "resnet50_tiny"]
+    assert list_backbones(tiny=True) == [
+        "efficientnet_lite_tiny",
+        "efficientnetv2_tiny",
+        "mobilenetv3_tiny",
+        "resnet18_tiny",
+        "resnet50_tiny",
+    ]
     assert list_backbones(tiny=False) == [
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
         "efficientnetv2_m",
         "efficientnetv2_s",
         "mobilenetv3_small",

@@ -10,6 +10,10 @@ EfficientNetV2-S/M  ``efficientnet_v2_s/m``         ``tf_efficientnetv2_s/m``   
 MobileNetV3-Small   ``mobilenet_v3_small``          ``(tf_)mobilenetv3_small_100``     our keys
 ==================  ==============================  =================================  ==============
 
+EfficientNet-Lite0/1/2 files use the ``lukemelas`` naming of the ``efficientnet_pytorch`` port (``_conv_stem``,
+``_bn0``, ``_blocks.N._expand_conv`` / ``_depthwise_conv`` / ``_project_conv`` with ``_bn0`` / ``_bn1`` / ``_bn2``,
+``_conv_head``, ``_bn1``, classifier ``_fc``), which the ImageNet packages of :mod:`vestis.pretrained` ship.
+
 torchvision's layers correspond one to one with ours (symmetric padding, batch-norm epsilon 1e-3 for
 EfficientNetV2 and MobileNetV3, same activations). timm's ``tf_*`` weights were trained with TensorFlow's
 asymmetric "same" padding and its ``mobilenetv3_small_100`` with batch-norm epsilon 1e-5; with our layers their
@@ -36,14 +40,20 @@ from torch import Tensor, nn
 
 from vestis.errors import VestisError
 from vestis.models.backbones.base import Backbone
+from vestis.models.backbones.efficientnet_lite import EfficientNetLite
 from vestis.models.backbones.efficientnetv2 import EfficientNetV2, FusedMBConv
 from vestis.models.backbones.mobilenetv3 import MobileNetV3
 from vestis.models.backbones.resnet import ResNet
 
 __all__ = ["NAMINGS", "LoadReport", "key_map", "load_backbone_weights", "read_state_dict"]
 
-NAMINGS = ("torchvision", "timm", "vestis")  # tried in this order; the first with the most matching keys wins
-_HEAD_PREFIXES = ("fc.", "classifier.", "head.")
+NAMINGS = (
+    "torchvision",
+    "timm",
+    "lukemelas",
+    "vestis",
+)  # tried in this order; the first with the most matching keys wins
+_HEAD_PREFIXES = ("fc.", "classifier.", "head.", "_fc.")
 _EXTRA_IGNORED = {("mobilenetv3", "timm"): ("conv_head.",)}  # timm's 576 -> 1024 pre-logits convolution
 _LIST_LIMIT = 12
 
@@ -121,7 +131,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 # --- key naming ---------------------------------------------------------------------------------------------
 def _family(backbone: Backbone) -> str:
-    for cls, name in ((ResNet, "resnet"), (EfficientNetV2, "efficientnetv2"), (MobileNetV3, "mobilenetv3")):
+    families = (
+        (ResNet, "resnet"),
+        (EfficientNetV2, "efficientnetv2"),
+        (MobileNetV3, "mobilenetv3"),
+        (EfficientNetLite, "efficientnet_lite"),
+    )
+    for cls, name in families:
         if isinstance(backbone, cls):
             return name
     return type(backbone).__name__
@@ -163,10 +179,33 @@ def _timm_block(m: dict[str, str], ours: str, t: str, block: nn.Module) -> None:
         m[f"{ours}.se.fc2"] = f"{t}.se.conv_expand"
 
 
+def _lukemelas_map(backbone: EfficientNetLite) -> dict[str, str]:
+    # blocks are numbered globally, and inside a block the batch norms follow their convolution
+    m: dict[str, str] = {}
+    _conv_bn(m, "stem", "_conv_stem", "_bn0")
+    index = 0
+    for i, stage in enumerate(backbone.stages):
+        for j, block in enumerate(stage):
+            t = f"_blocks.{index}"
+            if block.expand is not None:
+                _conv_bn(m, f"stages.{i}.{j}.expand", f"{t}._expand_conv", f"{t}._bn0")
+            _conv_bn(m, f"stages.{i}.{j}.dw", f"{t}._depthwise_conv", f"{t}._bn1")
+            _conv_bn(m, f"stages.{i}.{j}.project", f"{t}._project_conv", f"{t}._bn2")
+            index += 1
+    _conv_bn(m, "top", "_conv_head", "_bn1")
+    return m
+
+
 def _module_map(backbone: Backbone, naming: str) -> dict[str, str] | None:
     """Our module path -> foreign module path, or ``None`` when the names are identical."""
     if naming == "vestis" or isinstance(backbone, ResNet):
         return None  # our ResNet uses torchvision's (= timm's) names
+    if naming == "lukemelas":
+        if not isinstance(backbone, EfficientNetLite):
+            raise VestisError(f"{backbone._label()}: the lukemelas naming is for EfficientNet-Lite backbones only")
+        return _lukemelas_map(backbone)
+    if isinstance(backbone, EfficientNetLite):
+        raise VestisError(f"{backbone._label()}: no {naming} key mapping for EfficientNet-Lite; use lukemelas")
     if not isinstance(backbone, EfficientNetV2 | MobileNetV3):
         raise VestisError(f"{backbone._label()}: no {naming} key mapping for {type(backbone).__name__}")
     m: dict[str, str] = {}
@@ -219,6 +258,12 @@ def key_map(backbone: Backbone, naming: str) -> dict[str, str]:
 
 
 # --- loading ------------------------------------------------------------------------------------------------
+def _namings_for(backbone: Backbone) -> tuple[str, ...]:
+    if isinstance(backbone, EfficientNetLite):
+        return ("lukemelas", "vestis")
+    return tuple(n for n in NAMINGS if n != "lukemelas")
+
+
 def _names(keys: list[str]) -> str:
     shown = ", ".join(keys[:_LIST_LIMIT])
     return shown + (f", ... ({len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
@@ -246,7 +291,7 @@ def load_backbone_weights(
         ignored = sorted(k for k in state if not k.startswith("backbone."))
         state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     full = backbone.full_architecture() if backbone.pruned_prefixes else backbone
-    maps = {n: key_map(full, n) for n in ([naming] if naming else NAMINGS)}
+    maps = {n: key_map(full, n) for n in ([naming] if naming else _namings_for(full))}
     naming = max(maps, key=lambda n: sum(k in maps[n] for k in state))  # max keeps the first of equals
     fmap = maps[naming]
     label = backbone.arch or type(backbone).__name__
