@@ -39,7 +39,7 @@ def test_ray_engine_matches_the_local_engine(ckpt, image_dir, tmp_path):
     got = [json.loads(line) for line in out.read_text().splitlines()]
     ref = [json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines()]
     assert [r["id"] for r in got] == [r["id"] for r in ref]  # input order, each image once
-    assert got[-1]["error"] == "not a readable image"
+    assert got[-1]["error"] == "not a readable image in an allowed format (JPEG, PNG, WEBP, GIF, BMP, TIFF)"
     for g, r in zip(got, ref, strict=True):
         for name, attr in g.get("attributes", {}).items():
             assert attr.get("value") == r["attributes"][name].get("value")

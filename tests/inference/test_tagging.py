@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -95,7 +100,11 @@ def test_jsonl_rows_and_error_rows(predictor, catalog, tmp_path):
     assert (result.total, result.done_before, result.predicted, result.errors) == (7, 0, 5, 2)
     rows = _jsonl(out)
     assert [r["id"] for r in rows] == ["p0", "p1", "p2", "p3", "p4", "bad", "gone"]
-    assert rows[5] == {"id": "bad", "image": str(catalog / "images" / "broken.jpg"), "error": "not a readable image"}
+    assert rows[5] == {
+        "id": "bad",
+        "image": str(catalog / "images" / "broken.jpg"),
+        "error": "not a readable image in an allowed format (JPEG, PNG, WEBP, GIF, BMP, TIFF)",
+    }
     assert rows[6]["error"] == "image file not found"
     expected = predictor.predict([Image.open(catalog / "images" / name) for name in IDS])
     for row, exp in zip(rows[:5], expected, strict=True):
@@ -138,7 +147,10 @@ def test_csv_and_parquet_flatten_the_rows(predictor, catalog, tmp_path):
             assert c["occasion"] == "|".join(attrs["occasion"]["values"])
         if attrs and "sleeve.length" not in attrs:  # not a t-shirt: empty cells
             assert c["sleeve.length"] == "" and p["sleeve.length:short"] is None
-    assert table[5]["error"] == "not a readable image" and table[5]["category"] == ""
+    assert (
+        table[5]["error"] == "not a readable image in an allowed format (JPEG, PNG, WEBP, GIF, BMP, TIFF)"
+        and table[5]["category"] == ""
+    )
 
 
 def test_resume_after_a_torn_write(predictor, catalog, tmp_path):
@@ -223,3 +235,68 @@ def test_bad_arguments(predictor, catalog, tmp_path):
         model = Predictor.from_model(predictor.module.model, preprocessing=predictor.preprocessing, device="cpu")
         tag_catalog(model, [catalog / "images"], tmp_path / "tags.jsonl", engine="ray")
     assert not (tmp_path / "tags.jsonl").exists() and not (tmp_path / "tags.txt").exists()
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of ``pid`` (from /proc)."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                kids = {int(k) for k in Path(f"/proc/{p}/task/{t}/children").read_text().split()}
+            except OSError:
+                continue
+            todo += sorted(kids - out)
+            out |= kids
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped holds nothing and runs nothing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through /proc")
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)], ids=["SIGKILL", "SIGTERM"]
+)
+def test_decoder_workers_exit_when_predict_is_killed(ckpt, image_dir, tmp_path, sig):
+    # one image under many ids: a run long enough to be killed in the middle, written in a blink
+    rows = ["id,image", *(f"r{i},{image_dir / 'a.jpg'}" for i in range(20_000))]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "tags.jsonl"
+    cmd = [sys.executable, "-m", "vestis", "predict", str(ckpt), str(tmp_path / "m.csv"), "--out", str(out)]
+    proc = subprocess.Popen([*cmd, "--workers", "2", "-b", "2", "--no-progress"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        workers: set[int] = set()
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _children(proc.pid)
+            if len(workers) >= 2 and out.exists() and out.stat().st_size > 0:
+                break  # both decoders are up and batches are being written
+            time.sleep(0.05)
+        assert proc.poll() is None and len(workers) >= 2, f"predict did not get going: {workers}"
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_running(w) for w in workers):
+            time.sleep(0.05)
+        left = [w for w in workers if _running(w)]
+        assert left == [], f"decoder processes still running after the parent's {sig.name}: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for w in workers:  # on a failure, do not leave them behind either
+            if _running(w):
+                os.kill(w, signal.SIGKILL)

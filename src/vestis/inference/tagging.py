@@ -20,16 +20,23 @@ folder); a ``.csv``/``.jsonl``/``.parquet`` file is a manifest (its ids and imag
 an image (its id is the path as given). Ids must be unique: they are how a rerun knows what is done.
 
 Engines. ``local`` decodes in DataLoader worker processes (``workers``; 0 decodes in the main process)
-while the main process runs the model on whole batches. ``ray`` runs the same stages on Ray Data
-(:mod:`vestis.inference.ray_engine`), for catalogs beyond one machine.
+while the main process runs the model on whole batches. A worker ends when the process that started it
+dies, even by ``SIGKILL`` (:func:`_worker_init`), instead of lingering with its memory. ``ray`` runs the
+same stages on Ray Data (:mod:`vestis.inference.ray_engine`), for catalogs beyond one machine.
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes
+import functools
 import io
 import json
+import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -72,6 +79,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
 ENGINES = ("local", "ray")
 _DIGITS = 6  # decimals kept for scores in the output files
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_WATCH_S = 0.5  # how often a worker checks, where the kernel cannot tell it, that its parent is gone
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,46 @@ def _as_list(batch: list[Any]) -> list[Any]:
     return batch
 
 
+def _set_parent_death_signal() -> bool:
+    """Ask Linux to SIGKILL this process when its parent dies; ``False`` where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(ppid: int) -> None:
+    while True:
+        time.sleep(_WATCH_S)
+        if os.getppid() != ppid:  # re-parented: the process that started us is gone
+            os._exit(1)
+
+
+def _worker_init(parent: int | None, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: end this decoder when the process that started it dies.
+
+    Without it, a ``vestis predict`` killed by ``SIGKILL`` or ``SIGTERM`` leaves its decoders behind,
+    re-parented to PID 1, each blocked for ever writing to a result pipe that a sibling still holds open.
+    On Linux the kernel kills the worker with its parent (``PR_SET_PDEATHSIG``); a daemon thread that polls
+    the parent's pid covers the other systems and the parent's death itself while this ran. The kernel signal
+    follows the *thread* that started the worker: the loader is iterated from the thread that created it.
+
+    Args:
+        parent: the pid the worker must have as its parent (the main process with ``fork``); ``None`` when the
+            workers come from a fork server or ``spawn``, whose parent is that server.
+        worker_id: given by the DataLoader.
+    """
+    del worker_id
+    ppid = os.getppid()
+    _set_parent_death_signal()
+    if parent is not None and ppid != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(ppid,), name="vestis-parent-watch", daemon=True).start()
+
+
 def make_rows(
     predictor: Predictor,
     items: Sequence[ImageItem],
@@ -218,6 +267,7 @@ def _local_batches(
     predictor: Predictor, items: Sequence[ImageItem], batch_size: int, workers: int, calibrated: bool
 ) -> Iterator[list[dict[str, Any]]]:
     ds = _DecodeDataset(items, predictor.image_size, int(predictor.preprocessing["pad_value"]), predictor.max_pixels)
+    forked = workers > 0 and multiprocessing.get_start_method() == "fork"
     loader = DataLoader(
         ds,
         batch_size=batch_size,
@@ -225,6 +275,7 @@ def _local_batches(
         num_workers=workers,
         collate_fn=_as_list,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=functools.partial(_worker_init, os.getpid() if forked else None) if workers else None,
     )
     for batch in loader:
         idx = [b[0] for b in batch]
