@@ -57,9 +57,7 @@ MAX_HEADER_BYTES = 64 * 2**20
 FIELDS = ("model", "config", "taxonomy", "preprocessing", "metrics", "thresholds", "train_state")
 # deeper trees than any checkpoint holds are refused instead of exhausting the recursion limit
 _MAX_DEPTH = 64
-_TRUST_HINT = (
-    "pass --trust-checkpoint (trust=True) only for a file from a source you trust, or re-save it with this vestis"
-)
+_TRUST_HINT = "pass --trust-checkpoint (trust=True) only for a file from a source you trust"
 
 log = logging.getLogger(__name__)
 
