@@ -61,8 +61,10 @@ class DataConfig:
     """Preprocessing; stored in every checkpoint so inference matches training exactly."""
 
     image_size: int = 380  # the paper resizes to 380x380 keeping the aspect ratio (pad to square)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    # per-channel normalisation on the 0-1 scale; None: what the pretrained weights expect (model.pretrained names a
+    # source, see vestis.pretrained), else the ImageNet statistics. Resolved when the config is loaded.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     pad_value: int = 255  # catalog photos are shot on white; padding with white hides the pad edge
     max_pixels: int = 64_000_000  # decompression-bomb guard: larger images are refused
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -78,7 +80,12 @@ class ModelConfig:
 
     name: str = "a3"  # baseline, a1, a2, a3, a4 (multi-scale paper §5.2) or any registered model
     backbone: str = "efficientnetv2_s"
-    pretrained: str | None = None  # local safetensors / state-dict file; nothing is downloaded
+    # "imagenet" (weights shipped in an installed package, see vestis.pretrained) or a local safetensors /
+    # state-dict file; nothing is downloaded
+    pretrained: str | None = None
+    # an earlier vestis checkpoint to start from (refining a base model): tensors whose key and shape match are
+    # copied, branches of attributes whose values changed are initialised afresh; wins over ``pretrained``
+    init: str | None = None
     attention: str = "cbam"
     fpn_channels: int = 256  # a4 only: RetinaNet FPN width on P3-P7
     branch_hidden: int = 512  # hidden width of each attribute branch
@@ -114,6 +121,20 @@ class TrainConfig:
     task_weights: dict[str, float] = field(default_factory=dict)
     max_steps: int = 0  # stop after N optimiser steps (0 = no limit); for smoke tests
     log_every: int = 10
+    # Fine-tuning controls (transfer learning); the unit is a backbone block, see Backbone.blocks().
+    # Frozen for the first N epochs (no grad, eval-mode BatchNorm): the new heads' random start would otherwise
+    # push large gradients into the pretrained weights.
+    freeze_backbone_epochs: int = 0
+    # -1: the whole backbone trains; N >= 0: only its last N blocks do (0: frozen trunk), keeping the generic
+    # low-level filters as the hierarchical-label paper does.
+    trainable_blocks: int = -1
+    # Every backbone BatchNorm in eval mode with fixed affine weights, trainable blocks included: small batches
+    # give noisy statistics (the paper fine-tunes "with the exception of the batch normalization layers").
+    freeze_bn: bool = False
+    backbone_lr_mult: float = 1.0  # backbone lr = lr * mult: pretrained weights want smaller steps than new heads
+    # Compute the frozen trunk once per image and keep it in memory (float16): a CPU epoch then costs only the
+    # trainable part. Needs a trunk frozen for the whole run; image augmentation cannot apply below it.
+    cache_features: bool = False
 
 
 @dataclass
@@ -124,6 +145,25 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resolved(self) -> Config:
+        """A copy whose normalisation left to the weights (``data.mean/std: null``) is filled in.
+
+        Named pretrained weights bring their own statistics (EfficientNet-Lite: mean 127, std 128 on the 0-255
+        scale); anything else gets the ImageNet statistics.
+        """
+        from vestis.pretrained import source_for
+
+        if self.data.mean is not None and self.data.std is not None:
+            return self
+        src = source_for(self.model.backbone, self.model.pretrained)
+        mean, std = (src.mean, src.std) if src is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        data = dataclasses.replace(
+            self.data,
+            mean=self.data.mean if self.data.mean is not None else mean,
+            std=self.data.std if self.data.std is not None else std,
+        )
+        return dataclasses.replace(self, data=data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, source: str = "<config>") -> Config:

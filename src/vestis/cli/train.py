@@ -23,6 +23,10 @@ def train_cmd(
     ] = "default",
     model: Annotated[str | None, typer.Option("--model", help="Model name (baseline, a1..a4).")] = None,
     backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name (see `vestis models`).")] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="Start from this vestis checkpoint (model.init); unfit branches are new."),
+    ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
     image_size: Annotated[int | None, typer.Option("--image-size", min=16)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
@@ -42,6 +46,7 @@ def train_cmd(
         "train.epochs": epochs,
         "data.image_size": image_size,
         "train.batch_size": batch_size,
+        "model.init": init,
     }
     extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(config, [*(overrides or []), *extra])

@@ -39,8 +39,15 @@ from vestis.inference.batch import predict_loader
 from vestis.io import atomic_write_text
 from vestis.losses import MaskedMultiTaskLoss, class_weights
 from vestis.models import create_model
+from vestis.train.cache import CachedTail, FeatureCache, build_cache, cache_cut, predict_cache, random_hflip
 from vestis.train.checkpoint import load_checkpoint, save_checkpoint
 from vestis.train.distributed import DistInfo, barrier, cleanup, init_distributed
+from vestis.train.finetune import (
+    FreezeState,
+    apply_freeze,
+    check_finetune_config,
+    init_from_checkpoint,
+)
 from vestis.train.optim import build_optimizer, build_scheduler
 
 __all__ = ["TrainResult", "train"]
@@ -224,6 +231,7 @@ def _train(
             f"{out}: already holds a run (last.ckpt); pass --resume to continue it or choose another --out"
         )
 
+    check_finetune_config(tc)
     _seed_all(tc.seed)
     if tc.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -252,13 +260,17 @@ def _train(
     train_loader = _loader(train_ds, tc.batch_size, dc.num_workers, sampler=sampler, drop_last=per_rank > tc.batch_size)
     val_loader = _loader(val_ds, tc.batch_size, dc.num_workers)
 
-    model = create_model(cfg.model, taxonomy).to(dev)
+    core = create_model(cfg.model, taxonomy)
+    if cfg.model.init and saved is None:  # on --resume the weights come from last.ckpt
+        say(init_from_checkpoint(core, cfg.model.init, trust=trust_checkpoint).describe())
+    core = core.to(dev)
     channels_last = tc.channels_last and cuda
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    core = model
-    if info.enabled:
-        model = DistributedDataParallel(model, device_ids=[dev.index] if cuda else None)
+        core = core.to(memory_format=torch.channels_last)
+    cut = cache_cut(core, tc)  # 0: no cache
+    # what the optimiser steps through: the whole model, or the part above the cached trunk
+    net: nn.Module = CachedTail(core, cut) if cut else core
+    model = net  # wrapped in DDP at the first epoch, once the frozen blocks are known
 
     weights = None
     if tc.class_weights != "none":
@@ -267,7 +279,13 @@ def _train(
     loss_fn = MaskedMultiTaskLoss(
         taxonomy, class_weights=weights, label_smoothing=tc.label_smoothing, task_weights=tc.task_weights
     ).to(dev)
-    augment = BatchAugment(dc.augment).to(dev) if dc.augment.enabled else None
+    augment = BatchAugment(dc.augment).to(dev) if dc.augment.enabled and not cut else None
+    flip = dc.augment.hflip if dc.augment.enabled and cut else 0.0
+    if dc.augment.enabled and cut:
+        say(
+            "feature cache: image augmentation (data.augment) cannot apply below the cached trunk and is off; "
+            f"only a horizontal flip of the cached maps (p={flip}) is kept"
+        )
     optimizer = build_optimizer(core, tc)
     steps_per_epoch = math.ceil(len(train_loader) / tc.grad_accum)
     scheduler = build_scheduler(optimizer, steps_per_epoch, tc)
@@ -289,29 +307,53 @@ def _train(
     elif info.rank:
         torch.manual_seed(tc.seed + info.rank)  # different augmentations per rank; the weights come from rank 0
 
+    train_cache = val_cache = None
+    if cut:  # after any resume: the cached blocks hold the run's (frozen) weights; a resume recomputes the cache
+        amp_ctx = lambda: torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp)  # noqa: E731
+        plain = _loader(train_ds, tc.batch_size, dc.num_workers)
+        train_cache = build_cache(core, plain, train_ds.encoded, cut, dc, dev, autocast=amp_ctx, log=say)
+        if main and len(val_ds):
+            val_cache = build_cache(
+                core, val_loader, val_ds.encoded, cut, dc, dev, name="val", autocast=amp_ctx, log=say
+            )
+
     sign = 1.0 if tc.early_stop_mode == "max" else -1.0
     stop = step >= tc.max_steps > 0 or start_epoch >= tc.epochs
     epoch = start_epoch - 1
+    freeze_state: FreezeState | None = None
     with _progress(progress and main) as bar:
         for epoch in range(start_epoch, tc.epochs):
             if stop:
                 break
             sampler.set_epoch(epoch)
             model.train()
-            task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=len(train_loader), info="")
+            frozen = apply_freeze(core, tc, epoch)  # after train(): frozen blocks go back to eval mode
+            if frozen != freeze_state:
+                if frozen.frozen or frozen.bn_frozen or freeze_state is not None:
+                    say(f"epoch {epoch + 1}: {frozen.describe()}")
+                if info.enabled:  # DDP reduces the gradients of the parameters that required one when wrapped
+                    model = DistributedDataParallel(net, device_ids=[dev.index] if cuda else None)
+                    model.train()
+                freeze_state = frozen
+            batches = train_loader if train_cache is None else _cache_batches(train_cache, sampler, train_loader)
+            task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=len(batches), info="")
             sums: dict[str, float] = {}
             n_batches, n_images, wait, t0 = 0, 0, 0.0, time.perf_counter()
             t_fetch = time.perf_counter()
-            for i, batch in enumerate(train_loader):
+            for i, batch in enumerate(batches):
                 wait += time.perf_counter() - t_fetch
-                x = prepare_batch(batch["image"].to(dev, non_blocking=True), dc, augment, channels_last=channels_last)
+                if train_cache is None:
+                    images = batch["image"].to(dev, non_blocking=True)
+                    args: tuple = (prepare_batch(images, dc, augment, channels_last=channels_last),)
+                else:
+                    args = random_hflip(*train_cache.inputs(batch["index"], dev), flip)
                 targets = {k: v.to(dev, non_blocking=True) for k, v in batch["targets"].items()}
                 masks = {k: v.to(dev, non_blocking=True) for k, v in batch["masks"].items()}
-                last_in_epoch = i + 1 == len(train_loader)
+                last_in_epoch = i + 1 == len(batches)
                 sync = (i + 1) % tc.grad_accum == 0 or last_in_epoch
                 ctx = model.no_sync() if info.enabled and not sync else nullcontext()
                 with ctx, torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                    losses = loss_fn(model(x), targets, masks)
+                    losses = loss_fn(model(*args), targets, masks)
                     total = sum(losses.values())
                     scaler.scale(total / tc.grad_accum).backward()
                 if sync:
@@ -326,7 +368,7 @@ def _train(
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
                 n_batches += 1
-                n_images += len(x)
+                n_images += len(batch["index"])
                 if i % max(1, tc.log_every) == 0 or last_in_epoch:
                     rate = n_images * info.world_size / max(1e-9, time.perf_counter() - t0)
                     bar.update(task, info=f"loss {sums['loss'] / n_batches:.4f} | {rate:.0f} img/s")
@@ -349,7 +391,10 @@ def _train(
             # validation on the main process; the others wait for the verdict
             improved, metrics, thresholds = False, {}, {}
             if main and len(val_ds):
-                probs = predict_loader(core, val_loader, dc, taxonomy, dev, channels_last=channels_last)
+                if val_cache is None:
+                    probs = predict_loader(core, val_loader, dc, taxonomy, dev, channels_last=channels_last)
+                else:
+                    probs = predict_cache(net, val_cache, taxonomy, tc.batch_size, dev)
                 enc = val_ds.encoded
                 metrics = evaluate_predictions(taxonomy, probs, enc.targets, enc.masks, threshold=tc.threshold)
                 if tc.early_stop_metric not in metrics["summary"]:
@@ -431,6 +476,11 @@ def _train(
         history=history,
         model=core,
     )
+
+
+def _cache_batches(cache: FeatureCache, sampler: DistributedSampler, loader: DataLoader) -> list[dict]:
+    """This rank's batches of the epoch from the cache, in the order and sizes the loader would give."""
+    return cache.batches(torch.tensor(list(sampler)), loader.batch_size or 1, drop_last=loader.drop_last)
 
 
 def _targets_2d(attr: Attribute, targets: np.ndarray) -> np.ndarray:

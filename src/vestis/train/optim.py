@@ -9,18 +9,21 @@ from torch import nn
 
 from vestis.config import TrainConfig
 from vestis.errors import VestisError
+from vestis.train.finetune import param_groups
 
 __all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (the paper), AdamW or SGD; no weight decay on norms and biases for AdamW/SGD."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Adam (the paper), AdamW or SGD over every parameter, frozen ones included.
+
+    The groups come from :func:`vestis.train.finetune.param_groups`: the backbone's rate is
+    ``lr * backbone_lr_mult``, and AdamW/SGD put no weight decay on norms and biases. A frozen parameter gets
+    no gradient and these optimisers leave it untouched, so unfreezing later needs no new optimiser.
+    """
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.Adam(param_groups(model, cfg, split_decay=False), lr=cfg.lr)
+    groups = param_groups(model, cfg, split_decay=True)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
@@ -29,7 +32,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base learning rate at optimiser step ``step`` (0-based)."""
+    """Multiplier of each group's learning rate at optimiser step ``step`` (0-based).
+
+    A linear warm-up over ``warmup_epochs`` (from 1 / warm-up steps to 1) comes before any schedule.
+    """
     epoch = step / max(1, steps_per_epoch)
     warm = cfg.warmup_epochs
     if warm > 0 and epoch < warm:

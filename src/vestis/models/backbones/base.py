@@ -9,11 +9,18 @@ after the deepest selected one, so no parameter is left without a gradient::
     bb.pyramid_features()             # ['block3e', 'block5n', 'block7e']
     bb.select(bb.pyramid_features())  # drops the 1280-wide head convolution
     bb(images)                        # {'block3e': (B, 80, H/8, W/8), 'block5n': ..., 'block7e': ...}
+
+Fine-tuning and the frozen-trunk feature cache work on *blocks* (:meth:`Backbone.blocks`): the stem, then
+every block of every stage, then ``top``. A block is a residual / inverted-residual unit, so it is coarser
+than the Keras "layers" a paper may count (one block is a dozen of them); "the last N blocks" is our unit::
+
+    cut, taps = bb.forward_until(images, 4)   # blocks 0..3, plus the selected maps they completed
+    bb.forward_from(cut, 4, taps)             # the rest: the same dict as bb(images)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +29,7 @@ from torch import Tensor, nn
 
 from vestis.errors import VestisError
 
-__all__ = ["Backbone", "FeatureInfo"]
+__all__ = ["Backbone", "BackboneBlock", "FeatureInfo"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,24 @@ class FeatureInfo:
     name: str
     channels: int
     stride: int
+
+
+@dataclass(frozen=True)
+class BackboneBlock:
+    """One block of a backbone, the unit of fine-tuning (see :meth:`Backbone.blocks`).
+
+    Attributes:
+        name: the module path of the block (``stem``, ``stages.2.1``, ``layer3.0``, ``top``); for a stage made
+            of several modules (the ResNet stem) the stage's feature name.
+        stage: index of the stage (in ``feature_info``) the block belongs to.
+        paths: module paths applied in order.
+        ends_stage: whether the block's output is its stage's feature map.
+    """
+
+    name: str
+    stage: int
+    paths: tuple[str, ...]
+    ends_stage: bool
 
 
 class Backbone(nn.Module):
@@ -165,6 +190,78 @@ class Backbone(nn.Module):
             full = type(self)(**self.init_kwargs)
         full.arch = self.arch
         return full
+
+    # --- blocks --------------------------------------------------------------------------------------------
+    def blocks(self) -> list[BackboneBlock]:
+        """The blocks of the kept stages, input to output.
+
+        A stage that is one ``nn.Sequential`` contributes each of its children (the residual or
+        inverted-residual blocks); any other stage (a single module such as ``stem`` or ``top``, or several
+        modules applied in turn such as the ResNet stem) is one block. Stages removed by :meth:`select` are
+        not listed.
+
+        Returns:
+            One :class:`BackboneBlock` per block; running them in order is :meth:`forward`.
+        """
+        out: list[BackboneBlock] = []
+        for i in range(self._depth + 1):
+            paths = self._stage_paths[i]
+            module = self.get_submodule(paths[0]) if len(paths) == 1 else None
+            if isinstance(module, nn.Sequential) and len(module) > 0:
+                n = len(module)
+                out += [BackboneBlock(f"{paths[0]}.{j}", i, (f"{paths[0]}.{j}",), j == n - 1) for j in range(n)]
+            else:
+                name = paths[0] if len(paths) == 1 else self.feature_info[i].name
+                out.append(BackboneBlock(name, i, tuple(paths), True))
+        return out
+
+    def block_modules(self, block: BackboneBlock) -> list[nn.Module]:
+        """The modules a block applies, in order."""
+        return [self.get_submodule(p) for p in block.paths]
+
+    def forward_until(self, x: Tensor, stop: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run blocks ``[0, stop)``: the lower part of the network, for the frozen-trunk feature cache.
+
+        Args:
+            x: images (B, 3, H, W).
+            stop: index of the first block not run (0 returns ``x`` itself).
+
+        Returns:
+            The output of block ``stop - 1`` (the cut map) and the selected feature maps completed below the
+            cut; a selected map that is the cut map itself is the same tensor object.
+        """
+        return self._run(x, 0, stop, {})
+
+    def forward_from(self, x: Tensor, start: int, features: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Run blocks ``[start, end)`` on the cut map ``x`` and return the selected features.
+
+        ``cut, taps = bb.forward_until(images, k)`` then ``bb.forward_from(cut, k, taps)`` equals ``bb(images)``.
+
+        Args:
+            x: the output of block ``start - 1`` (the images when ``start`` is 0).
+            start: index of the first block to run.
+            features: the selected maps produced below the cut (from :meth:`forward_until`).
+
+        Returns:
+            Selected feature name -> map, in stage order, as :meth:`forward` returns them.
+        """
+        blocks = self.blocks()
+        _, out = self._run(x, start, len(blocks), dict(features or {}), blocks)
+        return {n: out[n] for n in self.out_features}
+
+    def _run(
+        self, x: Tensor, start: int, stop: int, out: dict[str, Tensor], blocks: list[BackboneBlock] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        blocks = self.blocks() if blocks is None else blocks
+        if not 0 <= start <= stop <= len(blocks):
+            raise VestisError(f"{self._label()}: blocks [{start}, {stop}) outside the {len(blocks)} blocks")
+        for block in blocks[start:stop]:
+            for m in self.block_modules(block):
+                x = m(x)
+            name = self.feature_info[block.stage].name
+            if block.ends_stage and name in self.out_features:
+                out[name] = x
+        return x, out
 
     # --- forward -------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> dict[str, Tensor]:
