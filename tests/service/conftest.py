@@ -29,7 +29,7 @@ from torch import nn
 
 from vestis.config import load_config
 from vestis.data.taxonomy import Taxonomy
-from vestis.data.transforms import letterbox
+from vestis.data.transforms import letterbox_array
 
 TAXONOMY = Taxonomy.from_dict(
     {
@@ -99,7 +99,7 @@ class ColourPredictor:
         s = IMAGE_SIZE
         out = np.empty((len(images), 3, s, s), dtype=np.uint8)
         for i, img in enumerate(images):
-            out[i] = np.asarray(letterbox(img.convert("RGB"), s, 255), dtype=np.uint8).transpose(2, 0, 1)
+            out[i] = letterbox_array(img, s, 255)  # as the real predictor: no copy of an RGB image
         return out
 
     def predict_arrays(self, batch: np.ndarray) -> dict[str, np.ndarray]:

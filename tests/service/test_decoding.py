@@ -163,12 +163,29 @@ def test_decoded_bytes_of_a_large_jpeg_are_at_its_draft_scale():
     assert read_header(RawImage(data, "f"), max_pixels=10**6).decoded_bytes == 800 * 600 * 4
 
 
-def test_an_image_turned_upright_counts_twice():
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_an_image_turned_upright_counts_twice(fmt):
     img = Image.new("RGB", (40, 20))
     exif = img.getexif()
     exif[0x0112] = 6
-    data = _encode(img, "JPEG", exif=exif.tobytes())
+    data = _encode(img, fmt, exif=exif.tobytes())
     assert read_header(RawImage(data, "f"), max_pixels=10**6).decoded_bytes == 40 * 20 * 4 * 2
+    assert read_header(RawImage(_encode(img, fmt), "f"), max_pixels=10**6).decoded_bytes == 40 * 20 * 4
+
+
+def test_reading_a_header_decodes_no_pixel(monkeypatch):
+    from PIL import ImageFile
+
+    class Decoded(BaseException):  # not an Exception: no handler on the way may swallow it
+        pass
+
+    def refuse(self: object) -> None:
+        raise Decoded
+
+    data = _encode(Image.new("1", (3000, 3000)), "PNG")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+    monkeypatch.setattr(Image.Image, "load", refuse)
+    assert read_header(RawImage(data, "f"), max_pixels=10**7).decoded_bytes == 3000 * 3000 * 5
 
 
 def test_the_request_pixel_cap_is_checked_on_the_sum():

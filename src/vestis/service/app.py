@@ -46,7 +46,7 @@ from vestis import __version__
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
 from vestis.service.batching import MicroBatcher, Overloaded
-from vestis.service.budget import MemoryBudget
+from vestis.service.budget import MemoryBudget, trim_heap
 from vestis.service.config import ServiceConfig
 from vestis.service.decoding import (
     BodyLimitMiddleware,
@@ -75,6 +75,8 @@ __all__ = ["AttributePredictor", "ServiceConfig", "create_app", "render_heatmap"
 log = logging.getLogger("vestis.service")
 STATIC = Path(__file__).resolve().parent / "static"
 # the page loads nothing from elsewhere; blob: is the heat-map overlay and the preview
+# decoded bytes after which an idle budget hands the freed heap back (a trim takes a few milliseconds)
+_TRIM_AFTER = 256 * 2**20
 _PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
 
@@ -161,6 +163,7 @@ class _Service:
         self.batcher: MicroBatcher[np.ndarray, dict[str, np.ndarray]] | None = None
         self.budget = MemoryBudget(config.decode_budget_bytes)
         self.wait_s = config.max_queue_wait_ms / 1000.0
+        self.decoded_since_trim = 0
         self.ready = False
         self.status = "starting"
         metrics.track_decode_bytes(lambda: self.budget.in_use)
@@ -195,7 +198,11 @@ class _Service:
 
     @asynccontextmanager
     async def memory(self, nbytes: int) -> AsyncIterator[None]:
-        """Hold ``nbytes`` of the decode budget, or answer 503 when it stays full for ``max_queue_wait_ms``."""
+        """Hold ``nbytes`` of the decode budget, or answer 503 when it stays full for ``max_queue_wait_ms``.
+
+        When the budget falls idle after more than :data:`_TRIM_AFTER` bytes were decoded, the freed heap is
+        handed back to the system, so a flood does not leave the process at its peak size.
+        """
         try:
             reservation = self.budget.reserve(nbytes, self.wait_s)
             await reservation.__aenter__()
@@ -205,6 +212,10 @@ class _Service:
             yield
         finally:
             await reservation.__aexit__(None, None, None)
+            self.decoded_since_trim += nbytes
+            if self.budget.in_use == 0 and self.decoded_since_trim > _TRIM_AFTER:
+                self.decoded_since_trim = 0
+                await run_in_threadpool(trim_heap)
 
     def _to_input(self, raw: RawImage) -> np.ndarray:
         decoded = decode_image(raw, self.limits.max_pixels, self.input_size)

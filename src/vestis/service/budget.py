@@ -9,19 +9,44 @@ Reservations are served first come, first served (a large image is not overtaken
 a reservation that cannot be served within its timeout raises :class:`~vestis.service.batching.Overloaded`,
 which the service answers with 503 and ``Retry-After``. An image larger than the whole budget is let
 through alone, once nothing else is held, so the budget never makes a valid image undecodable.
+
+Freed is not returned: glibc keeps what the decoding threads freed in their arenas, so a process that
+once decoded a flood of images stays that large. :func:`trim_heap` hands the free pages back to the
+system; the service calls it when the budget falls idle after a large amount was decoded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from vestis.service.batching import Overloaded
 
-__all__ = ["MemoryBudget"]
+__all__ = ["MemoryBudget", "trim_heap"]
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim  # glibc only; musl and macOS have none and need none
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_heap() -> bool:
+    """Give the free memory of every malloc arena back to the system (glibc); ``False`` where unavailable."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 class MemoryBudget:

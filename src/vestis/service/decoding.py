@@ -256,8 +256,19 @@ def _bytes_per_pixel(mode: str) -> int:
 
 
 def _rotated(img: Image.Image) -> bool:
+    """Whether the EXIF orientation turns the image, read without decoding it."""
     try:
-        return img.getexif().get(_ORIENTATION, 1) not in (1, None)
+        if img.format == "PNG":
+            # Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk after the pixels; the
+            # chunks before them are enough here (an estimate may miss a late one)
+            raw = img.info.get("exif")
+            if raw is None:
+                return False
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = img.getexif()
+        return exif.get(_ORIENTATION, 1) not in (1, None)
     except Exception:  # a damaged EXIF block is read as absent, as the decoder does
         return False
 
