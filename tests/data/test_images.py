@@ -91,6 +91,8 @@ def test_an_eps_named_jpg_is_refused_without_the_eps_plugin_or_ghostscript(tmp_p
     assert isinstance(check_image(p), ImageUnsupported)
     with pytest.raises(ImageUnsupported, match="EPS data"):
         load_image(io.BytesIO(_EPS), name="upload")
+    with pytest.raises(ImageUnsupported, match="EPS data"):
+        load_image(p, formats=None)  # None is the default list, not Pillow's "every plugin"
     assert calls == []
 
 

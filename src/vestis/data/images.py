@@ -79,8 +79,10 @@ class ImageCorrupt(ImageError):
     """Truncated or damaged data."""
 
 
-def _open(source: str | os.PathLike[str] | BinaryIO, formats: Sequence[str], where: str) -> Image.Image:
+def _open(source: str | os.PathLike[str] | BinaryIO, formats: Sequence[str] | None, where: str) -> Image.Image:
     """``Image.open`` restricted to ``formats``, with the failures typed (nothing decoded yet)."""
+    # Pillow reads ``formats=None`` as "every plugin": here it means the default list, never that
+    formats = IMAGE_FORMATS if formats is None else tuple(formats)
     is_path = isinstance(source, str | os.PathLike)
     start = None if is_path else source.tell()  # type: ignore[union-attr]
     try:
@@ -143,7 +145,7 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int | None = None,
-    formats: Sequence[str] = IMAGE_FORMATS,
+    formats: Sequence[str] | None = IMAGE_FORMATS,
     name: str | None = None,
 ) -> Image.Image:
     """Decode a file or a binary stream to an upright RGB image.
@@ -152,7 +154,8 @@ def load_image(
         source: a path or a binary file object (e.g. ``io.BytesIO`` of an upload).
         max_pixels: refuse images with more pixels than this (checked before decoding).
         min_side: when given, JPEGs may be decoded at a reduced scale as long as both sides stay >= this.
-        formats: Pillow format names to accept (default: :data:`IMAGE_FORMATS`); no other plugin is tried.
+        formats: Pillow format names to accept (default and ``None``: :data:`IMAGE_FORMATS`); no other plugin
+            is tried.
         name: how to name the image in messages (default: the path).
 
     Returns:
@@ -186,7 +189,10 @@ def load_image(
 
 
 def image_size(
-    source: str | os.PathLike[str] | BinaryIO, *, formats: Sequence[str] = IMAGE_FORMATS, name: str | None = None
+    source: str | os.PathLike[str] | BinaryIO,
+    *,
+    formats: Sequence[str] | None = IMAGE_FORMATS,
+    name: str | None = None,
 ) -> tuple[int, int]:
     """``(width, height)`` of the upright image (EXIF orientation applied), from the header: no pixel decoded.
 
