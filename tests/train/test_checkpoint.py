@@ -285,8 +285,8 @@ def _header(n: int) -> bytes:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda p, d: d.write_bytes(b""), "not a vestis checkpoint"),
-        (lambda p, d: d.write_bytes(b"hello world, no checkpoint here"), "not a vestis checkpoint"),
+        (lambda p, d: d.write_bytes(b""), "not a readable checkpoint (expected a safetensors file)"),
+        (lambda p, d: d.write_bytes(b"hello world, no checkpoint here"), "expected a safetensors file"),
         (lambda p, d: d.write_bytes(_header(MAX_HEADER_BYTES + 1) + b"}"), "over the limit"),
         (lambda p, d: d.write_bytes(_header(1000) + b'"a": 1}'), "truncated"),
         (lambda p, d: d.write_bytes(_header(9) + b'"a": 1} '), "not a readable checkpoint"),

@@ -126,7 +126,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> dic
     elif kind == "safetensors":
         state = _load_safetensors(path)
     else:
-        raise VestisError(f"{path}: not a vestis checkpoint (expected a safetensors file)")
+        raise VestisError(f"{path}: not a readable checkpoint (expected a safetensors file)")
     _validate(state, path)
     return state
 
