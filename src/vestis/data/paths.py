@@ -52,7 +52,7 @@ def name_problem(name: str) -> str | None:
         return "expected a plain file name without '/' or '\\'"
     if "\0" in name:
         return "expected a plain file name without NUL"
-    if PureWindowsPath(name).drive:
+    if ":" in name and PureWindowsPath(name).drive:  # a drive needs a colon: skip the slow parse otherwise
         return "expected a plain file name without a drive"
     return None
 
@@ -61,7 +61,7 @@ def relative_problem(path: str) -> str | None:
     """Why ``path`` is not a relative path of plain components (``a/b.jpg``), or ``None`` when it is."""
     if not path:
         return "expected a relative path, got an empty one"
-    if path.startswith("/") or PureWindowsPath(path).anchor:
+    if path.startswith("/") or ((":" in path or "\\" in path) and PureWindowsPath(path).anchor):
         return "expected a relative path, got an absolute one"
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if not parts:
