@@ -63,12 +63,12 @@ _EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8
 _ALLOWED = "JPEG, PNG, WEBP, GIF, BMP, TIFF"
 
 
-def test_the_allowed_formats_are_the_services():
+def test_the_allowed_formats_are_one_constant_shared_with_the_service():
     from vestis.data.images import IMAGE_FORMATS
     from vestis.service import decoding
 
     assert IMAGE_FORMATS == ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-    assert tuple(decoding.IMAGE_FORMATS) == IMAGE_FORMATS
+    assert decoding.IMAGE_FORMATS is IMAGE_FORMATS
 
 
 def test_an_eps_named_jpg_is_refused_without_the_eps_plugin_or_ghostscript(tmp_path, monkeypatch):
@@ -215,7 +215,7 @@ def test_training_predict_and_the_service_see_the_same_upright_image(tmp_path):
     predicted, err = predict_decode(tmp_path / "o.jpg", 32, 255, 10**6)
     assert err is None
     served = service_decode(RawImage((tmp_path / "o.jpg").read_bytes(), "file[0]"), 10**6, 32)
-    assert served.image.size == (48, 96)
+    assert served.image.size == (48, 96) and (served.width, served.height) == (48, 96)
     assert np.array_equal(train, predicted)
     assert np.array_equal(letterbox_array(served.image, 32, 255), predicted)
     assert float(np.abs(predicted.astype(np.int16) - expected).mean()) < 8

@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vestis.data.images import ImageError, ImageTooLarge, ImageUnsupported, load_image
+from vestis.data.images import IMAGE_FORMATS, ImageError, ImageTooLarge, ImageUnsupported, image_size, load_image
 from vestis.service.config import Limits
 from vestis.service.schemas import ImagesRequest
 
@@ -53,8 +53,6 @@ __all__ = [
     "read_images",
 ]
 
-# Raster formats a catalog photo comes in; Pillow tries only these plugins.
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _BASE64_WHITESPACE = str.maketrans("", "", " \t\r\n")
 # a JSON string with its escapes (unrolled loop: linear, no backtracking); brackets inside do not nest
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
@@ -243,9 +241,8 @@ def _b64decode(text: str, where: str) -> bytes:
 
 
 def _original_size(data: bytes) -> tuple[int, int]:
-    """The size stated by the header (the decoded image may be smaller: JPEG DCT scaling)."""
-    with Image.open(io.BytesIO(data)) as img:
-        return img.size
+    """The upright size stated by the header (the decoded image may be smaller: JPEG DCT scaling)."""
+    return image_size(io.BytesIO(data))  # turned by the EXIF orientation, as load_image turns the pixels
 
 
 def _bytes_per_pixel(mode: str) -> int:
