@@ -69,3 +69,6 @@ def test_confine_resolves_symlinks_and_checks_the_file_kind(tmp_path):
     assert confine(root / "dir.jpg", root, regular=False) == root / "dir.jpg"
     with pytest.raises(UnsafePath):
         confine(root / ".." / "out.jpg", root)
+    with pytest.raises(UnsafePath, match="not a usable path") as exc:
+        confine(str(root / "a\0.jpg"), root)
+    assert exc.value.kind == "not-a-file"

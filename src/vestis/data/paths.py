@@ -99,7 +99,10 @@ def confine(
     Raises:
         UnsafePath: ``outside`` or ``not-a-file``.
     """
-    real = os.path.realpath(path)
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError) as e:  # a NUL byte, a name the OS refuses
+        raise UnsafePath("not-a-file", f"{os.fspath(path)!r} is not a usable path ({e})") from None
     if not follow_symlinks:
         real_root = os.path.realpath(root)
         if not is_within(real, real_root):
