@@ -88,3 +88,33 @@ def test_class_weights_inverse_and_effective():
     k = 4 / (3 * r + g)
     assert torch.allclose(e["colour"], torch.tensor([r * k, g * k, g * k]))
     assert torch.allclose(e["occasion"], torch.tensor([1 / 1.75, 1.75]))
+
+
+def test_paper_output_makes_every_attribute_a_sigmoid_classifier():
+    logits, targets, masks = _batch()
+    losses = MaskedMultiTaskLoss(TAX, output="paper")(logits, targets, masks)
+    keep = masks["colour"]
+    onehot = torch.eye(3)[targets["colour"][keep]]  # class index -> one-hot BCE target
+    ref = F.binary_cross_entropy_with_logits(logits["colour"][keep], onehot)
+    assert torch.allclose(losses["colour"], ref)
+    keep = masks["occasion"]
+    ref = F.binary_cross_entropy_with_logits(logits["occasion"][keep], targets["occasion"][keep])
+    assert torch.allclose(losses["occasion"], ref)  # multi-label attributes are unchanged
+    with pytest.raises(VestisError, match=r"model\.output"):
+        MaskedMultiTaskLoss(TAX, output="softmax")
+
+
+def test_paper_output_probabilities_and_class_weights():
+    from vestis.inference.batch import probabilities
+
+    logits, _, _ = _batch()
+    kind = probabilities(logits, TAX)
+    paper = probabilities(logits, TAX, "paper")
+    assert torch.allclose(kind["colour"], logits["colour"].softmax(-1))
+    assert torch.allclose(paper["colour"], logits["colour"].sigmoid())
+    assert torch.allclose(paper["occasion"], kind["occasion"])
+    # single-label weights become per-value BCE pos_weights: negatives / positives of the one-hot targets
+    t = {"colour": np.array([0, 0, 0, 1]), "occasion": np.zeros((4, 2), np.int64)}
+    m = {"colour": np.ones(4, bool), "occasion": np.ones(4, bool)}
+    w = class_weights(TAX, t, m, "inverse", output="paper")["colour"]
+    assert w.tolist() == pytest.approx([1 / 3, 3.0, 1.0])  # value 2 never occurs: weight 1

@@ -61,8 +61,10 @@ class DataConfig:
     """Preprocessing; stored in every checkpoint so inference matches training exactly."""
 
     image_size: int = 380  # the paper resizes to 380x380 keeping the aspect ratio (pad to square)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    # per-channel normalisation on the 0-1 scale; None: what the pretrained weights expect (model.pretrained names a
+    # source, see vestis.pretrained), else the ImageNet statistics. Resolved when the config is loaded.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     pad_value: int = 255  # catalog photos are shot on white; padding with white hides the pad edge
     max_pixels: int = 64_000_000  # decompression-bomb guard: larger images are refused
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -78,7 +80,9 @@ class ModelConfig:
 
     name: str = "a3"  # baseline, a1, a2, a3, a4 (multi-scale paper §5.2) or any registered model
     backbone: str = "efficientnetv2_s"
-    pretrained: str | None = None  # local safetensors / state-dict file; nothing is downloaded
+    # "imagenet" (weights shipped in an installed package, see vestis.pretrained) or a local safetensors /
+    # state-dict file; nothing is downloaded
+    pretrained: str | None = None
     # an earlier vestis checkpoint to start from (refining a base model): tensors whose key and shape match are
     # copied, branches of attributes whose values changed are initialised afresh; wins over ``pretrained``
     init: str | None = None
@@ -87,6 +91,9 @@ class ModelConfig:
     branch_hidden: int = 512  # hidden width of each attribute branch
     branch_hidden_overrides: dict[str, int] = field(default_factory=dict)  # per-attribute hidden width
     dropout: float = 0.2
+    # kind: softmax for single-label attributes, sigmoid for multi-label ones; paper: every attribute is a multi-label
+    # (sigmoid + binary cross-entropy) classifier, as the multi-scale paper models them (§4.1.5)
+    output: str = "kind"
 
 
 @dataclass
@@ -131,6 +138,9 @@ class TrainConfig:
     # Compute the frozen trunk once per image and keep it in memory (float16): a CPU epoch then costs only the
     # trainable part. Needs a trunk frozen for the whole run; image augmentation cannot apply below it.
     cache_features: bool = False
+    # a folder keeping that cache between runs (fingerprinted by trunk weights, cut, preprocessing and images):
+    # a second seed or another head on the same frozen trunk skips the trunk pass; None keeps it in memory only
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -141,6 +151,25 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resolved(self) -> Config:
+        """A copy whose normalisation left to the weights (``data.mean/std: null``) is filled in.
+
+        Named pretrained weights bring their own statistics (EfficientNet-Lite: mean 127, std 128 on the 0-255
+        scale); anything else gets the ImageNet statistics.
+        """
+        from vestis.pretrained import source_for
+
+        if self.data.mean is not None and self.data.std is not None:
+            return self
+        src = source_for(self.model.backbone, self.model.pretrained)
+        mean, std = (src.mean, src.std) if src is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        data = dataclasses.replace(
+            self.data,
+            mean=self.data.mean if self.data.mean is not None else mean,
+            std=self.data.std if self.data.std is not None else std,
+        )
+        return dataclasses.replace(self, data=data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, source: str = "<config>") -> Config:
@@ -292,4 +321,4 @@ def load_config(name_or_path: str | os.PathLike[str] | None = None, overrides: l
     """
     data, source = _config_data(name_or_path) if name_or_path is not None else ({}, "<defaults>")
     cfg = Config.from_dict(data, source=source)
-    return apply_overrides(cfg, overrides or [])
+    return apply_overrides(cfg, overrides or []).resolved()

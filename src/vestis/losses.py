@@ -1,7 +1,8 @@
 """Masked multi-task losses: one named loss per attribute, missing labels ignored.
 
-Single-label attributes use softmax cross-entropy, multi-label ones per-value sigmoid BCE. A row whose
-mask is 0 (missing label, or an attribute that does not apply to its category) contributes nothing;
+Single-label attributes use softmax cross-entropy, multi-label ones per-value sigmoid BCE (with
+``output="paper"`` every attribute is a sigmoid classifier: single-label targets become one-hot BCE
+targets). A row whose mask is 0 (missing label, or an attribute that does not apply to its category) contributes nothing;
 each attribute's loss is the mean over its labelled rows in the batch, times its task weight.
 The training loop sums the dict and logs each entry; it knows nothing of attributes.
 """
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
+from vestis.models.heads import uses_softmax
 
 __all__ = ["MaskedMultiTaskLoss", "class_weights"]
 
@@ -32,13 +34,15 @@ def class_weights(
     masks: Mapping[str, np.ndarray],
     method: str = "inverse",
     beta: float = 0.999,
+    output: str = "kind",
 ) -> dict[str, Tensor]:
     """Per-attribute class weights from label counts.
 
     Single-label: ``w_c`` proportional to ``1 / n_c`` (``inverse``) or ``1 / E(n_c)`` (``effective``), scaled so
     the average weight over the labelled rows is 1 (the loss keeps its scale). Unseen classes get the largest
     seen weight. Multi-label: a ``pos_weight`` per value, the ratio of negatives to positives (``inverse``) or of
-    their effective numbers (``effective``), as BCE expects.
+    their effective numbers (``effective``), as BCE expects; with ``output="paper"`` single-label attributes are
+    weighted like multi-label ones, on their one-hot targets.
     """
     if method not in ("inverse", "effective"):
         raise VestisError(f"class_weights: unknown method {method!r}; expected none, inverse or effective")
@@ -47,7 +51,9 @@ def class_weights(
     for attr in taxonomy:
         m = masks[attr.name]
         t = targets[attr.name][m]
-        if attr.kind == "single":
+        if attr.kind == "single" and not uses_softmax(attr.kind, output):
+            t = np.eye(attr.num_values, dtype=np.int64)[t]  # one-hot: weighted as BCE targets below
+        if uses_softmax(attr.kind, output):
             counts = np.bincount(t, minlength=attr.num_values).astype(np.float64)
             seen = counts > 0
             w = np.zeros_like(counts)
@@ -75,6 +81,7 @@ class MaskedMultiTaskLoss(nn.Module):
         class_weights: optional per-attribute weights (see :func:`class_weights`).
         label_smoothing: softmax label smoothing; for sigmoid targets ``y -> y (1 - e) + e / 2``.
         task_weights: optional multiplier per attribute name (default 1).
+        output: ``kind`` or ``paper`` (every attribute a sigmoid classifier), as ``model.output``.
     """
 
     def __init__(
@@ -84,12 +91,14 @@ class MaskedMultiTaskLoss(nn.Module):
         class_weights: Mapping[str, Tensor] | None = None,
         label_smoothing: float = 0.0,
         task_weights: Mapping[str, float] | None = None,
+        output: str = "kind",
     ) -> None:
         super().__init__()
         unknown = set(task_weights or {}) - set(taxonomy.names)
         if unknown:
             raise VestisError(f"task_weights: unknown attribute(s) {sorted(unknown)}; expected {taxonomy.names}")
         self.kinds = {a.name: a.kind for a in taxonomy}
+        self.softmax = {a.name: uses_softmax(a.kind, output) for a in taxonomy}
         self.label_smoothing = label_smoothing
         self.task_weights = {a.name: float((task_weights or {}).get(a.name, 1.0)) for a in taxonomy}
         for name, w in (class_weights or {}).items():
@@ -107,13 +116,16 @@ class MaskedMultiTaskLoss(nn.Module):
             z = logits[name]  # (B, K)
             m = masks[name].to(z.dtype)  # (B,)
             n = m.sum()
-            if kind == "single":
+            if self.softmax[name]:
                 t = targets[name].clamp(min=0)  # -1 (missing) is masked out anyway
                 per = F.cross_entropy(
                     z.float(), t, weight=self._cw(name), label_smoothing=self.label_smoothing, reduction="none"
                 )  # (B,)
             else:
-                t = targets[name].to(z.dtype)
+                if kind == "single":  # paper output: the class index as a one-hot multi-label target
+                    t = F.one_hot(targets[name].clamp(min=0), z.shape[-1]).to(z.dtype)
+                else:
+                    t = targets[name].to(z.dtype)
                 if self.label_smoothing:
                     t = t * (1 - self.label_smoothing) + self.label_smoothing / 2
                 per = F.binary_cross_entropy_with_logits(

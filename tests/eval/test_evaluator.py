@@ -84,6 +84,7 @@ def test_hand_case_exact_values() -> None:
     assert neck["top3"] == 1.0
     assert "top5" not in neck  # 5 >= K = 4
     assert neck["average_per_class_accuracy"] == pytest.approx(0.75)  # (1 + 0.5) / 2
+    assert neck["weighted_f1"] == pytest.approx((1 * 1.0 + 2 * 2 / 3) / 3)  # F1 round 1, collar 2/3 (1 of 2, no FP)
     assert neck["per_class_accuracy"] == {
         "round": {"accuracy": 1.0, "support": 1},
         "v": {"accuracy": None, "support": 0},
@@ -119,6 +120,7 @@ def test_hand_case_exact_values() -> None:
             "mean_micro_f1_large_roi": 0.8,
             "mean_macro_f1": (2 / 3 + 5 / 6) / 2,
             "mean_accuracy": 2 / 3,
+            "mean_weighted_f1": 7 / 9,
             "mean_average_per_class_accuracy": 0.75,
         }
     )
@@ -182,13 +184,13 @@ def test_format_table() -> None:
     assert lines[0].split("|")[1].strip() == "attribute"
     assert "micro-F1@0.3" in lines[0]
     rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in lines[2:5]}
-    # kind, roi, n, micro-F1, macro-F1, accuracy, avg class acc, top-3 / R@3, top-5 / R@5
-    assert rows["neck"] == ["single", "small", "3", "0.750", "0.667", "0.667", "0.750", "1.000", "–"]
-    assert rows["pattern"] == ["multi", "large", "3", "0.800", "0.833", "–", "–", "1.000", "–"]
-    assert rows["fit"] == ["single", "–", "0", "–", "–", "–", "–", "–", "–"]
+    # kind, roi, n, micro-F1, macro-F1, accuracy, weighted F1, avg class acc, top-3 / R@3, top-5 / R@5
+    assert rows["neck"] == ["single", "small", "3", "0.750", "0.667", "0.667", "0.778", "0.750", "1.000", "–"]
+    assert rows["pattern"] == ["multi", "large", "3", "0.800", "0.833", "–", "–", "–", "1.000", "–"]
+    assert rows["fit"] == ["single", "–", "0", "–", "–", "–", "–", "–", "–", "–"]
     assert "mean micro-F1: 0.775 (small ROI 0.750, large ROI 0.800)" in text
     head, table_rows = attribute_table(m)
-    assert len(head) == 10 and [r[0] for r in table_rows] == ["neck", "pattern", "fit"]
+    assert len(head) == 11 and [r[0] for r in table_rows] == ["neck", "pattern", "fit"]
 
     cal = evaluate_predictions(_taxonomy(), probs, targets, masks, thresholds={"pattern": np.full(4, 0.5)})
     text = format_table(cal)

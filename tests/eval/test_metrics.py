@@ -25,6 +25,7 @@ from vestis.eval.metrics import (
     recall_at_k,
     recall_at_k_mmfashion,
     topk_accuracy,
+    weighted_f1,
 )
 
 SEEDS = range(6)
@@ -223,6 +224,21 @@ def test_per_class_accuracy_is_per_class_recall(seed: int) -> None:
         warnings.simplefilter("ignore")  # sklearn warns that predictions hold classes absent from the truth
         balanced = skm.balanced_accuracy_score(labels[mask], pred)
     assert average_per_class_accuracy(probs, labels, mask) == pytest.approx(balanced)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_weighted_f1_matches_scikit_learn(seed: int) -> None:
+    probs, labels, mask = _single_case(seed, n=60, present=5)  # predictions may name classes absent from the truth
+    pred = probs[mask].argmax(1)
+    want = skm.f1_score(labels[mask], pred, average="weighted", zero_division=0)
+    assert weighted_f1(probs, labels, mask) == pytest.approx(want)
+
+
+def test_weighted_f1_hand_computed() -> None:
+    # truth 0,0,0,1 / prediction 0,0,1,1: F1_0 = 2*2/(2+3) = 0.8, F1_1 = 2*1/(2+1) = 2/3; weights 3 and 1
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7]])
+    assert weighted_f1(probs, np.array([0, 0, 0, 1])) == pytest.approx((3 * 0.8 + 2 / 3) / 4)
+    assert np.isnan(weighted_f1(probs, np.array([0, 0, 0, 1]), np.zeros(4, bool)))
 
 
 def test_average_per_class_accuracy_reproduces_softlines_table_5() -> None:

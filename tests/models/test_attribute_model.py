@@ -10,7 +10,7 @@ from vestis.models.layers.cbam import CBAM, NoAttention
 from vestis.models.necks import FPN, IdentityNeck, RetinaNetFPN
 from vestis.registry import BACKBONES, MODELS
 
-VARIANTS = ["baseline", "a1", "a2", "a3", "a4"]
+VARIANTS = ["baseline", "a1", "a1_noatt", "a2", "a3", "a4"]
 
 
 def _tiny(name: str, backbone: str, taxonomy: Taxonomy, **kw: object) -> AttributeModel:
@@ -56,6 +56,8 @@ def test_registry_sweep_forward_backward(
         ("resnet18", {"baseline": 512, "a1": 896, "a2": 896, "a3": 896, "a4": 1280}),
         ("resnet50", {"baseline": 2048, "a1": 3584, "a2": 3584, "a3": 3584, "a4": 1280}),
         ("mobilenetv3_small", {"baseline": 576, "a1": 168, "a2": 168, "a3": 168, "a4": 1280}),
+        ("efficientnet_lite0", {"baseline": 1280, "a1": 472, "a1_noatt": 472, "a3": 472, "a4": 1280}),
+        ("efficientnet_lite2", {"baseline": 1280, "a1": 520, "a2": 520, "a3": 520, "a4": 1280}),
     ],
 )
 def test_fused_widths_on_full_size_backbones(backbone: str, widths: dict[str, int], taxonomy: Taxonomy) -> None:
@@ -66,6 +68,14 @@ def test_fused_widths_on_full_size_backbones(backbone: str, widths: dict[str, in
         # shape check on the meta device: no arithmetic, any size
         feats = model.forward_features(torch.empty(1, 3, 64, 64, device="meta"))
         assert tuple(feats.shape) == (1, width)
+
+
+def test_approach_1_readings(taxonomy: Taxonomy) -> None:
+    body = _meta("a1", "efficientnet_lite0", taxonomy)
+    title = _meta("a1_noatt", "efficientnet_lite0", taxonomy)
+    assert isinstance(body.neck, IdentityNeck) and isinstance(title.neck, IdentityNeck)
+    assert all(isinstance(a, CBAM) for a in body.attention)
+    assert all(isinstance(a, NoAttention) for a in title.attention)
 
 
 def test_paper_a3_and_a4_on_efficientnetv2_m(taxonomy: Taxonomy) -> None:

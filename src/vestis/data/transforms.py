@@ -24,7 +24,7 @@ from kornia.enhance import jpeg_codec_differentiable
 from PIL import Image
 from torch import Tensor, nn
 
-from vestis.config import AugmentConfig, DataConfig
+from vestis.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, DataConfig
 from vestis.errors import VestisError
 
 __all__ = [
@@ -197,5 +197,6 @@ def prepare_batch(
     x = images.float().div_(255.0)
     if augment is not None:
         x = augment(x)
-    x = normalize(x, cfg.mean, cfg.std)
+    # an unresolved config (mean/std left to the weights, Config.resolved() not called) means ImageNet statistics
+    x = normalize(x, cfg.mean or IMAGENET_MEAN, cfg.std or IMAGENET_STD)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -31,6 +31,7 @@ from vestis.eval.metrics import (
     recall_at_k,
     recall_at_k_mmfashion,
     topk_accuracy,
+    weighted_f1,
 )
 
 __all__ = ["TOP_KS", "attribute_table", "evaluate_predictions", "format_table"]
@@ -79,6 +80,7 @@ def _attribute(
     ks = [kk for kk in TOP_KS if kk < k]
     if attr.kind == "single":
         out["accuracy"] = _num(accuracy(probs, targets, mask))
+        out["weighted_f1"] = _num(weighted_f1(probs, targets, mask))
         out["average_per_class_accuracy"] = _num(average_per_class_accuracy(probs, targets, mask))
         for kk in ks:
             out[f"top{kk}"] = _num(topk_accuracy(probs, targets, kk, mask))
@@ -171,7 +173,7 @@ def evaluate_predictions(
                  "micro_f1", "macro_f1",
                  "per_value": {value: {"precision", "recall", "f1", "support"}},
                  # single-label:
-                 "accuracy", "average_per_class_accuracy", "top1", "top3", "top5"  (only k < K),
+                 "accuracy", "weighted_f1", "average_per_class_accuracy", "top1", "top3", "top5"  (only k < K),
                  "per_class_accuracy": {value: {"accuracy", "support"}},
                  # multi-label (only k < K):
                  "recall_at_1", "recall_at_3", "recall_at_5",
@@ -205,6 +207,7 @@ def evaluate_predictions(
         "mean_micro_f1_large_roi": _mean(r["micro_f1"] for r in res if r["roi"] == "large"),
         "mean_macro_f1": _mean(r["macro_f1"] for r in res),
         "mean_accuracy": _mean(r["accuracy"] for r in res if r["kind"] == "single"),
+        "mean_weighted_f1": _mean(r["weighted_f1"] for r in res if r["kind"] == "single"),
         "mean_average_per_class_accuracy": _mean(r["average_per_class_accuracy"] for r in res if r["kind"] == "single"),
     }
     if thresholds is not None:
@@ -223,7 +226,7 @@ def _fmt(x: Any) -> str:
 def attribute_table(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The per-attribute overview as a header and rows of formatted cells (shared by text, Markdown and HTML).
 
-    Columns: attribute, kind, roi, labelled rows, micro-F1 at the threshold, macro-F1, accuracy and
+    Columns: attribute, kind, roi, labelled rows, micro-F1 at the threshold, macro-F1, accuracy, weighted F1 and
     average per-class accuracy (single-label), top-3/top-5 accuracy (single-label) or recall@3/recall@5
     (multi-label), and calibrated micro-F1 when any attribute has it. ``–`` marks a metric that does not
     apply or is undefined.
@@ -241,6 +244,7 @@ def attribute_table(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[st
         f"micro-F1@{metrics['threshold']:g}",
         "macro-F1",
         "accuracy",
+        "weighted F1",
         "avg class acc",
         "top-3 / R@3",
         "top-5 / R@5",
@@ -258,6 +262,7 @@ def attribute_table(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[st
             r["micro_f1"],
             r["macro_f1"],
             r.get("accuracy"),
+            r.get("weighted_f1"),
             r.get("average_per_class_accuracy"),
             r.get("top3" if single else "recall_at_3"),
             r.get("top5" if single else "recall_at_5"),
@@ -287,7 +292,7 @@ def format_table(metrics: Mapping[str, Any]) -> str:
         "",
         f"mean micro-F1: {_fmt(s['mean_micro_f1'])} (small ROI {_fmt(s['mean_micro_f1_small_roi'])}, "
         f"large ROI {_fmt(s['mean_micro_f1_large_roi'])}); mean macro-F1: {_fmt(s['mean_macro_f1'])}; "
-        f"mean accuracy: {_fmt(s['mean_accuracy'])}; "
+        f"mean accuracy: {_fmt(s['mean_accuracy'])}; mean weighted F1: {_fmt(s.get('mean_weighted_f1'))}; "
         f"mean average per-class accuracy: {_fmt(s['mean_average_per_class_accuracy'])}",
     ]
     if "mean_micro_f1_calibrated" in s:

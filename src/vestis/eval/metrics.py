@@ -43,6 +43,7 @@ __all__ = [
     "recall_at_k",
     "recall_at_k_mmfashion",
     "topk_accuracy",
+    "weighted_f1",
 ]
 
 DEFAULT_THRESHOLD = 0.3  # the multi-scale paper's decision threshold (§5.3, Figure 6)
@@ -363,6 +364,30 @@ def per_class_accuracy(
     acc = np.full(k, np.nan)
     np.divide(correct, support, out=acc, where=support > 0)
     return acc, support.astype(np.int64)
+
+
+def weighted_f1(probs: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Support-weighted F1 of the ``argmax`` prediction over classes (the metric FashionCLIP reports).
+
+    Per class ``F1_c = 2 TP_c / (predicted_c + support_c)``, averaged with weights ``support_c`` (true items per
+    class): ``sklearn.metrics.f1_score(labels, argmax, average="weighted")``. Unlike the thresholded micro-F1
+    it scores the single answer a single-label attribute gives. ``nan`` when no row is labelled.
+
+    Args:
+        probs: ``(N, K)`` probabilities.
+        labels: ``(N,)`` class indices.
+        mask: ``(N,)`` labelled rows; ``None`` means all.
+    """
+    p, y = _single(probs, labels, mask)
+    if len(y) == 0:
+        return float("nan")
+    k = p.shape[1]
+    pred = p.argmax(axis=1)
+    support = np.bincount(y, minlength=k).astype(np.float64)
+    predicted = np.bincount(pred, minlength=k).astype(np.float64)
+    tp = np.bincount(y[pred == y], minlength=k).astype(np.float64)
+    f1 = _ratio(2 * tp, predicted + support)
+    return float((f1 * support).sum() / support.sum())
 
 
 def average_per_class_accuracy(probs: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None) -> float:

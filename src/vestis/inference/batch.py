@@ -12,14 +12,17 @@ from torch.utils.data import DataLoader
 from vestis.config import DataConfig
 from vestis.data.taxonomy import Taxonomy
 from vestis.data.transforms import prepare_batch
+from vestis.models.heads import uses_softmax
 
 __all__ = ["predict_loader", "probabilities"]
 
 
-def probabilities(logits: Mapping[str, Tensor], taxonomy: Taxonomy) -> dict[str, Tensor]:
-    """Softmax for single-label attributes, sigmoid for multi-label ones."""
+def probabilities(logits: Mapping[str, Tensor], taxonomy: Taxonomy, output: str = "kind") -> dict[str, Tensor]:
+    """Softmax for single-label attributes, sigmoid for multi-label ones (sigmoid for all when ``output="paper"``)."""
     return {
-        a.name: (logits[a.name].float().softmax(-1) if a.kind == "single" else logits[a.name].float().sigmoid())
+        a.name: (
+            logits[a.name].float().softmax(-1) if uses_softmax(a.kind, output) else logits[a.name].float().sigmoid()
+        )
         for a in taxonomy
     }
 
@@ -42,7 +45,7 @@ def predict_loader(
     try:
         for batch in loader:
             x = prepare_batch(batch["image"].to(device, non_blocking=True), data_cfg, channels_last=channels_last)
-            probs = probabilities(model(x), taxonomy)
+            probs = probabilities(model(x), taxonomy, getattr(model, "output", "kind"))
             for k, v in probs.items():
                 out[k].append(v.cpu().numpy())
             if on_batch is not None:

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
+from vestis.inference.batch import probabilities
 from vestis.io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -124,10 +125,8 @@ class InferenceModule(nn.Module):
                 weights = energy / energy.amax((1, 2), keepdim=True).clamp_min(1e-12)
             maps.append(weights)
         logits = m.heads(torch.cat(pooled, dim=1))
-        probs = [
-            logits[a.name].float().softmax(-1) if a.kind == "single" else logits[a.name].float().sigmoid()
-            for a in self.taxonomy
-        ]
+        by_name = probabilities(logits, self.taxonomy, getattr(m, "output", "kind"))
+        probs = [by_name[a.name] for a in self.taxonomy]
         size = maps[0].shape[-2:]
         resized = [F.interpolate(w[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for w in maps]
         heat = torch.stack(resized).mean(0)  # (B, h0, w0)

@@ -276,7 +276,7 @@ class Predictor:
         if preprocessing is None:
             if cfg is None:
                 raise VestisError("Predictor.from_model: the model has no config; pass preprocessing=")
-            d = cfg.data
+            d = cfg.resolved().data
             preprocessing = {"image_size": d.image_size, "mean": list(d.mean), "std": list(d.std)}
             preprocessing |= {"pad_value": d.pad_value, "resize": "letterbox"}
         if thresholds is None:

@@ -9,10 +9,17 @@ name       taps                   neck                 attention  fused width on
 =========  =====================  ===================  =========  ====================================
 baseline   last stage (``top``)   none                 yes        1280
 a1         3 scales (8, 16, 32)   none                 yes        80 + 176 + 512 = 768
+a1_noatt   3 scales (8, 16, 32)   none                 no         768
 a2         3 scales               FPN, per-level width no         768
 a3         3 scales               FPN, per-level width yes        768
 a4         3 scales               RetinaNet FPN P3-P7  yes        5 x 256 = 1280
 =========  =====================  ===================  =========  ====================================
+
+Approach 1 is ambiguous in the paper: its title (§5.2.2) says "Multi-Scale Features Without Using FPN, Without
+Attention" while its body says "features from 3 different layers along with separate attention module for each
+layer". ``a1`` follows the body (one attention module per scale); ``a1_noatt`` is the title's reading (no
+attention), registered under its own name so the two are never confused. The paper reports gains over the baseline
+for approaches 3 and 4 only; its Table 1 has approach 1 slightly below the baseline.
 """
 
 from __future__ import annotations
@@ -71,6 +78,7 @@ class AttributeModel(nn.Module):
         self.levels = levels
         self.feature_dim = sum(f.channels for f in levels)
         self.variant = name
+        self.output = "kind"  # how logits become probabilities (see vestis.models.heads.uses_softmax)
 
     @property
     def backbone_name(self) -> str:
@@ -203,7 +211,8 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "baseline": Variant(False, "none", True, "last stage -> attention -> pooling -> branches (§5.2.1)"),
-    "a1": Variant(True, "none", True, "3 scales, attention per scale, no FPN (§5.2.2)"),
+    "a1": Variant(True, "none", True, "3 scales, attention per scale, no FPN (§5.2.2, as its text)"),
+    "a1_noatt": Variant(True, "none", False, "3 scales, no FPN, no attention (§5.2.2, as its title)"),
     "a2": Variant(True, "fpn", False, "3 scales, FPN keeping per-level widths, no attention (§5.2.3)"),
     "a3": Variant(True, "fpn", True, "3 scales, FPN keeping per-level widths, attention per scale (§5.2.4)"),
     "a4": Variant(True, "retinanet_fpn", True, "RetinaNet FPN, 5 levels x 256, attention per scale (§5.2.5)"),

@@ -15,7 +15,9 @@ from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
 from vestis.models.attribute_model import AttributeModel
 from vestis.models.backbones.base import Backbone, FeatureInfo
+from vestis.models.heads import OUTPUTS
 from vestis.models.weights import load_backbone_weights
+from vestis.pretrained import resolve_weights
 from vestis.registry import ATTENTION, BACKBONES, MODELS
 
 __all__ = ["BackboneSummary", "create_model", "describe_backbone", "list_backbones", "list_models"]
@@ -24,8 +26,10 @@ __all__ = ["BackboneSummary", "create_model", "describe_backbone", "list_backbon
 def create_model(model_cfg: ModelConfig, taxonomy: Taxonomy) -> AttributeModel:
     """Build the registered model ``model_cfg.name`` on the backbone ``model_cfg.backbone``.
 
-    When ``model_cfg.pretrained`` is a path, the backbone weights are loaded from it (strictly; see
-    :func:`~vestis.models.weights.load_backbone_weights`) before the unused stages are removed.
+    When ``model_cfg.pretrained`` names a source (``imagenet``, see :mod:`vestis.pretrained`) or is a path, the
+    backbone weights are loaded from it (strictly; see :func:`~vestis.models.weights.load_backbone_weights`) before
+    the unused stages are removed. The model's ``output`` attribute records ``model_cfg.output`` (how logits become
+    probabilities, see :func:`~vestis.models.heads.uses_softmax`).
 
     Args:
         model_cfg: the model section of the configuration.
@@ -38,10 +42,12 @@ def create_model(model_cfg: ModelConfig, taxonomy: Taxonomy) -> AttributeModel:
         raise VestisError(f"model.attention: unknown attention {model_cfg.attention!r}; registered: {list(ATTENTION)}")
     if model_cfg.fpn_channels < 1:
         raise VestisError(f"model.fpn_channels: expected a positive width, got {model_cfg.fpn_channels}")
+    if model_cfg.output not in OUTPUTS:
+        raise VestisError(f"model.output: expected one of {list(OUTPUTS)}, got {model_cfg.output!r}")
     backbone: Backbone = BACKBONES.build(model_cfg.backbone)
     if model_cfg.pretrained:
-        load_backbone_weights(backbone, model_cfg.pretrained)
-    return MODELS.build(
+        load_backbone_weights(backbone, resolve_weights(model_cfg.backbone, model_cfg.pretrained))
+    model = MODELS.build(
         model_cfg.name,
         backbone=backbone,
         taxonomy=taxonomy,
@@ -51,6 +57,8 @@ def create_model(model_cfg: ModelConfig, taxonomy: Taxonomy) -> AttributeModel:
         branch_hidden_overrides=dict(model_cfg.branch_hidden_overrides),
         dropout=model_cfg.dropout,
     )
+    model.output = model_cfg.output
+    return model
 
 
 def list_models() -> list[str]:

@@ -14,7 +14,19 @@ from torch import Tensor, nn
 from vestis.errors import VestisError
 from vestis.models.layers.conv import ActLayer
 
-__all__ = ["AttributeBranch", "AttributeHeads"]
+__all__ = ["OUTPUTS", "AttributeBranch", "AttributeHeads", "uses_softmax"]
+
+# How logits become probabilities (``model.output``): ``kind`` follows each attribute's kind (softmax for
+# single-label, sigmoid for multi-label); ``paper`` makes every attribute a multi-label sigmoid classifier trained
+# with binary cross-entropy, as the multi-scale paper does (§4.1.5: "a multi-label classification problem").
+OUTPUTS = ("kind", "paper")
+
+
+def uses_softmax(kind: str, output: str = "kind") -> bool:
+    """Whether an attribute of ``kind`` (``single``/``multi``) gets a softmax under ``output``; else a sigmoid."""
+    if output not in OUTPUTS:
+        raise VestisError(f"model.output: expected one of {list(OUTPUTS)}, got {output!r}")
+    return kind == "single" and output == "kind"
 
 
 class AttributeBranch(nn.Sequential):

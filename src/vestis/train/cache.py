@@ -19,10 +19,12 @@ tap (28 x 28 x 40): about 0.3 + 0.4 GB.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -173,6 +175,7 @@ def build_cache(
     name: str = "train",
     autocast: Callable[[], object] | None = None,
     log: Callable[[str], object] = print,
+    store: str | os.PathLike[str] | None = None,
 ) -> FeatureCache:
     """Run backbone blocks ``[0, stop)`` once over ``loader`` (unshuffled, no augmentation) and keep the outputs.
 
@@ -186,6 +189,8 @@ def build_cache(
         name: the split, for the log.
         autocast: a context factory for mixed precision (CUDA), or ``None``.
         log: where progress lines go.
+        store: a folder keeping caches between runs (``train.cache_dir``, see :mod:`vestis.train.cache_store`);
+            ``None`` keeps it in memory only.
 
     Returns:
         The :class:`FeatureCache`.
@@ -195,6 +200,19 @@ def build_cache(
     if n == 0:
         raise VestisError(f"train.cache_features: the {name} split is empty")
     was_training = bb.training
+    key = None
+    if store is not None:
+        from vestis.train.cache_store import cache_fingerprint, read_stored, write_stored
+
+        manifest = getattr(loader.dataset, "manifest", None)
+        if manifest is not None:
+            images = [str(manifest.image_path(r).resolve()) for r in manifest.records]
+            key = cache_fingerprint(bb, stop, images, data_cfg)
+            found = _stored_cache(bb, stop, data_cfg, device, Path(store), name, key, n, read_stored)
+            if found is not None:
+                cut_t, taps_t, alias = found
+                log(f"feature cache ({name}): {n} images read from {store}")
+                return _assemble(cut_t, taps_t, alias, encoded)
     bb.eval()  # the cached blocks are frozen: eval-mode BatchNorm, as in the uncached run
     pin = device.type == "cuda"
     cut_buf: Tensor | None = None
@@ -229,13 +247,9 @@ def build_cache(
             bb.train(was_training)
     if cut_buf is None or filled != n:
         raise VestisError(f"train.cache_features: the {name} loader gave {filled} of {n} images")
-    cache = FeatureCache(
-        cut_buf,
-        taps_buf,
-        alias,
-        {k: torch.from_numpy(np.asarray(v)) for k, v in encoded.targets.items()},
-        {k: torch.from_numpy(np.asarray(v)) for k, v in encoded.masks.items()},
-    )
+    if key is not None:
+        write_stored(Path(store), name, key, cut_buf, taps_buf)
+    cache = _assemble(cut_buf, taps_buf, alias, encoded)
     blocks = bb.blocks()
     where = f"after block {blocks[stop - 1].name}" if stop else "at the input"
     log(
@@ -244,6 +258,43 @@ def build_cache(
         f"{time.perf_counter() - t0:.1f} s"
     )
     return cache
+
+
+def _assemble(cut: Tensor, taps: dict[str, Tensor], alias: str | None, encoded: EncodedTargets) -> FeatureCache:
+    return FeatureCache(
+        cut,
+        taps,
+        alias,
+        {k: torch.from_numpy(np.asarray(v)) for k, v in encoded.targets.items()},
+        {k: torch.from_numpy(np.asarray(v)) for k, v in encoded.masks.items()},
+    )
+
+
+def _stored_cache(
+    bb: Backbone,
+    stop: int,
+    data_cfg: DataConfig,
+    device: torch.device,
+    store: Path,
+    name: str,
+    key: str,
+    n: int,
+    read: Callable[..., tuple[Tensor, dict[str, Tensor]] | None],
+) -> tuple[Tensor, dict[str, Tensor], str | None] | None:
+    # which maps this model needs below the cut (and which of them is the cut map): one tiny dry run
+    was_training = bb.training
+    bb.eval()
+    try:
+        s = data_cfg.image_size
+        probe = torch.zeros(1, 3, s, s, device=device)
+        cut, taps = bb.forward_until(probe, stop)
+    finally:
+        bb.train(was_training)
+    alias = next((k for k, v in taps.items() if v is cut), None)
+    found = read(store, name, key, n, {k for k in taps if k != alias})
+    if found is None:
+        return None
+    return found[0], found[1], alias
 
 
 @torch.no_grad()
@@ -257,7 +308,7 @@ def predict_cache(
     try:
         for s in range(0, len(cache), batch_size):
             idx = torch.arange(s, min(s + batch_size, len(cache)))
-            probs = probabilities(tail(*cache.inputs(idx, device)), taxonomy)
+            probs = probabilities(tail(*cache.inputs(idx, device)), taxonomy, getattr(tail.model, "output", "kind"))
             for k, v in probs.items():
                 out[k].append(v.cpu().numpy())
     finally:

@@ -73,6 +73,10 @@ def save_checkpoint(
     train_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint. ``train_state`` (optimiser, scheduler, RNG, epoch...) is what ``--resume`` needs."""
+    from vestis.pretrained import source_for
+
+    config = config.resolved()  # normalisation left to the weights is written as numbers
+    src = source_for(config.model.backbone, config.model.pretrained)
     state = {
         "model": dict(model.state_dict()),
         "config": config.to_dict(),
@@ -84,6 +88,16 @@ def save_checkpoint(
             "std": list(config.data.std),
             "pad_value": config.data.pad_value,
             "resize": "letterbox",
+            # what the initial weights expect, so a reader can tell a deliberate change of resolution from a slip
+            "pretrained": None
+            if not config.model.pretrained
+            else {
+                "source": config.model.pretrained,  # a source name or the local file's path
+                "package": src.package if src is not None else None,
+                "mean": list(src.mean) if src is not None else None,
+                "std": list(src.std) if src is not None else None,
+                "resolution": src.resolution if src is not None else None,
+            },
         },
         "metrics": metrics or {},
         "thresholds": thresholds or {},

@@ -53,7 +53,14 @@ from vestis.train.optim import build_optimizer, build_scheduler
 __all__ = ["TrainResult", "train"]
 
 # settings that may change between a run and its --resume without changing what is computed
-_RESUMABLE = {"train.epochs", "train.patience", "train.max_steps", "train.log_every", "data.num_workers"}
+_RESUMABLE = {
+    "train.epochs",
+    "train.patience",
+    "train.max_steps",
+    "train.log_every",
+    "train.cache_dir",
+    "data.num_workers",
+}
 
 
 @dataclass
@@ -186,6 +193,7 @@ def train(
         trust_checkpoint: resume from an old pickle ``last.ckpt`` too (unpickling runs any code it holds).
     """
     out = Path(out_dir)
+    cfg = cfg.resolved()  # normalisation left to the pretrained weights becomes numbers before anything reads it
     info = init_distributed(device)
     try:
         return _train(
@@ -275,9 +283,15 @@ def _train(
     weights = None
     if tc.class_weights != "none":
         enc = train_ds.encoded
-        weights = class_weights(taxonomy, enc.targets, enc.masks, tc.class_weights, tc.effective_beta)
+        weights = class_weights(
+            taxonomy, enc.targets, enc.masks, tc.class_weights, tc.effective_beta, output=cfg.model.output
+        )
     loss_fn = MaskedMultiTaskLoss(
-        taxonomy, class_weights=weights, label_smoothing=tc.label_smoothing, task_weights=tc.task_weights
+        taxonomy,
+        class_weights=weights,
+        label_smoothing=tc.label_smoothing,
+        task_weights=tc.task_weights,
+        output=cfg.model.output,
     ).to(dev)
     augment = BatchAugment(dc.augment).to(dev) if dc.augment.enabled and not cut else None
     flip = dc.augment.hflip if dc.augment.enabled and cut else 0.0
@@ -311,10 +325,11 @@ def _train(
     if cut:  # after any resume: the cached blocks hold the run's (frozen) weights; a resume recomputes the cache
         amp_ctx = lambda: torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp)  # noqa: E731
         plain = _loader(train_ds, tc.batch_size, dc.num_workers)
-        train_cache = build_cache(core, plain, train_ds.encoded, cut, dc, dev, autocast=amp_ctx, log=say)
+        store = tc.cache_dir
+        train_cache = build_cache(core, plain, train_ds.encoded, cut, dc, dev, autocast=amp_ctx, log=say, store=store)
         if main and len(val_ds):
             val_cache = build_cache(
-                core, val_loader, val_ds.encoded, cut, dc, dev, name="val", autocast=amp_ctx, log=say
+                core, val_loader, val_ds.encoded, cut, dc, dev, name="val", autocast=amp_ctx, log=say, store=store
             )
 
     sign = 1.0 if tc.early_stop_mode == "max" else -1.0
