@@ -161,6 +161,7 @@ def _predict(root: Path) -> Built:
 
 
 # --- the cases ------------------------------------------------------------------------------------------------
+_DEEP = b"[" * 100_000 + b"]" * 100_000
 ROWS30 = [f"r{i},images/{1 + i % 4}.jpg,Shirt {i},shirt,red" for i in range(1, 31)]
 
 
@@ -273,6 +274,15 @@ def resume_not_utf8(root: Path) -> Built:
     return b
 
 
+def resume_deep(root: Path) -> Built:
+    """A predict output to resume whose second line nests 100,000 lists deep."""
+    b = _predict(root)
+    out = root / "tags.jsonl"
+    out.write_bytes(b'{"id": "1.jpg", "attributes": {}}\n{"id": "2.jpg", "attributes": ' + _DEEP + b"}\n")
+    b.out = {"predict": out}
+    return b
+
+
 def predict_manifest_not_utf8(root: Path) -> Built:
     b = _predict(root)
     bad = root / "latin1.csv"
@@ -309,7 +319,6 @@ def check_imported(n: int) -> Callable[[Built, str], None]:
     return check
 
 
-_DEEP = b"[" * 100_000 + b"]" * 100_000
 E, P, OK = "error", "problems", "ok"
 MANIFEST_CMDS = ("validate", "stats", "train")
 
@@ -344,6 +353,10 @@ CASES: tuple[Case, ...] = (
          {"import": E}, "fashion-product/styles.csv:2"),
     Case("styles-utf16", "styles.csv in UTF-16", styles((STYLES_HEADER + "\n").encode("utf-16")),
          {"import": E}, "fashion-product/styles.csv:1"),
+    Case("parquet-garbage", "Parquet manifest of random bytes",
+         lambda r: _manifest_bytes(r, "m.parquet", b"PAR1" + bytes(range(256)) * 4 + b"PAR1"), _all(E), "m.parquet"),
+    Case("csv-empty", "an empty CSV manifest", lambda r: _manifest_bytes(r, "m.csv", b""), _all(E), "m.csv:1"),
+    Case("taxonomy-empty", "an empty taxonomy", taxonomy(""), _all(E), "taxonomy.yaml:1"),
     # --- item 11: sizes and depths ---------------------------------------------------------------------------
     Case("csv-cell-over-limit", "CSV: a 4 MiB+ cell", cell_over_limit,
          {"validate": P, "stats": OK, "train": E}, "manifest.csv", (3,), slow=("stats",)),
@@ -391,6 +404,8 @@ CASES: tuple[Case, ...] = (
          _all(E, ("stats", "train", "import", "predict")),
          {"stats": "afile", "train": "afile", "import": "afile", "predict": "tags.jsonl"}),
     Case("predict-resume-not-utf8", "predict: the output to resume holds invalid UTF-8", resume_not_utf8,
+         {"predict": E}, "tags.jsonl:2"),
+    Case("predict-resume-deep", "predict: the output to resume nests 100,000 deep", resume_deep,
          {"predict": E}, "tags.jsonl:2"),
     Case("predict-manifest-latin1", "predict: an input manifest in Latin-1", predict_manifest_not_utf8,
          {"predict": E}, "latin1.csv:3"),
