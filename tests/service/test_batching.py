@@ -215,7 +215,8 @@ def test_an_overload_is_shed_and_the_accepted_wait_a_bounded_time():
     results, waits = _run(batcher, body)
     shed = [r for r in results if isinstance(r, Overloaded)]
     accepted = [r for r in results if not isinstance(r, Overloaded)]
-    # 40 at once, 2 per 50 ms batch: about 0.3 / 0.05 * 2 = 12 fit under the bound; the rest is refused at once
+    # 40 at once, 2 per 50 ms batch: about 0.3 / 0.05 * 2 = 12 fit under the bound (fewer while the throughput
+    # is still measured from the first call alone); the rest is refused at once
     assert 4 <= len(accepted) <= 20 and len(shed) == 40 - len(accepted)
     assert all(e.retry_after >= 1 and "over the bound of 0.3 s" in str(e) for e in shed)
     assert [r[0] for r in accepted] == [[10 * i] for i in range(1, len(accepted) + 1)]  # the first ones, in order
@@ -241,12 +242,12 @@ def test_admitted_items_count_as_queued():
         with b.admit(2):  # ahead of a newcomer: these 2
             assert b.estimated_wait(1) >= 0.2
             with pytest.raises(Overloaded):
-                b.admit(5)  # (2 + 5 - 1) batches >= 0.6 s
+                b.admit(5)  # (2 + 5) items at <= 10 a second: >= 0.7 s
             with pytest.raises(Overloaded):
                 await b.submit([1, 2, 3, 4, 5])  # the same by submit, nothing queued
             assert b.depth == 0
             out = await b.submit([7, 8], shed=False)
-        with b.admit(5):  # admitted alone, (5 - 1) x 0.1 s <= 0.5 s unless the machine stalls badly
+        with b.admit(4):  # admitted alone: 4 x 0.1 s <= 0.5 s unless the machine stalls badly
             pass
         return out
 

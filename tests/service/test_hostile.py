@@ -190,6 +190,7 @@ def test_an_overload_is_shed_with_retry_after_and_the_accepted_wait_a_bounded_ti
         assert_result(r.json()["results"][0]["attributes"], expected((10 * (i % 25), 200, 30)))
         assert seconds < bound + 1.0  # the bound, one model call and the event loop's slack
     assert samples[("vestis_shed_requests_total", (("reason", "queue"),))] == len(shed)
+    assert samples[("vestis_estimated_wait_seconds", ())] == 0  # nothing in flight any more
     waits = samples[("vestis_queue_wait_seconds_count", ())]
     assert waits == len(ok) + 1  # every image that reached the model, the timing request included
     assert samples[("vestis_queue_wait_seconds_bucket", (("le", "1.0"),))] == waits  # none waited a second

@@ -292,6 +292,7 @@ class _Service:
             max_queue_wait_s=self.wait_s,
         )
         self.metrics.track_queue(lambda: self.batcher.depth if self.batcher is not None else 0)
+        self.metrics.track_wait(lambda: self.batcher.estimated_wait(0) if self.batcher is not None else 0.0)
         await self.batcher.start()
         self.ready, self.status = (False, "warming up") if self.config.warmup else (True, "ready")
         self.metrics.ready.set(0 if self.config.warmup else 1)

@@ -12,9 +12,11 @@ itself never dies from a batch function's exception.
 Load shedding: with ``max_queue_wait_s`` set, a caller whose items would wait longer than that for their
 batch is refused at once with :class:`Overloaded` (the service answers 503 with ``Retry-After``) instead
 of joining a queue that only grows: under overload the accepted requests keep a bounded latency and the
-others learn immediately when to come back. The wait is estimated from the items ahead (queued, and
-announced through :meth:`MicroBatcher.admit` by callers still preparing theirs) and the measured seconds
-per batch; the age of the oldest queued item is checked too, in case the estimate runs behind.
+others learn immediately when to come back. The wait is the items in flight (announced through
+:meth:`MicroBatcher.admit` by callers still preparing theirs, queued, or in the running batch) over the
+measured throughput: items finished per second while there was work, which on a saturated machine
+includes everything else competing for the CPU (decoding, HTTP), not only the model. The age of the
+oldest queued item is checked too, in case the estimate runs behind.
 """
 
 from __future__ import annotations
@@ -119,6 +121,9 @@ class MicroBatcher(Generic[T, R]):
         self._announced = 0  # items admitted by callers that have not submitted them yet
         self._batch_s: float | None = None  # running estimate of seconds per batch call
         self._batch_started: float | None = None  # loop time the running call started
+        self._rate: float | None = None  # running estimate of items finished per second while busy
+        self._busy_since = 0.0  # loop time the items in flight last went from none to some
+        self._last_done = 0.0  # loop time the last call finished
 
     @property
     def running(self) -> bool:
@@ -152,16 +157,26 @@ class MicroBatcher(Generic[T, R]):
         self._current = []
         self._enqueued.clear()
 
+    @property
+    def in_flight(self) -> int:
+        """Items admitted and not finished: announced, queued, or in the running batch."""
+        return self._announced + self.depth + len(self._current)
+
+    def _arrive(self) -> None:
+        if self.in_flight == 0:  # a busy period starts: the idle time before it is no measure of throughput
+            self._busy_since = asyncio.get_running_loop().time()
+
     def estimated_wait(self, n: int = 1) -> float:
-        """Seconds until the last of ``n`` new items would start its batch (0 before any batch was timed)."""
+        """Seconds until ``n`` new items would be finished: the items in flight and them, over the throughput.
+
+        Before any call has finished it is 0; before the throughput is known, it counts batches of the
+        measured duration.
+        """
+        if self._rate is not None:
+            return (self.in_flight + n) / self._rate
         if self._batch_s is None:
             return 0.0
-        loop = asyncio.get_running_loop()
-        running = 0.0
-        if self._batch_started is not None:  # the call in progress: what is left of its usual duration
-            running = max(0.0, self._batch_s - (loop.time() - self._batch_started))
-        ahead = self.depth + self._announced + n
-        return running + (math.ceil(ahead / self.max_batch_size) - 1) * self._batch_s
+        return math.ceil((self.in_flight + n) / self.max_batch_size) * self._batch_s
 
     def _check_load(self, n: int) -> None:
         if self.max_queue_wait_s is None:
@@ -170,7 +185,7 @@ class MicroBatcher(Generic[T, R]):
         oldest = asyncio.get_running_loop().time() - self._enqueued[0] if self._enqueued else 0.0
         if max(wait, oldest) > self.max_queue_wait_s:
             raise Overloaded(
-                f"{self.depth + self._announced} images ahead; the wait would be about {max(wait, oldest):.1f} s, "
+                f"{self.in_flight} images ahead; the wait would be about {max(wait, oldest):.1f} s, "
                 f"over the bound of {self.max_queue_wait_s:g} s",
                 retry_after=max(1.0, math.ceil(max(wait, oldest))),
             )
@@ -206,6 +221,7 @@ class MicroBatcher(Generic[T, R]):
             raise RuntimeError("the batcher is not running")
         if shed:
             self._check_load(len(items))
+        self._arrive()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[R]] = []
         for item in items:
@@ -273,6 +289,12 @@ class MicroBatcher(Generic[T, R]):
         finally:
             seconds = time.perf_counter() - t0
             self._batch_started = None
+            now = loop.time()
+            busy = now - max(self._last_done, self._busy_since)  # since the previous call ended, or work arrived
+            if busy > 0:
+                rate = len(items) / busy
+                self._rate = rate if self._rate is None else (1 - _EWMA_ALPHA) * self._rate + _EWMA_ALPHA * rate
+            self._last_done = now
             self._batch_s = (
                 seconds if self._batch_s is None else (1 - _EWMA_ALPHA) * self._batch_s + _EWMA_ALPHA * seconds
             )
@@ -310,6 +332,7 @@ class _Admission:
         self.batcher, self.n = batcher, n
 
     def __enter__(self) -> None:
+        self.batcher._arrive()
         self.batcher._announced += self.n
 
     def __exit__(self, *exc: object) -> None:

@@ -11,6 +11,7 @@ name                                       type       labels / meaning
 ``vestis_images_total``                    counter    images sent to the model
 ``vestis_queue_depth``                     gauge      images waiting for a batch
 ``vestis_queue_wait_seconds``              histogram  per image: from joining the queue to its batch's start
+``vestis_estimated_wait_seconds``          gauge      what a new image would wait now (the shedding signal)
 ``vestis_shed_requests_total``             counter    ``reason``: refused with 503 + Retry-After, ``queue``
                                                       (the model is too far behind) or ``memory`` (the
                                                       decode budget stayed full)
@@ -74,6 +75,11 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.estimated_wait = Gauge(
+            "vestis_estimated_wait_seconds",
+            "Seconds a new image would wait to be finished now (images in flight over the measured throughput).",
+            registry=r,
+        )
         self.shed = Counter(
             "vestis_shed_requests",
             "Requests refused with 503 and Retry-After, by reason (queue: the model is behind; memory: "
@@ -104,6 +110,10 @@ class ServiceMetrics:
     def track_queue(self, depth: Callable[[], int]) -> None:
         """Read the queue depth from ``depth`` at every scrape."""
         self.queue_depth.set_function(depth)
+
+    def track_wait(self, wait: Callable[[], float]) -> None:
+        """Read the estimated wait from ``wait`` at every scrape."""
+        self.estimated_wait.set_function(wait)
 
     def track_decode_bytes(self, in_flight: Callable[[], int]) -> None:
         """Read the decoded bytes in flight from ``in_flight`` at every scrape."""
