@@ -313,9 +313,11 @@ def _parse_csv(
         except StopIteration:
             break
         except csv.Error as e:
-            # a field over the limit: the reader drops the row and goes on with the next line
+            # a field over the limit (the only error of a non-strict reader): it drops the row, goes on after it
             end, start = reader.line_num, reader.line_num + 1
-            msg = f"{e} (a field over {MAX_CSV_FIELD:,} characters: an unclosed quote?); expected shorter fields"
+            msg = f"{e}; expected CSV"
+            if "field limit" in str(e):
+                msg = f"a field over {MAX_CSV_FIELD:,} characters (an unclosed quote?); expected shorter fields"
             pre.extend(Problem(source, k, "row", msg) for k in range(end - len(physical) + 1, end + 1))
             continue
         line, end = start, reader.line_num
@@ -398,8 +400,8 @@ def _read_parquet(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read a CSV, JSONL or Parquet manifest. Rows with structural problems are kept out and reported.
 
-    Every data line of the file is either a record or has a problem with its line, so that skipping the
-    invalid rows accounts for all of them: a quote that swallows the lines after it reports each of them.
+    Every row of the file is either a record or a problem on its line, so that skipping the invalid rows
+    accounts for all of them; a quote that swallows the lines after it is a problem on each of those lines.
 
     Raises:
         VestisError: the file is missing, not UTF-8 (CSV: the line of the first bad byte; JSONL reports bad
