@@ -74,3 +74,28 @@ def test_the_table_covers_every_command_and_kind():
     covered = {c for case in CASES for c in case.expect}
     assert covered == {"validate", "stats", "train", "import", "predict"}
     assert len({case.name for case in CASES}) == len(CASES)
+
+
+def test_os_error_messages_name_the_target():
+    import errno
+
+    from vestis.cli._app import _os_error_message
+
+    # os.replace(tmp, out) fails with the temporary file as filename and the user's --out as filename2
+    e = OSError(errno.EISDIR, "Is a directory", "/o/.tags.jsonl.x.tmp", None, "/o/tags.jsonl")
+    assert _os_error_message(e) == "/o/tags.jsonl: Is a directory (expected a file, not a folder)"
+    e = OSError(errno.EIO, "Input/output error", "/o/a")
+    assert _os_error_message(e) == "/o/a: Input/output error"
+
+
+def test_os_error_without_a_path_is_not_hidden(monkeypatch):
+    from typer.testing import CliRunner
+
+    import vestis.cli
+
+    def broken(*args, **kwargs):
+        raise OSError("no path in this one")
+
+    monkeypatch.setattr(vestis.cli.validate, "load_catalog", broken)
+    res = CliRunner().invoke(vestis.cli.app, ["validate", "m.csv"])
+    assert isinstance(res.exception, OSError)  # a bug, not a user's path: it keeps its traceback
