@@ -18,6 +18,7 @@ Nothing here is committed as binary data: every file is generated.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -25,7 +26,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -474,7 +474,7 @@ class _Timeout(Exception):
     pass
 
 
-@contextmanager
+@contextlib.contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
     """Raise :class:`_Timeout` in the main thread after ``seconds`` (a hang in Python code ends)."""
 
@@ -490,8 +490,16 @@ def _deadline(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def run_case(b: Built, case: Case, command: str, *, timeout: float = 120.0) -> Run:
-    """Run ``command`` on ``b`` in-process through the Typer runner, as the tests do."""
+def run_case(b: Built, case: Case, command: str, *, timeout: float | None = 120.0) -> Run:
+    """Run ``command`` on ``b`` in-process through the Typer runner, as the tests do.
+
+    Args:
+        b: the case's files.
+        case: the case.
+        command: one of :data:`COMMANDS`.
+        timeout: seconds after which the run is stopped and counts as a hang (SIGALRM); ``None`` sets no alarm,
+            for callers that bound the time themselves (pytest-timeout uses the same signal).
+    """
     from typer.testing import CliRunner
 
     import vestis.cli
@@ -499,7 +507,7 @@ def run_case(b: Built, case: Case, command: str, *, timeout: float = 120.0) -> R
     runner = CliRunner()
     start = time.perf_counter()
     try:
-        with _deadline(timeout):
+        with _deadline(timeout) if timeout is not None else contextlib.nullcontext():
             res = runner.invoke(vestis.cli.app, command_args(b, command))
     except _Timeout:
         return Run(case.name, command, -1, "", "", time.perf_counter() - start, timed_out=True)

@@ -47,8 +47,7 @@ def _build_once(case: Case, root: Path):
 def test_hostile_input(case: Case, command: str, corpus_dir: Path) -> None:
     b = _build_once(case, corpus_dir)
     expected = case.expect[command]
-    r = run_case(b, case, command, timeout=100)
-    assert not r.timed_out, f"{command} did not finish on {case.name}"
+    r = run_case(b, case, command, timeout=None)  # pytest-timeout bounds the run
     assert not r.traceback, r.stdout + r.stderr
     assert r.verdict(expected) == "clean", f"exit {r.exit_code}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     where = case.where_for(command)
