@@ -93,14 +93,17 @@ def discussion(results: dict[str, list[dict[str, Any]]]) -> str:
     if any(x is None for x in [*gains.values(), *large.values()]):
         return "The taxonomy lacks small-ROI or large-ROI attributes: no comparison by ROI."
     out = [f"`{v}` − `baseline`: small-ROI {gains[v]:+.3f}, large-ROI {large[v]:+.3f}" for v in others]
-    # the paper's claim, read literally: multi-scale helps (gain > 0), and helps small-ROI attributes more
-    holds = [v for v in others if gains[v] > 0 and gains[v] > large[v]]
-    helps = [v for v in others if gains[v] > 0 or large[v] > 0]
+    # the paper claims gains for approaches 3 and 4 only (its Table 1 has approach 1 below the baseline),
+    # larger on the small-ROI ("low ROI") attributes than on the large-ROI ones
+    overall = {v: gain(v, "mean_micro_f1") for v in others}
+    claimed = [v for v in ("a3", "a4") if v in others]
+    holds = [v for v in claimed if (overall[v] or 0) > 0 and gains[v] > large[v]]
     verdict = (
-        f"The paper's claim (a multi-scale variant improves on the baseline, most on small-ROI attributes) holds "
-        f"for {len(holds)} of {len(others)} variants ({', '.join(f'`{v}`' for v in holds) or 'none'}); "
-        f"{len(helps)} of {len(others)} improve on the baseline in at least one group "
-        f"({', '.join(f'`{v}`' for v in helps) or 'none'})."
+        "The paper claims that approaches 3 and 4 beat the baseline, most on small-ROI attributes (its Table 1 "
+        "has approach 1 slightly below the baseline). Here "
+        + "; ".join(f"`{v}` {overall[v]:+.3f} overall" for v in claimed)
+        + f": the claim holds for {len(holds)} of {len(claimed)} "
+        f"({', '.join(f'`{v}`' for v in holds) or 'neither'})."
     )
     return "; ".join(out) + ".\n\n" + verdict
 
@@ -130,14 +133,16 @@ def main(argv: list[str] | None = None) -> None:
                 f"train.epochs={a.epochs}",
                 f"train.seed={seed}",
             ]
-            results.setdefault(variant, []).append(train_and_evaluate(f"{variant}-s{seed}", overrides, manifest, work))
+            results.setdefault(variant, []).append(
+                train_and_evaluate(f"{variant}-s{seed}", overrides, manifest, work, preset="scratch")
+            )
     small = [x.name for x in taxonomy if x.roi == "small"]
     large = [x.name for x in taxonomy if x.roi == "large"]
     other = [x.name for x in taxonomy if x.roi is None]
     r0 = next(iter(results.values()))[0]
     body = (
         f"Data: `{a.data}` ({manifest.parent.name}), test split of {r0['num_test']} items. Backbone "
-        f"`{a.backbone}` from scratch, {a.size} px, {a.epochs} epochs of the `default` preset (AdamW, cosine), "
+        f"`{a.backbone}` from scratch, {a.size} px, {a.epochs} epochs of the `scratch` preset (AdamW, cosine), "
         f"seed(s) {a.seeds}; the checkpoint with the best validation mean micro-F1 is evaluated. Cells: micro-F1 at "
         f"threshold 0.3 (the paper's metric), mean over seeds. Training time per variant (wall clock; the 2 cores "
         "were shared with other jobs during parts of the run, so these times are not comparable to each other): "

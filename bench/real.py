@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the per-dataset budget")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
-    default = load_config("default").model
+    default = load_config("scratch").model
     for name in a.datasets:
         src = SHARED_DATA / name
         if not src.exists():
@@ -109,13 +109,20 @@ def main(argv: list[str] | None = None) -> None:
             print(import_dataset(name, src, work / "data", **opts).summary())
         epochs = a.epochs or BUDGETS.get(name, 6)
         common = [f"data.image_size={a.size}", f"train.epochs={epochs}"]
-        runs = [(f"default (`{default.name}`)", train_and_evaluate("default", common, manifest, work))]
+        runs = [
+            (f"default (`{default.name}`)", train_and_evaluate("default", common, manifest, work, preset="scratch"))
+        ]
         # chosen after the default run, so a synthetic ablation running meanwhile can finish first
         from_ablation = best_variant(a.ablation_work) if a.variant is None else None
         variant = a.variant or from_ablation or "a4"
         if variant == default.name:
             variant, from_ablation = "baseline", None  # the default is the best multi-scale variant: contrast it
-        runs.append((f"`{variant}`", train_and_evaluate(variant, [f"model.name={variant}", *common], manifest, work)))
+        runs.append(
+            (
+                f"`{variant}`",
+                train_and_evaluate(variant, [f"model.name={variant}", *common], manifest, work, preset="scratch"),
+            )
+        )
         _, taxonomy = load_catalog(manifest)
         rows = [("majority value (reference)", majority_metrics(manifest, runs[0][1]["split"]))]
         rows += [(label, {"attributes": r["attributes"], "summary": r["summary"]}) for label, r in runs]
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Dataset: `{name}` ({src.name} in ../shared/data), imported with `vestis import`"
             f"{' (values under 20 examples folded into other)' if name == 'fashion-product' else ''}; group-aware "
             f"80/10/10 split; test split of {runs[0][1]['num_test']} items. `{default.backbone}` from scratch at "
-            f"{a.size} px, {epochs} epochs, `default` preset; training time: {minutes}. Cells: micro-F1 at 0.3 "
+            f"{a.size} px, {epochs} epochs, `scratch` preset; training time: {minutes}. Cells: micro-F1 at 0.3 "
             "(and accuracy for single-label attributes). "
             f"The comparison variant is `{variant}`"
             + (" (best multi-scale variant of the synthetic ablation)" if from_ablation else "")

@@ -22,6 +22,30 @@ def test_presets_load_and_paper_matches_defaults():
     assert load_config("tiny").model.backbone == "resnet18_tiny"
 
 
+def test_presets_for_transfer_learning():
+    assert {"default", "paper", "scratch", "tiny"} <= set(list_presets())
+    d = load_config("default")
+    assert (d.model.backbone, d.model.pretrained) == ("efficientnet_lite0", "imagenet")
+    assert d.train.cache_features and d.train.trainable_blocks > 0
+    # normalisation follows the weights: EfficientNet-Lite was trained on (x - 127) / 128
+    assert d.data.mean == pytest.approx((127 / 255,) * 3) and d.data.std == pytest.approx((128 / 255,) * 3)
+    assert load_config("paper").model.output == "paper"
+    s = load_config("scratch")
+    assert s.model.pretrained is None and s.data.mean == (0.485, 0.456, 0.406)
+
+
+def test_normalisation_left_to_the_weights_is_resolved_after_overrides():
+    cfg = load_config("default", ["model.pretrained=null"])  # no weights: ImageNet statistics
+    assert cfg.data.mean == (0.485, 0.456, 0.406) and cfg.data.std == (0.229, 0.224, 0.225)
+    cfg = load_config("tiny", ["model.backbone=efficientnet_lite2", "model.pretrained=imagenet"])
+    assert cfg.data.mean == pytest.approx((127 / 255,) * 3)
+    cfg = load_config("default", ["data.mean=[0.1,0.2,0.3]"])  # an explicit choice is kept
+    assert cfg.data.mean == (0.1, 0.2, 0.3) and cfg.data.std == pytest.approx((128 / 255,) * 3)
+    assert Config().data.mean is None and Config().resolved().data.mean == (0.485, 0.456, 0.406)
+    with pytest.raises(VestisError, match="no 'imagenet' weights for backbone 'resnet50'"):
+        load_config("default", ["model.backbone=resnet50"])
+
+
 def test_overrides_are_typed():
     cfg = apply_overrides(
         Config(), ["train.lr=3e-4", "train.amp=false", "data.mean=[0.5,0.5,0.5]", "model.pretrained=null"]

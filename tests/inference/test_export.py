@@ -197,3 +197,36 @@ def test_export_of_a_file_that_is_not_a_checkpoint(tmp_path):
     with pytest.raises(VestisError, match="not a readable checkpoint"):
         export_onnx(bad, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_efficientnet_lite_with_paper_outputs_exports_with_parity(tmp_path, image_dir):
+    """TensorFlow "SAME" padding (computed from the input size) and all-sigmoid outputs survive the export."""
+    from vestis.config import load_config
+    from vestis.models import create_model
+    from vestis.train.checkpoint import save_checkpoint
+
+    cfg = load_config(
+        "tiny",
+        [
+            f"data.image_size={IMAGE_SIZE}",
+            "model.backbone=efficientnet_lite_tiny",
+            "model.name=a1",
+            "model.output=paper",
+        ],
+    )
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(
+        tmp_path / "lite.ckpt", model=create_model(cfg.model, small_taxonomy()), config=cfg, taxonomy=small_taxonomy()
+    )
+    onnx_path = export_onnx(ckpt, tmp_path / "lite.onnx", check_images=0).path
+    batch = _letterboxed(sorted(image_dir.rglob("*.*")))
+    model = vestis.load(ckpt)
+    assert model.output == "paper"
+    x = normalize(torch.from_numpy(batch), model.config.data.mean, model.config.data.std)
+    with torch.no_grad():
+        logits = model(x)
+    outs = _session(onnx_path).run(None, {"images": batch})
+    for name, got in zip(["category", "colour", "sleeve.length", "occasion"], outs[:4], strict=True):
+        want = logits[name].sigmoid().numpy()  # sigmoid for single-label attributes too
+        assert np.abs(got - want).max() <= 1e-4, name
+    assert not np.allclose(outs[0].sum(1), 1.0)  # not a softmax
