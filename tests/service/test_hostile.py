@@ -6,6 +6,7 @@ Each test states the bound it checks and runs in about a second on a small predi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -143,7 +144,7 @@ def test_a_budget_that_stays_full_is_a_503_with_retry_after(predictor, monkeypat
     spy.gate = threading.Event()
     side = 500
     config = ServiceConfig(max_wait_ms=1, max_pixels=10**6, decode_budget_mb=1.5 * side * side * 5 / 2**20)
-    config = ServiceConfig(**{**config.__dict__, "max_queue_wait_ms": 100})
+    config = dataclasses.replace(config, max_queue_wait_ms=100)
     app = create_app(predictor, config)
     one = {"file": ("big.png", one_bit_png(side), "image/png")}
 

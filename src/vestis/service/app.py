@@ -61,11 +61,11 @@ from vestis.service.decoding import (
 from vestis.service.heatmap import fit_size, render_heatmap
 from vestis.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from vestis.service.schemas import (
+    ERROR_RESPONSES,
+    IMAGE_REQUEST_BODY,
     AttributesResponse,
-    ErrorResponse,
     Health,
     ImageResult,
-    ImagesRequest,
     Readiness,
     TaxonomyResponse,
 )
@@ -109,46 +109,6 @@ class AttributePredictor(Protocol):
     def heatmap(self, image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
         """Where the model looked: ``(height, width)`` in [0, 1] over the image (``size`` = (width, height))."""
         ...
-
-
-# --- OpenAPI pieces ------------------------------------------------------------------------------------------
-_IMAGE_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "Images as multipart `file` parts, or as base64 strings in JSON.",
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "minItems": 1,
-                            "description": "One or more image files (JPEG, PNG, WebP, GIF, BMP, TIFF).",
-                        }
-                    },
-                    "required": ["file"],
-                }
-            },
-            "application/json": {"schema": ImagesRequest.model_json_schema()},
-        },
-    }
-}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorResponse, "description": "Body too large, too many images, or an image over the pixel cap."},
-    415: {"model": ErrorResponse, "description": "Not multipart or JSON, or a file that is not a supported image."},
-    422: {
-        "model": ErrorResponse,
-        "description": "Malformed body, bad base64, or an empty, truncated or corrupt image.",
-    },
-    500: {"model": ErrorResponse, "description": "The model failed on this request."},
-    503: {
-        "model": ErrorResponse,
-        "description": "The model is not loaded yet, or the service is overloaded (see `Retry-After`).",
-        "headers": {"Retry-After": {"description": "Seconds after which to retry.", "schema": {"type": "integer"}}},
-    },
-}
 
 
 class _Service:
@@ -378,8 +338,8 @@ def create_app(
         "/v1/attributes",
         response_model=AttributesResponse,
         response_model_exclude_none=True,
-        responses=_ERRORS,
-        openapi_extra=_IMAGE_BODY,
+        responses=ERROR_RESPONSES,
+        openapi_extra=IMAGE_REQUEST_BODY,
         summary="Attributes and scores of each image",
         tags=["predict"],
     )
@@ -404,9 +364,9 @@ def create_app(
                 "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                 "description": "The heat-map as a PNG the size of the image (longer side capped).",
             },
-            **_ERRORS,
+            **ERROR_RESPONSES,
         },
-        openapi_extra=_IMAGE_BODY,
+        openapi_extra=IMAGE_REQUEST_BODY,
         summary="Where the model looked, as a PNG",
         tags=["predict"],
     )

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ERROR_RESPONSES",
+    "IMAGE_REQUEST_BODY",
     "AttributeInfo",
     "AttributeResult",
     "AttributesResponse",
@@ -105,3 +107,43 @@ class ErrorResponse(BaseModel):
 
     error: str = Field(..., examples=["invalid base64"])
     detail: Any = Field(None, examples=["images[0]: not valid base64 (Incorrect padding)"])
+
+
+# --- OpenAPI pieces of the image endpoints (their body is read by hand, so FastAPI cannot infer it) ---------------
+IMAGE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "Images as multipart `file` parts, or as base64 strings in JSON.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                            "description": "One or more image files (JPEG, PNG, WebP, GIF, BMP, TIFF).",
+                        }
+                    },
+                    "required": ["file"],
+                }
+            },
+            "application/json": {"schema": ImagesRequest.model_json_schema()},
+        },
+    }
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Body too large, too many images, or an image over the pixel cap."},
+    415: {"model": ErrorResponse, "description": "Not multipart or JSON, or a file that is not a supported image."},
+    422: {
+        "model": ErrorResponse,
+        "description": "Malformed body, bad base64, or an empty, truncated or corrupt image.",
+    },
+    500: {"model": ErrorResponse, "description": "The model failed on this request."},
+    503: {
+        "model": ErrorResponse,
+        "description": "The model is not loaded yet, or the service is overloaded (see `Retry-After`).",
+        "headers": {"Retry-After": {"description": "Seconds after which to retry.", "schema": {"type": "integer"}}},
+    },
+}
