@@ -142,3 +142,18 @@ def test_utf8_with_bom_and_read_yaml(tmp_path):
         read_yaml(path, "config")
     with pytest.raises(VestisError, match=r"nope\.yaml: cannot read config: No such file"):
         read_yaml(tmp_path / "nope.yaml", "config")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: !!int\n", "T:1: taxonomy: expected a valid tag:yaml.org,2002:int value, got '' (IndexError)"),
+        ("a: 1\nb: !!float x\n", "T:2: taxonomy: expected a valid tag:yaml.org,2002:float value, got 'x' (ValueError)"),
+        ("a: 1\nb: c\x01d\n", "T:2: taxonomy: not valid YAML (character #x0001 is not allowed)"),
+    ],
+)
+def test_values_that_do_not_fit_their_tag_and_control_characters(text, message):
+    with pytest.raises((IndexError, ValueError, yaml.YAMLError)) as e:  # a traceback from safe_load
+        yaml.safe_load(text)
+    assert not isinstance(e.value, VestisError)
+    assert _refused(text) == message

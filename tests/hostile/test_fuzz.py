@@ -1,7 +1,7 @@
-"""Fuzzing the two readers every user file goes through: the manifest reader and the image decoder.
+"""Fuzzing the readers every user file goes through: the manifest reader, the YAML loader, the image decoder.
 
-The only outcomes allowed are a result or the project's own error type (``VestisError`` for a manifest,
-``ImageError`` for an image); any other exception is a traceback waiting for a user. The default run keeps
+The only outcomes allowed are a result or the project's own error type (``VestisError`` for a manifest or
+YAML, ``ImageError`` for an image); any other exception is a traceback waiting for a user. The default run keeps
 a small fixed example budget (a few seconds); the ``slow`` copies run the same properties much longer.
 """
 
@@ -18,6 +18,7 @@ from PIL import Image
 
 from vestis.data.images import ImageError, load_image
 from vestis.data.manifest import read_manifest
+from vestis.data.yaml_safe import load_yaml
 from vestis.errors import VestisError
 
 FAST = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -68,6 +69,35 @@ def test_manifest_reader_fuzz(data, suffix):
 @given(data=csvish | raw_bytes, suffix=st.sampled_from([".csv", ".jsonl"]))
 def test_manifest_reader_fuzz_long(data, suffix):
     _read_property(data, suffix)
+
+
+# --- the YAML loader (taxonomies, configs) -----------------------------------------------------------------
+_YAML_PIECES = [
+    "a", "b", ": ", "- ", "\n", "  ", "&x ", "*x", "&y ", "*y", "[", "]", "{", "}", ", ", "<<: ", "? ", "'", '"',
+    "!!binary ", "!!python/object:os.system ", "!!set ", "!!omap ", "!!int ", "7" * 5000, "#", "---\n", "...\n",
+    "\t", "\x00", "\x85", "\ufeff", "|\n", ">\n", "%YAML 1.1\n", "!<tag:x> ",
+]  # fmt: skip
+yamlish = st.lists(st.sampled_from(_YAML_PIECES), max_size=50).map("".join)
+
+
+def _yaml_property(text: str) -> None:
+    try:
+        load_yaml(text, "T", "taxonomy")
+    except VestisError as e:
+        assert str(e).startswith("T:") and "\n" not in str(e), str(e)
+
+
+@FAST
+@given(text=yamlish)
+def test_yaml_loader_fuzz(text):
+    _yaml_property(text)
+
+
+@pytest.mark.slow
+@LONG
+@given(text=yamlish)
+def test_yaml_loader_fuzz_long(text):
+    _yaml_property(text)
 
 
 # --- the image decoder --------------------------------------------------------------------------------------

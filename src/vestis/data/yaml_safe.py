@@ -113,7 +113,18 @@ class BoundedLoader(yaml.SafeLoader):
                 if id(c) not in size:
                     stack.append((c, False))
 
-    # --- constructing: duplicate keys, integers -----------------------------------------------------------
+    # --- constructing: duplicate keys, integers, values that do not fit their tag ---------------------------
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as e:  # PyYAML's constructors trust an explicit tag: '!!int' on an empty value, ...
+            value = reprlib.repr(node.value) if isinstance(node, yaml.ScalarNode) else f"a {node.id}"
+            raise RefusedYAML(
+                None, None, f"expected a valid {node.tag} value, got {value} ({type(e).__name__})", node.start_mark
+            ) from None
+
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
@@ -167,10 +178,14 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def _error(source: str, what: str, e: yaml.YAMLError) -> VestisError:
+def _error(source: str, what: str, e: yaml.YAMLError, text: str) -> VestisError:
+    if isinstance(e, yaml.reader.ReaderError):
+        # a control character: the reader gives an offset, not a mark
+        line = text.count("\n", 0, e.position) + 1
+        return VestisError(f"{source}:{line}: {what}: not valid YAML (character #x{e.character:04x} is not allowed)")
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     line = mark.line + 1 if mark is not None else 1
-    problem = getattr(e, "problem", None) or str(e)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
     if isinstance(e, RefusedYAML):
         return VestisError(f"{source}:{line}: {what}: {problem}")
     return VestisError(f"{source}:{line}: {what}: not valid YAML ({problem})")
@@ -191,12 +206,15 @@ def load_yaml(text: str, source: str, what: str) -> tuple[Any, yaml.Node | None]
     Raises:
         VestisError: ``source:line: what: not valid YAML (...)`` for a syntax error or a refused construct.
     """
-    loader = BoundedLoader(text)
+    try:
+        loader = BoundedLoader(text)  # the reader checks every character here
+    except yaml.YAMLError as e:
+        raise _error(source, what, e, text) from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
-        raise _error(source, what, e) from None
+        raise _error(source, what, e, text) from None
     except RecursionError:
         # deep nesting is refused while composing; this is the last guard for constructs that recurse anyway
         raise VestisError(f"{source}:1: {what}: nested too deeply to read") from None
