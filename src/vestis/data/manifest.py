@@ -356,14 +356,16 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]
         for i, data in enumerate(f, start=1):
             if i == 1 and data.startswith(codecs.BOM_UTF8):
                 data = data[len(codecs.BOM_UTF8) :]
-            bad = utf8_problem(data)
-            if bad is not None:
-                pre.append(Problem(source, i, "row", bad[1]))
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                bad = utf8_problem(data)
+                pre.append(Problem(source, i, "row", bad[1] if bad else "not UTF-8"))
                 continue
-            if not data.strip():
+            if not text.strip():
                 continue
             try:
-                obj = json.loads(data.decode("utf-8"), parse_int=_parse_int)
+                obj = json.loads(text, parse_int=_parse_int)
             except json.JSONDecodeError as e:
                 pre.append(Problem(source, i, "row", f"expected a JSON object ({e.msg})"))
                 continue
