@@ -171,7 +171,10 @@ def test_an_overload_is_shed_with_retry_after_and_the_accepted_wait_a_bounded_ti
     app = create_app(predictor, ServiceConfig(max_batch_size=2, max_wait_ms=0, max_queue_wait_ms=bound * 1000))
 
     async def body(c: httpx.AsyncClient) -> tuple[list[tuple[httpx.Response, float]], dict]:
-        assert (await c.post("/v1/attributes", files=_png(0))).status_code == 200  # times the model once
+        # the throughput is measured: two batches of two, then one alone
+        warm = await asyncio.gather(*[c.post("/v1/attributes", files=_png(0)) for _ in range(4)])
+        assert [r.status_code for r in warm] == [200] * 4
+        assert (await c.post("/v1/attributes", files=_png(0))).status_code == 200
 
         async def one(i: int) -> tuple[httpx.Response, float]:
             t0 = time.perf_counter()
@@ -184,7 +187,7 @@ def test_an_overload_is_shed_with_retry_after_and_the_accepted_wait_a_bounded_ti
     results, samples = _serve(app, body)
     ok = [(i, r, t) for i, (r, t) in enumerate(results, 1) if r.status_code == 200]
     shed = [r for r, _ in results if r.status_code == 503]
-    assert len(ok) + len(shed) == 40 and len(shed) >= 10 and len(ok) >= 4, [r.status_code for r, _ in results]
+    assert len(ok) + len(shed) == 40 and len(shed) >= 10 and len(ok) >= 2, [r.status_code for r, _ in results]
     for r in shed:
         assert r.json()["error"] == "overloaded" and int(r.headers["retry-after"]) >= 1
     for i, r, seconds in ok:
@@ -193,7 +196,7 @@ def test_an_overload_is_shed_with_retry_after_and_the_accepted_wait_a_bounded_ti
     assert samples[("vestis_shed_requests_total", (("reason", "queue"),))] == len(shed)
     assert samples[("vestis_estimated_wait_seconds", ())] == 0  # nothing in flight any more
     waits = samples[("vestis_queue_wait_seconds_count", ())]
-    assert waits == len(ok) + 1  # every image that reached the model, the timing request included
+    assert waits == len(ok) + 5  # every image that reached the model, the timing requests included
     assert samples[("vestis_queue_wait_seconds_bucket", (("le", "1.0"),))] == waits  # none waited a second
     post = (("method", "POST"), ("route", "/v1/attributes"))
     assert samples[("vestis_http_requests_total", (*post, ("status", "503")))] == len(shed)

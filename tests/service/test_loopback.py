@@ -150,7 +150,7 @@ def test_a_bounded_hostile_mix_is_answered_as_designed(predictor, caplog):
         samples = _wait_for(server.url, ("vestis_client_disconnects_total", ()), 4)
         after = httpx.post(f"{server.url}/v1/attributes", json={"images": [b64(image_bytes((5, 5, 5)))]}, timeout=10)
         healthy = httpx.get(f"{server.url}/healthz", timeout=5).status_code
-    assert set(statuses["valid"]) <= {200, 503} and statuses["valid"].count(200) >= 10, statuses
+    assert set(statuses["valid"]) <= {200, 503} and statuses["valid"].count(200) >= 5, statuses
     assert statuses["deep"] == [422] * 4 and statuses["flood"] == [413] * 4
     assert set(statuses["heavy"]) <= {200, 503}
     assert samples[("vestis_client_disconnects_total", ())] == 4

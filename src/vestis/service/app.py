@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, asynccontextmanager
@@ -75,8 +76,10 @@ __all__ = ["AttributePredictor", "ServiceConfig", "create_app", "render_heatmap"
 log = logging.getLogger("vestis.service")
 STATIC = Path(__file__).resolve().parent / "static"
 # the page loads nothing from elsewhere; blob: is the heat-map overlay and the preview
-# decoded bytes after which an idle budget hands the freed heap back (a trim takes a few milliseconds)
+# decoded bytes after which an idle budget hands the freed heap back (a trim takes a few milliseconds), and
+# how often at most a service with nothing in flight does so (the model's activations are freed heap too)
 _TRIM_AFTER = 256 * 2**20
+_TRIM_EVERY_S = 1.0
 _PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
 
@@ -124,6 +127,7 @@ class _Service:
         self.budget = MemoryBudget(config.decode_budget_bytes)
         self.wait_s = config.max_queue_wait_ms / 1000.0
         self.decoded_since_trim = 0
+        self.last_trim = 0.0
         self.ready = False
         self.status = "starting"
         metrics.track_decode_bytes(lambda: self.budget.in_use)
@@ -174,8 +178,19 @@ class _Service:
             await reservation.__aexit__(None, None, None)
             self.decoded_since_trim += nbytes
             if self.budget.in_use == 0 and self.decoded_since_trim > _TRIM_AFTER:
-                self.decoded_since_trim = 0
-                await run_in_threadpool(trim_heap)
+                await self.trim()
+
+    async def trim(self) -> None:
+        """Hand the freed heap back to the system (in the thread pool; it takes milliseconds)."""
+        self.decoded_since_trim = 0
+        self.last_trim = time.monotonic()
+        await run_in_threadpool(trim_heap)
+
+    async def settle(self) -> None:
+        """After a request: once nothing is in flight any more, give back what the busy period freed."""
+        idle = self.budget.in_use == 0 and (self.batcher is None or self.batcher.in_flight == 0)
+        if idle and time.monotonic() - self.last_trim > _TRIM_EVERY_S:
+            await self.trim()
 
     def _to_input(self, raw: RawImage) -> np.ndarray:
         decoded = decode_image(raw, self.limits.max_pixels, self.input_size)
@@ -351,9 +366,12 @@ def create_app(
     ) -> Any:
         raws = await read_images(request, service.limits)
         heads = await service.headers(raws)  # a request that can never be served gets its 4xx, not a 503
-        with service.admit(len(raws)):
-            batch = await service.decode(raws, heads)
-            rows = await service.predict(batch)
+        try:
+            with service.admit(len(raws)):
+                batch = await service.decode(raws, heads)
+                rows = await service.predict(batch)
+        finally:
+            await service.settle()
         return service.encode(raws, heads, rows, calibrated)
 
     @app.post(

@@ -121,7 +121,7 @@ class MicroBatcher(Generic[T, R]):
         self._announced = 0  # items admitted by callers that have not submitted them yet
         self._batch_s: float | None = None  # running estimate of seconds per batch call
         self._batch_started: float | None = None  # loop time the running call started
-        self._rate: float | None = None  # running estimate of items finished per second while busy
+        self._item_s: float | None = None  # running estimate of seconds per finished item while busy
         self._busy_since = 0.0  # loop time the items in flight last went from none to some
         self._last_done = 0.0  # loop time the last call finished
 
@@ -172,8 +172,8 @@ class MicroBatcher(Generic[T, R]):
         Before any call has finished it is 0; before the throughput is known, it counts batches of the
         measured duration.
         """
-        if self._rate is not None:
-            return (self.in_flight + n) / self._rate
+        if self._item_s is not None:
+            return (self.in_flight + n) * self._item_s
         if self._batch_s is None:
             return 0.0
         return math.ceil((self.in_flight + n) / self.max_batch_size) * self._batch_s
@@ -291,9 +291,13 @@ class MicroBatcher(Generic[T, R]):
             self._batch_started = None
             now = loop.time()
             busy = now - max(self._last_done, self._busy_since)  # since the previous call ended, or work arrived
-            if busy > 0:
-                rate = len(items) / busy
-                self._rate = rate if self._rate is None else (1 - _EWMA_ALPHA) * self._rate + _EWMA_ALPHA * rate
+            if busy > 0 and items:
+                # averaged as seconds per item, not items per second: one quick call must not make the
+                # estimate optimistic (the mean of rates overweights short intervals)
+                per_item = busy / len(items)
+                self._item_s = (
+                    per_item if self._item_s is None else (1 - _EWMA_ALPHA) * self._item_s + _EWMA_ALPHA * per_item
+                )
             self._last_done = now
             self._batch_s = (
                 seconds if self._batch_s is None else (1 - _EWMA_ALPHA) * self._batch_s + _EWMA_ALPHA * seconds
