@@ -150,12 +150,21 @@ def _good_styles() -> list[str]:
     return list(STYLE_ROWS)
 
 
-def _predict(root: Path) -> Built:
-    """A random tiny checkpoint and three images to tag."""
+def shared_model(root: Path) -> Path:
+    """One random tiny checkpoint beside the case folders, made on first use (the cases only differ in data)."""
     from tests.inference.conftest import make_checkpoint
 
+    path = root.parent / "_model" / "tiny.ckpt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make_checkpoint(path)
+    return path
+
+
+def _predict(root: Path) -> Built:
+    """A random tiny checkpoint and four images to tag."""
     b = _catalog(root)
-    b.model = make_checkpoint(root / "tiny.ckpt")
+    b.model = shared_model(root)
     b.inputs = [root / "images"]
     return b
 
@@ -321,6 +330,7 @@ def check_imported(n: int) -> Callable[[Built, str], None]:
 
 E, P, OK = "error", "problems", "ok"
 MANIFEST_CMDS = ("validate", "stats", "train")
+MANIFEST_CMDS_P = (*MANIFEST_CMDS, "predict")
 
 
 def _all(outcome: str, commands: tuple[str, ...] = MANIFEST_CMDS) -> dict[str, str]:
@@ -330,19 +340,19 @@ def _all(outcome: str, commands: tuple[str, ...] = MANIFEST_CMDS) -> dict[str, s
 CASES: tuple[Case, ...] = (
     # --- item 9: rows swallowed by a quote -------------------------------------------------------------------
     Case("csv-unclosed-quote", "CSV: an unclosed quote swallows 26 rows", unclosed_quote,
-         {"validate": P, "stats": OK, "train": E}, "manifest.csv", tuple(range(6, 32))),
+         {"validate": P, "stats": OK, "train": E, "predict": E}, "manifest.csv", tuple(range(6, 32))),
     Case("csv-unclosed-quote-skip", "CSV: the same, train --skip-invalid", unclosed_quote_skip,
          {"train": OK}, check=check_skipped),
     # --- item 11: encodings ----------------------------------------------------------------------------------
     Case("csv-latin1", "CSV manifest in Latin-1",
-         lambda r: _manifest_bytes(r, "m.csv", CSV_TEXT.encode("latin-1")), _all(E), "m.csv:3"),
+         lambda r: _manifest_bytes(r, "m.csv", CSV_TEXT.encode("latin-1")), _all(E, MANIFEST_CMDS_P), "m.csv:3"),
     Case("csv-utf16-bom", "CSV manifest in UTF-16 (BOM)",
-         lambda r: _manifest_bytes(r, "m.csv", CSV_TEXT.encode("utf-16")), _all(E), "m.csv:1"),
+         lambda r: _manifest_bytes(r, "m.csv", CSV_TEXT.encode("utf-16")), _all(E, MANIFEST_CMDS_P), "m.csv:1"),
     Case("csv-utf16-nobom", "CSV manifest in UTF-16 (no BOM)",
          lambda r: _manifest_bytes(r, "m.csv", CSV_TEXT.encode("utf-16-le")), _all(E), "m.csv:1"),
     Case("jsonl-bad-byte", "JSONL: a bad byte on one line",
          jsonl([GOOD_JSONL, b'{"id": "2", "image": "images/2.jpg", "category": "shirt\xff"}']),
-         {"validate": P, "stats": OK, "train": E}, "manifest.jsonl", (2,), slow=("stats",)),
+         {"validate": P, "stats": OK, "train": E, "predict": E}, "manifest.jsonl", (2,), slow=("stats",)),
     Case("taxonomy-latin1", "taxonomy in Latin-1", taxonomy(TAXONOMY.replace("hostile", "hôtel").encode("latin-1")),
          _all(E), "taxonomy.yaml:1"),
     Case("taxonomy-utf16", "taxonomy in UTF-16", taxonomy(TAXONOMY.encode("utf-16")), _all(E), "taxonomy.yaml:1"),
@@ -354,12 +364,13 @@ CASES: tuple[Case, ...] = (
     Case("styles-utf16", "styles.csv in UTF-16", styles((STYLES_HEADER + "\n").encode("utf-16")),
          {"import": E}, "fashion-product/styles.csv:1"),
     Case("parquet-garbage", "Parquet manifest of random bytes",
-         lambda r: _manifest_bytes(r, "m.parquet", b"PAR1" + bytes(range(256)) * 4 + b"PAR1"), _all(E), "m.parquet"),
+         lambda r: _manifest_bytes(r, "m.parquet", b"PAR1" + bytes(range(256)) * 4 + b"PAR1"), _all(E, MANIFEST_CMDS_P),
+         "m.parquet"),
     Case("csv-empty", "an empty CSV manifest", lambda r: _manifest_bytes(r, "m.csv", b""), _all(E), "m.csv:1"),
     Case("taxonomy-empty", "an empty taxonomy", taxonomy(""), _all(E), "taxonomy.yaml:1"),
     # --- item 11: sizes and depths ---------------------------------------------------------------------------
     Case("csv-cell-over-limit", "CSV: a 4 MiB+ cell", cell_over_limit,
-         {"validate": P, "stats": OK, "train": E}, "manifest.csv", (3,), slow=("stats",)),
+         {"validate": P, "stats": OK, "train": E, "predict": E}, "manifest.csv", (3,), slow=("stats",)),
     Case("csv-cell-200k", "CSV: a 200 KB cell (accepted)", cell_200k, {"validate": OK, "stats": OK}, slow=("stats",)),
     Case("styles-title-300k", "styles.csv: a 300 KB quoted title (accepted)",
          styles([*_good_styles()[:2], STYLE_ROWS[2].replace("Jeans 3", '"' + "t" * 300_000 + '"')]), {"import": OK},
@@ -368,22 +379,24 @@ CASES: tuple[Case, ...] = (
          styles([*_good_styles(), STYLE_ROW.format(id=4, title='"' + "t" * 4_200_000 + '"')]), {"import": OK},
          check=check_imported(3)),
     Case("jsonl-deep", "JSONL: 100,000 nested lists", jsonl([GOOD_JSONL, b'{"id": "2", "t": ' + _DEEP + b"}"]),
-         {"validate": P, "stats": OK, "train": E}, "manifest.jsonl", (2,), slow=("stats",)),
+         {"validate": P, "stats": OK, "train": E, "predict": E}, "manifest.jsonl", (2,), slow=("stats",)),
     Case("taxonomy-deep", "taxonomy: 20,000 nested levels",
          taxonomy("attributes: " + "[" * 20_000 + "]" * 20_000 + "\n"), _all(E), "taxonomy.yaml:1"),
     Case("config-deep", "train config: 20,000 nested levels", config("train: " + "[" * 20_000 + "]" * 20_000),
          {"train": E}, "config.yaml:1"),
     Case("jsonl-huge-int", "JSONL: a 5,000-digit integer id",
          jsonl([GOOD_JSONL, b'{"id": ' + b"7" * 5000 + b', "image": "images/2.jpg"}']),
-         {"validate": P, "stats": OK, "train": E}, "manifest.jsonl", (2,), slow=("stats",)),
-    Case("csv-huge-int", "CSV: a 5,000-digit id (kept as text)", huge_int_id_csv, {"validate": OK, "stats": OK},
+         {"validate": P, "stats": OK, "train": E, "predict": E}, "manifest.jsonl", (2,), slow=("stats",)),
+    Case("csv-huge-int", "CSV: a 5,000-digit id (kept as text)", huge_int_id_csv,
+         {"validate": OK, "stats": OK, "predict": OK},
          slow=("stats",)),
     Case("taxonomy-huge-int", "taxonomy: a 5,000-digit value",
          taxonomy(TAXONOMY.replace("[red, blue]", "[red, " + "7" * 5000 + "]")), _all(E), "taxonomy.yaml:6"),
     Case("styles-huge-id", "styles.csv: a 5,000-digit id (row skipped)",
          styles([*_good_styles(), STYLE_ROW.format(id="7" * 5000, title="x")]), {"import": OK},
          check=check_imported(3)),
-    Case("long-image-name", "manifest: a 300-character image name", long_image_name, {"validate": P, "stats": OK},
+    Case("long-image-name", "manifest: a 300-character image name", long_image_name,
+         {"validate": P, "stats": OK, "predict": OK},
          "manifest.csv", (3,), slow=("stats",)),
     # --- items 10 and 12: aliases and duplicate keys ---------------------------------------------------------
     Case("taxonomy-billion-laughs", "taxonomy: billion laughs (0.5 KB, 9**9 strings)",
@@ -439,8 +452,9 @@ def command_args(b: Built, command: str) -> list[str]:
     if command == "import":
         return ["import", "fashion-product", str(b.styles), "--out", str(out), *extra]
     if command == "predict":
-        model = b.model if b.model is not None else b.root / "missing.ckpt"
-        ins = [str(p) for p in b.inputs] or [str(b.root / "images")]
+        # a manifest case tags its manifest with the shared model
+        model = b.model if b.model is not None else shared_model(b.root)
+        ins = [str(p) for p in b.inputs] or [str(b.manifest)]
         return ["predict", str(model), *ins, "--out", str(out), "--workers", "0", "--no-progress", *extra]
     raise ValueError(f"unknown command {command!r}")
 
@@ -505,10 +519,11 @@ def run_case(b: Built, case: Case, command: str, *, timeout: float | None = 120.
     import vestis.cli
 
     runner = CliRunner()
+    args = command_args(b, command)
     start = time.perf_counter()
     try:
         with _deadline(timeout) if timeout is not None else contextlib.nullcontext():
-            res = runner.invoke(vestis.cli.app, command_args(b, command))
+            res = runner.invoke(vestis.cli.app, args)
     except _Timeout:
         return Run(case.name, command, -1, "", "", time.perf_counter() - start, timed_out=True)
     out, err = res.stdout, res.stderr
