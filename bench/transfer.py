@@ -175,51 +175,37 @@ def inference_rate(ckpt: Path, size: int, n: int = 32) -> float:
     return best
 
 
-def fine_tune(label: str, overrides: list[str], catalog: Path, work: Path) -> dict[str, Any]:
+def run_row(label: str, overrides: list[str], catalog: Path, work: Path, *, cached: bool = True) -> dict[str, Any]:
+    """Train the `default` preset + ``overrides`` and score its best checkpoint on the test split.
+
+    ``cached``: the run trains on the shared frozen-trunk cache and is scored through it; otherwise (from scratch)
+    it is scored with ``vestis evaluate``. The result is kept in ``work/label/result.json`` for a rerun.
+    """
     run = work / label
     done = run / "result.json"
     if done.is_file() and json.loads(done.read_text())["overrides"] == overrides:
         return json.loads(done.read_text())
     if run.exists():
         shutil.rmtree(run)
-    cfg = load_config("default", [*overrides, f"train.cache_dir={work / 'cache'}"])
+    cfg = load_config("default", [*overrides, *([f"train.cache_dir={work / 'cache'}"] if cached else [])])
     t0 = time.perf_counter()
     res = train(
         cfg, catalog, run, check_images=False, progress=False, log=lambda s: print(f"[{label}] {s}", flush=True)
     )
     seconds = time.perf_counter() - t0
+    if cached:
+        test = score(res.best, catalog, work / "cache")
+    else:
+        from vestis.eval.run import evaluate_checkpoint
+
+        test = evaluate_checkpoint(res.best, catalog, run / "report", split="test").metrics
     out = {
         "label": label,
         "overrides": overrides,
         "train_seconds": seconds,
         "train_images_per_s": float(np.mean([h["images_per_s"] for h in res.history])),
         "epochs": len(res.history),
-        "test": score(res.best, catalog, work / "cache"),
-    }
-    atomic_write_text(done, json.dumps(out, indent=2))
-    return out
-
-
-def scratch(label: str, overrides: list[str], catalog: Path, work: Path) -> dict[str, Any]:
-    run = work / label
-    done = run / "result.json"
-    if done.is_file() and json.loads(done.read_text())["overrides"] == overrides:
-        return json.loads(done.read_text())
-    if run.exists():
-        shutil.rmtree(run)
-    cfg = load_config("default", overrides)
-    t0 = time.perf_counter()
-    res = train(
-        cfg, catalog, run, check_images=False, progress=False, log=lambda s: print(f"[{label}] {s}", flush=True)
-    )
-    from vestis.eval.run import evaluate_checkpoint
-
-    ev = evaluate_checkpoint(res.best, catalog, run / "report", split="test")
-    out = {
-        "label": label,
-        "overrides": overrides,
-        "train_seconds": time.perf_counter() - t0,
-        "test": ev.metrics,
+        "test": test,
     }
     atomic_write_text(done, json.dumps(out, indent=2))
     return out
@@ -346,8 +332,10 @@ def main(argv: list[str] | None = None) -> None:
             variants = VARIANTS if "ablation" in a.sections else (best_variant,)
             for v in variants:
                 for s in a.seeds:
-                    results[(v, s)] = fine_tune(
-                        f"{v}-s{s}", [*common, f"model.name={v}", f"train.seed={s}"], catalog, work
+                    # the same cut for every variant (after Lite0's stage4): baseline keeps `top`, one block more
+                    cut = ["train.trainable_blocks=6"] if v == "baseline" else []
+                    results[(v, s)] = run_row(
+                        f"{v}-s{s}", [*common, f"model.name={v}", f"train.seed={s}", *cut], catalog, work
                     )
         if "ablation" in a.sections:
             lines = [
@@ -385,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         if "main" in a.sections:
             probe = linear_probe(catalog, work, a.size)
             scr = (
-                scratch(
+                run_row(
                     f"scratch-{best_variant}",
                     [
                         f"model.name={best_variant}",
@@ -424,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
                 "|---|---|---|---|---|---|",
             ]
             for size in (a.low_size, a.size):
-                r = fine_tune(
+                r = run_row(
                     f"{best_variant}-{size}px",
                     [f"data.image_size={size}", f"train.epochs={epochs}", f"model.name={best_variant}"],
                     catalog,
@@ -444,13 +432,13 @@ def main(argv: list[str] | None = None) -> None:
         if "robustness" in a.sections:
             small = derived_catalog(catalog, work, "small")
             degraded = derived_catalog(catalog, work, "degraded")
-            plain = fine_tune(
+            plain = run_row(
                 f"{best_variant}-s{a.seeds[0]}",
                 [*common, f"model.name={best_variant}", f"train.seed={a.seeds[0]}"],
                 catalog,
                 work,
             )
-            deg = fine_tune(f"{best_variant}-degraded", [*common, f"model.name={best_variant}"], degraded, work)
+            deg = run_row(f"{best_variant}-degraded", [*common, f"model.name={best_variant}"], degraded, work)
             ck_plain = work / f"{best_variant}-s{a.seeds[0]}" / "best.ckpt"
             ck_deg = work / f"{best_variant}-degraded" / "best.ckpt"
             rows = [

@@ -76,8 +76,14 @@ class LetterboxResize:
         return torch.from_numpy(letterbox_array(img, self.size, self.pad_value))
 
 
-def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """``uint8`` or [0, 1] float ``(B, 3, H, W)`` -> normalised float."""
+def normalize(images: Tensor, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> Tensor:
+    """``uint8`` or [0, 1] float ``(B, 3, H, W)`` -> normalised float.
+
+    ``None`` (a config whose normalisation is left to the weights and not resolved, see ``Config.resolved``)
+    means the ImageNet statistics.
+    """
+    mean = IMAGENET_MEAN if mean is None else mean
+    std = IMAGENET_STD if std is None else std
     x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
@@ -197,6 +203,5 @@ def prepare_batch(
     x = images.float().div_(255.0)
     if augment is not None:
         x = augment(x)
-    # an unresolved config (mean/std left to the weights, Config.resolved() not called) means ImageNet statistics
-    x = normalize(x, cfg.mean or IMAGENET_MEAN, cfg.std or IMAGENET_STD)
+    x = normalize(x, cfg.mean, cfg.std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
