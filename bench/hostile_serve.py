@@ -367,6 +367,10 @@ def main(argv: list[str] | None = None) -> None:
         "(`--max-request-pixels 640000000 --max-queue-wait-ms 600000`).\n\n"
         "| server | phase | answers | p50 (ms) | p99 (ms) | shed | RSS before | RSS peak | seconds | note |\n"
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|\n" + "\n".join(rows) + "\n\n"
+        "The queue bound is on the wait for the model (the queue wait below); the latency a client sees on "
+        "top of it is HTTP handling and decoding on CPU shared with the client and with other work, which is "
+        'why accepted requests take longer than the bound here. "No answer" counts requests the client got no '
+        "response to (a kept-alive connection closed by the server as it was reused). "
         f"With default limits the server started at {start_rss / MB:.0f} MiB, peaked at {peak / MB:.0f} MiB "
         f"and was at {end_rss / MB:.0f} MiB 5 s after the last phase. From its `/metrics`: {wait_n:.0f} images "
         f"queued for the model, mean queue wait {1000 * wait_s / max(wait_n, 1):.0f} ms, 99% of them at most "

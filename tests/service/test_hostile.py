@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import platform
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from tests.service.conftest import (
     wait_ready,
 )
 from vestis.service import ServiceConfig, create_app
+from vestis.service.budget import trim_heap
 
 
 def _serve(app: Any, body: Callable[[httpx.AsyncClient], Awaitable[Any]]) -> Any:
@@ -260,3 +262,21 @@ def test_a_client_leaving_during_its_body_is_counted_not_a_traceback(predictor, 
     assert samples[("vestis_client_disconnects_total", ())] == 2
     post = (("method", "POST"), ("route", "/v1/attributes"))
     assert samples[("vestis_http_requests_total", (*post, ("status", "499")))] == 2
+
+
+def test_the_freed_heap_is_handed_back_once_nothing_is_in_flight(predictor, monkeypatch):
+    trims: list[float] = []
+    monkeypatch.setattr(service_app, "trim_heap", lambda: trims.append(time.monotonic()) or True)
+    monkeypatch.setattr(service_app, "_TRIM_EVERY_S", 60.0)
+    with TestClient(create_app(predictor, ServiceConfig(max_wait_ms=1))) as c:
+        wait_ready(c)
+        for _ in range(3):  # back to back: one trim, then none within the next minute
+            assert c.post("/v1/attributes", json={"images": [b64(image_bytes((9, 9, 9)))]}).status_code == 200
+        assert len(trims) == 1
+        c.app.state.service.last_trim -= 61.0  # as if a minute had passed
+        assert c.post("/v1/attributes", json={"images": [b64(image_bytes((9, 9, 9)))]}).status_code == 200
+        assert len(trims) == 2
+
+
+def test_trim_heap_runs_where_glibc_is():
+    assert trim_heap() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
