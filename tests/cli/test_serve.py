@@ -63,10 +63,10 @@ def test_out_of_range_options_are_usage_errors(tmp_path, captured, option):
 def test_the_hostile_load_limits_reach_the_app(tmp_path, captured):
     ckpt = make_checkpoint(tmp_path / "m.ckpt")
     args = ["serve", str(ckpt), "--max-request-pixels", "5000", "--decode-budget-mb", "2", "--max-queue-wait-ms", "300"]
-    res = CliRunner().invoke(vestis.cli.app, [*args, "--device", "cpu"])
+    res = CliRunner().invoke(vestis.cli.app, [*args, "--max-json-depth", "5", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     service = captured["app"].state.service
     assert service.limits.max_request_pixels == 5000 and service.budget.capacity == 2 * 2**20
-    assert service.wait_s == 0.3
+    assert service.wait_s == 0.3 and service.limits.max_json_depth == 5
     res = CliRunner().invoke(vestis.cli.app, ["serve", str(ckpt), "--max-queue-wait-ms", "0"])
     assert res.exit_code == 2

@@ -42,6 +42,9 @@ def serve_cmd(
     decode_budget_mb: Annotated[
         float, typer.Option("--decode-budget-mb", min=1, help="Decoded image memory of all requests at once, MiB.")
     ] = _D.decode_budget_mb,
+    max_json_depth: Annotated[
+        int, typer.Option("--max-json-depth", min=2, help="Deepest nesting of a JSON body, checked before parsing.")
+    ] = _D.max_json_depth,
     max_queue_wait_ms: Annotated[
         float, typer.Option("--max-queue-wait-ms", min=1, help="Answer 503 + Retry-After if the wait would be longer.")
     ] = _D.max_queue_wait_ms,
@@ -62,7 +65,7 @@ def serve_cmd(
     config = ServiceConfig(
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
         max_images=max_images, max_request_pixels=max_request_pixels, decode_budget_mb=decode_budget_mb,
-        max_queue_wait_ms=max_queue_wait_ms,
+        max_json_depth=max_json_depth, max_queue_wait_ms=max_queue_wait_ms,
     )  # fmt: skip
     predictor = Predictor.from_path(model, device=device, trust_checkpoint=trust_checkpoint)
     app = create_app(predictor, config)
