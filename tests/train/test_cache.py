@@ -191,13 +191,17 @@ def _tail(cfg) -> list[str]:
 
 
 def test_cache_needs_a_frozen_trunk(catalog, tmp_path):
+    lines: list[str] = []
     with pytest.raises(VestisError, match="cache_features: nothing is frozen for the whole run"):
-        train(_cfg("train.cache_features=true"), catalog, tmp_path / "a", check_images=False, **QUIET)
+        train(_cfg("train.cache_features=true"), catalog, tmp_path / "a", progress=False, log=lines.append)
+    assert not lines  # refused from the config, before reading the catalog
     with pytest.raises(VestisError, match="nothing is frozen"):  # unfrozen before the run ends
         train(
             _cfg("train.cache_features=true", "train.freeze_backbone_epochs=1", "train.epochs=2"),
             catalog,
-            tmp_path / "b",
-            check_images=False,
+            tmp_path,
             **QUIET,
         )
+    # more trainable blocks than the backbone has: only the model knows
+    with pytest.raises(VestisError, match="nothing is frozen"):
+        train(_cfg("train.cache_features=true", "train.trainable_blocks=99"), catalog, tmp_path / "c", **QUIET)

@@ -38,7 +38,7 @@ from vestis.data.transforms import prepare_batch
 from vestis.errors import VestisError
 from vestis.inference.batch import probabilities
 from vestis.models.backbones.base import Backbone
-from vestis.train.finetune import trained_from_block
+from vestis.train.finetune import NOTHING_FROZEN, trained_from_block
 
 __all__ = ["CACHE_DTYPE", "CachedTail", "FeatureCache", "build_cache", "cache_cut", "predict_cache", "random_hflip"]
 
@@ -57,10 +57,7 @@ def cache_cut(model: nn.Module, cfg: TrainConfig) -> int:
         return 0
     cut = trained_from_block(model, cfg)
     if cut == 0:
-        raise VestisError(
-            "train.cache_features: nothing is frozen for the whole run; set train.trainable_blocks to the number "
-            "of backbone blocks to train (0: none) or train.freeze_backbone_epochs >= train.epochs"
-        )
+        raise VestisError(NOTHING_FROZEN)
     return cut
 
 

@@ -61,6 +61,14 @@ def check_finetune_config(cfg: TrainConfig) -> None:
         )
     if not cfg.backbone_lr_mult >= 0:
         raise VestisError(f"train.backbone_lr_mult: expected a multiplier >= 0, got {cfg.backbone_lr_mult}")
+    if cfg.cache_features and cfg.trainable_blocks < 0 and cfg.freeze_backbone_epochs < cfg.epochs:
+        raise VestisError(NOTHING_FROZEN)  # known from the config alone: say so before reading any image
+
+
+NOTHING_FROZEN = (
+    "train.cache_features: nothing is frozen for the whole run; set train.trainable_blocks to the number "
+    "of backbone blocks to train (0: none) or train.freeze_backbone_epochs >= train.epochs"
+)
 
 
 def frozen_blocks(blocks: list[BackboneBlock], cfg: TrainConfig, epoch: int) -> int:
