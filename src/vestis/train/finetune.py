@@ -126,8 +126,9 @@ def apply_freeze(model: nn.Module, cfg: TrainConfig, epoch: int) -> FreezeState:
     """Freeze / unfreeze the backbone blocks for ``epoch`` (0-based); call after ``model.train()``.
 
     A frozen block's parameters get ``requires_grad=False`` and its modules go to eval mode (BatchNorm uses
-    and keeps its running statistics, dropout is off). With ``freeze_bn`` every backbone BatchNorm is also
-    frozen so, inside trainable blocks too. Everything outside the backbone (neck, attention, heads) trains.
+    and keeps its running statistics, dropout is off). With ``freeze_bn`` every backbone BatchNorm is held
+    that way too, inside trainable blocks as well. Everything outside the backbone (neck, attention, heads)
+    trains.
 
     Args:
         model: the (unwrapped) model; one without a :class:`Backbone` ``backbone`` is left as it is.
