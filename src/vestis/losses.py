@@ -2,8 +2,8 @@
 
 Single-label attributes use softmax cross-entropy, multi-label ones per-value sigmoid BCE (with
 ``output="paper"`` every attribute is a sigmoid classifier: single-label targets become one-hot BCE
-targets). A row whose mask is 0 (missing label, or an attribute that does not apply to its category) contributes nothing;
-each attribute's loss is the mean over its labelled rows in the batch, times its task weight.
+targets). A row whose mask is 0 (missing label, or an attribute that does not apply to its category)
+contributes nothing; each attribute's loss is the mean over its labelled rows in the batch, times its task weight.
 The training loop sums the dict and logs each entry; it knows nothing of attributes.
 """
 

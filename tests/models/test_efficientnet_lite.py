@@ -137,7 +137,7 @@ def test_lukemelas_file_with_a_missing_block_is_refused(tmp_path: Path) -> None:
 
 # --- named sources ------------------------------------------------------------------------------------------
 def test_named_source_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    with pytest.raises(VestisError, match="no 'imagenet' weights for backbone 'resnet50'.*efficientnet_lite0"):
+    with pytest.raises(VestisError, match=r"no 'imagenet' weights for backbone 'resnet50'.*efficientnet_lite0"):
         source_for("resnet50", "imagenet")
     assert source_for("resnet50", str(tmp_path / "w.pth")) is None
     with pytest.raises(VestisError, match="weights file not found"):
@@ -185,10 +185,10 @@ def _photos(root: Path, per_class: int) -> list[tuple[Path, str]]:
     out = []
     with open(root / "styles.csv", encoding="utf-8", newline="") as f:
         for row in csv.reader(f):
-            if len(row) > 4 and row[4] in _IMAGENET and f"{row[0]}.jpg" in have:
-                if taken.get(row[4], 0) < per_class:
-                    taken[row[4]] = taken.get(row[4], 0) + 1
-                    out.append((root / "images" / f"{row[0]}.jpg", row[4]))
+            wanted = len(row) > 4 and row[4] in _IMAGENET and f"{row[0]}.jpg" in have
+            if wanted and taken.get(row[4], 0) < per_class:
+                taken[row[4]] = taken.get(row[4], 0) + 1
+                out.append((root / "images" / f"{row[0]}.jpg", row[4]))
     return out
 
 

@@ -77,7 +77,7 @@ def lite_stages(width: float, depth: float) -> tuple[LiteStage, ...]:
     out = []
     for i, s in enumerate(_B0):
         fixed = i in (0, len(_B0) - 1)
-        repeats = s.repeats if fixed else int(math.ceil(depth * s.repeats))
+        repeats = s.repeats if fixed else math.ceil(depth * s.repeats)
         out.append(LiteStage(repeats, s.kernel, s.stride, s.expand, make_divisible(s.channels * width, 8)))
     return tuple(out)
 
