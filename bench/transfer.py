@@ -58,6 +58,15 @@ from vestis.train.checkpoint import load
 from vestis.train.loop import train
 
 VARIANTS = ("baseline", "a1", "a2", "a3", "a4")
+# every row trains the same blocks above the same cut (after Lite0's stage5): a multi-scale variant its last block
+# (stage6); baseline also keeps the 1x1 `top`, one block more
+CUT_BLOCKS = 1
+
+
+def variant_overrides(variant: str) -> list[str]:
+    return [f"model.name={variant}", f"train.trainable_blocks={CUT_BLOCKS + (variant == 'baseline')}"]
+
+
 SECTIONS = ("main", "ablation", "resolution", "robustness")
 EPOCHS = {"fashion-product": 5, "clothing-attributes": 10}
 
@@ -183,11 +192,11 @@ def run_row(label: str, overrides: list[str], catalog: Path, work: Path, *, cach
     """
     run = work / label
     done = run / "result.json"
-    if done.is_file() and json.loads(done.read_text())["overrides"] == overrides:
+    cfg = load_config("default", [*overrides, *([f"train.cache_dir={work / 'cache'}"] if cached else [])])
+    if done.is_file() and _same_config(run / "best.ckpt", cfg):
         return json.loads(done.read_text())
     if run.exists():
         shutil.rmtree(run)
-    cfg = load_config("default", [*overrides, *([f"train.cache_dir={work / 'cache'}"] if cached else [])])
     t0 = time.perf_counter()
     res = train(
         cfg, catalog, run, check_images=False, progress=False, log=lambda s: print(f"[{label}] {s}", flush=True)
@@ -211,6 +220,18 @@ def run_row(label: str, overrides: list[str], catalog: Path, work: Path, *, cach
     return out
 
 
+def _same_config(ckpt: Path, cfg: Any) -> bool:
+    """Whether the run in ``ckpt`` was trained with ``cfg`` (where the trunk cache is kept aside)."""
+    from vestis.train.checkpoint import load_checkpoint
+
+    if not ckpt.is_file():
+        return False
+    old, new = load_checkpoint(ckpt)["config"], json.loads(json.dumps(cfg.to_dict()))
+    for c in (old, new):
+        c["train"].pop("cache_dir", None)
+    return old == new
+
+
 def linear_probe(catalog: Path, work: Path, size: int) -> dict[str, Any]:
     """Frozen ImageNet Lite0 -> pooled ``top`` (1280) -> logistic regression per attribute."""
     from sklearn.linear_model import LogisticRegression
@@ -221,8 +242,7 @@ def linear_probe(catalog: Path, work: Path, size: int) -> dict[str, Any]:
     if done.is_file() and json.loads(done.read_text()).get("size") == size:
         return json.loads(done.read_text())
     # the fine-tune's cut: the probe's pooled features come from the same cached maps
-    blocks = load_config("default").train.trainable_blocks + 1  # baseline keeps `top`: the fine-tune's cut
-    cfg = load_config("default", [f"data.image_size={size}", "model.name=baseline", f"train.trainable_blocks={blocks}"])
+    cfg = load_config("default", [f"data.image_size={size}", *variant_overrides("baseline")])  # the fine-tune's cut
     m, taxonomy = load_catalog(catalog)
     parts = split_manifest(
         m, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed
@@ -326,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Dataset `{name}` (../shared/data), `vestis import`"
             f"{' (values under 20 examples folded into other)' if name == 'fashion-product' else ''}, group-aware "
             f"80/10/10 split, {n_test} test photos no run saw. Fine-tunes: `default` preset (EfficientNet-Lite0, "
-            f"ImageNet weights, last {default.train.trainable_blocks} blocks + fusion + branches trained on the cached "
+            "ImageNet weights, Lite0's stage6 (and `top` for baseline) + fusion + branches trained on the cached "
             f"trunk), {a.size} px, {epochs} epochs. Cells: accuracy / weighted F1 / macro-F1 / micro-F1@0.3 "
             "(single-label), – / – / macro-F1 / micro-F1@0.3 (multi-label).\n\n"
         )
@@ -337,10 +357,8 @@ def main(argv: list[str] | None = None) -> None:
             variants = variants if "ablation" in a.sections else [best_variant]
             for v in variants:
                 for s in a.seeds:
-                    # the same cut for every variant (after Lite0's stage5): baseline keeps `top`, one block more
-                    cut = [f"train.trainable_blocks={default.train.trainable_blocks + 1}"] if v == "baseline" else []
                     results[(v, s)] = run_row(
-                        f"{v}-s{s}", [*common, f"model.name={v}", f"train.seed={s}", *cut], catalog, work
+                        f"{v}-s{s}", [*common, *variant_overrides(v), f"train.seed={s}"], catalog, work
                     )
         if "ablation" in a.sections:
             lines = [
@@ -425,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
             for size in (a.low_size, a.size):
                 # the full-size row is the main fine-tune itself (same overrides, same result)
                 label = f"{best_variant}-s{a.seeds[0]}" if size == a.size else f"{best_variant}-{size}px"
-                over = [f"data.image_size={size}", f"train.epochs={epochs}", f"model.name={best_variant}"]
+                over = [f"data.image_size={size}", f"train.epochs={epochs}", *variant_overrides(best_variant)]
                 r = run_row(label, [*over, f"train.seed={a.seeds[0]}"] if size == a.size else over, catalog, work)
                 s = r["test"]["summary"]
                 ckpt = work / label / "best.ckpt"
@@ -442,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
             small = derived_catalog(catalog, work, "small")
             plain = run_row(
                 f"{best_variant}-s{a.seeds[0]}",
-                [*common, f"model.name={best_variant}", f"train.seed={a.seeds[0]}"],
+                [*common, *variant_overrides(best_variant), f"train.seed={a.seeds[0]}"],
                 catalog,
                 work,
             )
@@ -453,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
             ]
             if not a.no_degraded:
                 degraded = derived_catalog(catalog, work, "degraded")
-                deg = run_row(f"{best_variant}-degraded", [*common, f"model.name={best_variant}"], degraded, work)
+                deg = run_row(f"{best_variant}-degraded", [*common, *variant_overrides(best_variant)], degraded, work)
                 ck_deg = work / f"{best_variant}-degraded" / "best.ckpt"
                 rows += [
                     ("+ degraded copies, test as shot", deg["test"]),
