@@ -226,7 +226,8 @@ def _same_config(ckpt: Path, cfg: Any) -> bool:
 
     if not ckpt.is_file():
         return False
-    old, new = load_checkpoint(ckpt)["config"], json.loads(json.dumps(cfg.to_dict()))
+    # through JSON: the checkpoint keeps tuples, the config may hold lists
+    old, new = (json.loads(json.dumps(c)) for c in (load_checkpoint(ckpt)["config"], cfg.to_dict()))
     for c in (old, new):
         c["train"].pop("cache_dir", None)
     return old == new
