@@ -230,6 +230,11 @@ def _same_config(ckpt: Path, cfg: Any) -> bool:
     old, new = (json.loads(json.dumps(c)) for c in (load_checkpoint(ckpt)["config"], cfg.to_dict()))
     for c in (old, new):
         c["train"].pop("cache_dir", None)
+        if c["train"].get("early_stop_metric") is None:  # a classifier's own metric
+            c["train"]["early_stop_metric"] = "mean_micro_f1"
+    for section, values in new.items():  # settings added since the run was trained hold their defaults
+        for k, v in values.items():
+            old.setdefault(section, {}).setdefault(k, v)
     return old == new
 
 

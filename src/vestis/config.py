@@ -94,6 +94,18 @@ class ModelConfig:
     # kind: softmax for single-label attributes, sigmoid for multi-label ones; paper: every attribute is a multi-label
     # (sigmoid + binary cross-entropy) classifier, as the multi-scale paper models them (§4.1.5)
     output: str = "kind"
+    # Embedding models (csn, csn_fixed, triplet, datrnet; see vestis.models.embedding).
+    # CSN: width of the global embedding f(x) (multi-column paper: 64); DAtRNet: width of each attribute's embedding
+    # (DAtRNet paper: 128)
+    embedding_dim: int = 64
+    # CSN recognition head on f(x): multi (one softmax column per attribute, the paper's), single (one softmax over
+    # every value of every attribute, its comparison), none (retrieval only)
+    columns: str = "multi"
+    # DAtRNet's ASE trunk (backbone datrnet_ase): how many ASE modules, and which attention masks each applies
+    # (the paper's ablation: 1 module; (), (channel,), (height, width), (height,), (width,))
+    ase_modules: int = 3
+    ase_axes: tuple[str, ...] = ("channel", "height", "width")
+    embedding_hidden: int = 256  # DAtRNet: the Dense(256) between pooling and each 128-d attribute embedding
 
 
 @dataclass
@@ -115,7 +127,8 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True
     threshold: float = 0.3  # decision threshold for micro-F1 (paper default)
-    early_stop_metric: str = "mean_micro_f1"
+    # None: the model's own (classifiers: mean_micro_f1; embedding models: triplet_accuracy)
+    early_stop_metric: str | None = None
     early_stop_mode: str = "max"
     patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
     label_smoothing: float = 0.0
@@ -141,6 +154,17 @@ class TrainConfig:
     # a folder keeping that cache between runs (fingerprinted by trunk weights, cut, preprocessing and images):
     # a second seed or another head on the same frozen trunk skips the trunk pass; None keeps it in memory only
     cache_dir: str | None = None
+    # Embedding models: triplet loss with online batch-hard mining (DAtRNet) over P values x K images batches,
+    # and the multi-column paper's joint loss  alpha * recognition + beta * (triplet + l1 |f(x)| + l2 |masks|_1).
+    triplet_margin: float = 0.3  # h
+    embed_reg: float = 5e-3  # lambda1, on the L2 norm of f(x)
+    mask_reg: float = 5e-4  # lambda2, on the L1 norm of the masks
+    recognition_weight: float = 0.3  # alpha
+    retrieval_weight: float = 0.7  # beta
+    pk_values: int = 8  # P: values of the batch's attribute per batch
+    pk_images: int = 4  # K: images per value
+    # DAtRNet's option: a positive must also share this attribute's value with its anchor (e.g. articleType)
+    same_category: str | None = None
 
 
 @dataclass

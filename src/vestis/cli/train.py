@@ -58,5 +58,5 @@ def train_cmd(
         progress=main_process, log=say, trust_checkpoint=trust_checkpoint,
     )  # fmt: skip
     if result.best.exists():
-        say(f"best: {result.best} ({cfg.train.early_stop_metric} = {result.best_metric})")
+        say(f"best: {result.best} ({result.metric} = {result.best_metric})")
     say(f"last: {result.last}")

@@ -69,6 +69,7 @@ class TrainResult:
     last: Path
     best: Path
     best_metric: float | None
+    metric: str
     epochs_run: int
     steps: int
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -332,6 +333,7 @@ def _train(
                 core, val_loader, val_ds.encoded, cut, dc, dev, name="val", autocast=amp_ctx, log=say, store=store
             )
 
+    metric_name = tc.early_stop_metric or "mean_micro_f1"
     sign = 1.0 if tc.early_stop_mode == "max" else -1.0
     stop = step >= tc.max_steps > 0 or start_epoch >= tc.epochs
     epoch = start_epoch - 1
@@ -412,10 +414,10 @@ def _train(
                     probs = predict_cache(net, val_cache, taxonomy, tc.batch_size, dev)
                 enc = val_ds.encoded
                 metrics = evaluate_predictions(taxonomy, probs, enc.targets, enc.masks, threshold=tc.threshold)
-                if tc.early_stop_metric not in metrics["summary"]:
+                if metric_name not in metrics["summary"]:
                     known = sorted(metrics["summary"])
-                    raise VestisError(f"train.early_stop_metric: {tc.early_stop_metric!r} is not one of {known}")
-                value = metrics["summary"][tc.early_stop_metric]  # None when no validation row is labelled
+                    raise VestisError(f"train.early_stop_metric: {metric_name!r} is not one of {known}")
+                value = metrics["summary"][metric_name]  # None when no validation row is labelled
                 record["val"] = metrics["summary"]
                 if value is not None and (best is None or sign * value > sign * best):
                     best, bad_epochs, improved = float(value), 0, True
@@ -432,7 +434,7 @@ def _train(
                     bad_epochs += 1
                 say(
                     f"epoch {epoch + 1}: loss {record['train']['loss']:.4f}, "
-                    f"val {tc.early_stop_metric} {value if value is None else round(value, 4)}"
+                    f"val {metric_name} {value if value is None else round(value, 4)}"
                     f"{' (best)' if improved else ''}, "
                     f"{record['images_per_s']:.0f} img/s"
                 )
@@ -442,7 +444,7 @@ def _train(
             history.append(record)
             if tc.patience and bad_epochs >= tc.patience:
                 stop = True
-                say(f"early stopping: {tc.early_stop_metric} did not improve for {tc.patience} epochs")
+                say(f"early stopping: {metric_name} did not improve for {tc.patience} epochs")
             if info.enabled:
                 flag = [stop]
                 dist.broadcast_object_list(flag, src=0)
@@ -486,6 +488,7 @@ def _train(
         last=last_path,
         best=best_path,
         best_metric=best,
+        metric=metric_name,
         epochs_run=epoch + 1 - start_epoch if epoch >= start_epoch else 0,
         steps=step,
         history=history,
