@@ -96,12 +96,20 @@ class AttributeModel(nn.Module):
         Returns:
             Features (B, feature_dim).
         """
-        pooled = [att(x).mean((2, 3)) for att, x in zip(self.attention, self._levels(images), strict=True)]
+        return self._fuse(self.backbone(images))
+
+    def _fuse(self, feats: dict[str, Tensor]) -> Tensor:
+        levels = self.neck(feats).values()
+        pooled = [att(x).mean((2, 3)) for att, x in zip(self.attention, levels, strict=True)]
         return torch.cat(pooled, dim=1)  # (B, sum of level widths)
+
+    def forward_head(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Everything after the backbone: its output maps (``self.backbone(images)``) -> logits per attribute."""
+        return self.heads(self._fuse(feats))
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Attribute name -> logits (B, num_values); no softmax or sigmoid is applied."""
-        return self.heads(self.forward_features(images))
+        return self.forward_head(self.backbone(images))
 
     def attention_maps(self, images: Tensor) -> dict[str, Tensor]:
         """The spatial attention map of every level whose attention module has one (CBAM does).

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ class CachedTail(nn.Module):
     output equals ``model(images)`` when given the cached maps of those images.
 
     Args:
-        model: an :class:`~vestis.models.attribute_model.AttributeModel`.
+        model: a vestis model: a ``backbone`` and ``forward_head`` (an attribute or an embedding model).
         start: the first backbone block that is not cached.
     """
 
@@ -85,13 +86,9 @@ class CachedTail(nn.Module):
         self.start = start
         self.train(model.training)
 
-    def forward(self, cut: Tensor, taps: dict[str, Tensor]) -> dict[str, Tensor]:
-        m = self.model
-        feats = _backbone(m).forward_from(cut, self.start, taps)
-        # the same fusion as AttributeModel.forward_features, from the backbone maps on
-        levels = m.neck(feats).values()
-        pooled = [att(x).mean((2, 3)) for att, x in zip(m.attention, levels, strict=True)]
-        return m.heads(torch.cat(pooled, dim=1))  # heads on (B, feature_dim)
+    def forward(self, cut: Tensor, taps: dict[str, Tensor]) -> dict[str, Any]:
+        # every vestis model is forward_head(backbone(images)): here the backbone resumes from the cached maps
+        return self.model.forward_head(_backbone(self.model).forward_from(cut, self.start, taps))
 
 
 @dataclass
