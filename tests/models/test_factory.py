@@ -13,7 +13,7 @@ from vestis.registry import BACKBONES
 
 
 def test_list_models_and_backbones() -> None:
-    assert list_models() == ["a1", "a1_noatt", "a2", "a3", "a4", "baseline"]
+    assert list_models() == ["a1", "a1_noatt", "a2", "a3", "a4", "baseline", "csn", "csn_fixed", "triplet"]
     assert list_backbones(tiny=True) == [
         "efficientnet_lite_tiny",
         "efficientnetv2_tiny",

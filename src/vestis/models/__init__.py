@@ -7,6 +7,8 @@ Importing this package registers every part (``BACKBONES``, ``NECKS``, ``ATTENTI
     model = create_model(cfg.model, taxonomy)
     logits = model(images)            # {attribute: (B, num_values)}
     maps = model.attention_maps(images)  # {level: (B, h, w)}
+
+Embedding models (``vestis.models.embedding``) return ``{"embeddings": {attribute: (B, d)}, ...}`` instead.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from vestis.models import layers
 from vestis.models.attribute_model import VARIANTS, AttributeModel, Variant, build_attribute_model
 from vestis.models.backbones import Backbone, FeatureInfo
+from vestis.models.embedding import AttributeEmbedder, ConditionalSimilarityNetwork, EmbeddingModel, as_embedder
 from vestis.models.factory import BackboneSummary, create_model, describe_backbone, list_backbones, list_models
 from vestis.models.heads import AttributeBranch, AttributeHeads
 from vestis.models.necks import FPN, IdentityNeck, RetinaNetFPN
@@ -23,15 +26,19 @@ __all__ = [
     "FPN",
     "VARIANTS",
     "AttributeBranch",
+    "AttributeEmbedder",
     "AttributeHeads",
     "AttributeModel",
     "Backbone",
     "BackboneSummary",
+    "ConditionalSimilarityNetwork",
+    "EmbeddingModel",
     "FeatureInfo",
     "IdentityNeck",
     "LoadReport",
     "RetinaNetFPN",
     "Variant",
+    "as_embedder",
     "build_attribute_model",
     "create_model",
     "describe_backbone",

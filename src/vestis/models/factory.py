@@ -2,6 +2,9 @@
 
 model = create_model(cfg.model, taxonomy)   # e.g. name=a3, backbone=efficientnetv2_m
 logits = model(images)                      # {attribute: (B, num_values)}
+
+model = create_model(cfg.model, taxonomy, image_size=cfg.data.image_size)   # name=datrnet, backbone=datrnet_ase
+out = model(images)                         # {"embeddings": {attribute: (B, d)}, "logits": ..., "penalties": ...}
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
 from vestis.models.attribute_model import AttributeModel
 from vestis.models.backbones.base import Backbone, FeatureInfo
+from vestis.models.embedding import EmbeddingModel
 from vestis.models.heads import OUTPUTS
 from vestis.models.weights import load_backbone_weights
 from vestis.pretrained import resolve_weights
@@ -23,8 +27,15 @@ from vestis.registry import ATTENTION, BACKBONES, MODELS
 __all__ = ["BackboneSummary", "create_model", "describe_backbone", "list_backbones", "list_models"]
 
 
-def create_model(model_cfg: ModelConfig, taxonomy: Taxonomy) -> AttributeModel:
+def create_model(
+    model_cfg: ModelConfig, taxonomy: Taxonomy, *, image_size: int | None = None
+) -> AttributeModel | EmbeddingModel:
     """Build the registered model ``model_cfg.name`` on the backbone ``model_cfg.backbone``.
+
+    A model registered with meta ``task="embedding"`` (``csn``, ``csn_fixed``, ``triplet``, ``datrnet``) gets the
+    embedding settings (``embedding_dim``, ``columns``, ``embedding_hidden``, ``dropout``), any other the classifier
+    ones. A backbone of family ``ase`` (``datrnet_ase``) is built with ``model_cfg.ase_modules`` / ``ase_axes`` and,
+    when given, ``image_size``: its attention layers are sized for the feature maps of that input.
 
     When ``model_cfg.pretrained`` names a source (``imagenet``, see :mod:`vestis.pretrained`) or is a path, the
     backbone weights are loaded from it (strictly; see :func:`~vestis.models.weights.load_backbone_weights`) before
@@ -33,7 +44,9 @@ def create_model(model_cfg: ModelConfig, taxonomy: Taxonomy) -> AttributeModel:
 
     Args:
         model_cfg: the model section of the configuration.
-        taxonomy: the attributes to predict, one branch each.
+        taxonomy: the attributes to predict, one branch (or sub-embedding) each.
+        image_size: the side of the training images (``data.image_size``); only backbones that size layers by
+            it (family ``ase``) use it, the others accept any input size.
 
     Returns:
         The model, in training mode.
@@ -44,25 +57,47 @@ def create_model(model_cfg: ModelConfig, taxonomy: Taxonomy) -> AttributeModel:
         raise VestisError(f"model.fpn_channels: expected a positive width, got {model_cfg.fpn_channels}")
     if model_cfg.output not in OUTPUTS:
         raise VestisError(f"model.output: expected one of {list(OUTPUTS)}, got {model_cfg.output!r}")
-    backbone: Backbone = BACKBONES.build(model_cfg.backbone)
+    backbone: Backbone = BACKBONES.build(model_cfg.backbone, **_backbone_kwargs(model_cfg, image_size))
     if model_cfg.pretrained:
         load_backbone_weights(backbone, resolve_weights(model_cfg.backbone, model_cfg.pretrained))
-    model = MODELS.build(
-        model_cfg.name,
-        backbone=backbone,
-        taxonomy=taxonomy,
-        attention=model_cfg.attention,
-        fpn_channels=model_cfg.fpn_channels,
-        branch_hidden=model_cfg.branch_hidden,
-        branch_hidden_overrides=dict(model_cfg.branch_hidden_overrides),
-        dropout=model_cfg.dropout,
-    )
+    model: AttributeModel | EmbeddingModel
+    if MODELS.meta(model_cfg.name).get("task") == "embedding":
+        model = MODELS.build(
+            model_cfg.name,
+            backbone=backbone,
+            taxonomy=taxonomy,
+            embedding_dim=model_cfg.embedding_dim,
+            columns=model_cfg.columns,
+            embedding_hidden=model_cfg.embedding_hidden,
+            dropout=model_cfg.dropout,
+        )
+    else:
+        model = MODELS.build(
+            model_cfg.name,
+            backbone=backbone,
+            taxonomy=taxonomy,
+            attention=model_cfg.attention,
+            fpn_channels=model_cfg.fpn_channels,
+            branch_hidden=model_cfg.branch_hidden,
+            branch_hidden_overrides=dict(model_cfg.branch_hidden_overrides),
+            dropout=model_cfg.dropout,
+        )
     model.output = model_cfg.output
     return model
 
 
+def _backbone_kwargs(model_cfg: ModelConfig, image_size: int | None) -> dict[str, object]:
+    """The builder arguments a backbone family takes from the model config (none for most)."""
+    if BACKBONES.meta(model_cfg.backbone).get("family") != "ase":
+        return {}
+    kwargs: dict[str, object] = {"modules": model_cfg.ase_modules, "axes": tuple(model_cfg.ase_axes)}
+    if image_size is not None:
+        kwargs["image_size"] = image_size
+    return kwargs
+
+
 def list_models() -> list[str]:
-    """Registered model names (``a1`` ... ``a4``, ``baseline`` and any added later), sorted."""
+    """Registered model names (classifiers ``a1`` ... ``a4``, ``baseline``; embedding models ``csn`` ...), sorted."""
     return MODELS.names()
 
 
