@@ -174,11 +174,11 @@ def test_recall_at_k_separate_gallery_matches_naive_loop():
 
 
 def test_recall_at_k_chunked_equals_one_block(monkeypatch):
-    import vestis.eval.retrieval as mod
+    import vestis.eval._retrieval_core as mod
 
     emb, codes = _random_set(5, n=60)
     whole = recall_at_k(emb, codes)
-    monkeypatch.setattr(mod, "_CHUNK_ELEMENTS", 7)  # one query row per block
+    monkeypatch.setattr(mod, "CHUNK_ELEMENTS", 7)  # one query row per block
     assert recall_at_k(emb, codes) == whole
 
 
@@ -301,11 +301,11 @@ def test_topk_ties_count_wrong():
 
 
 def test_topk_chunked_equals_one_block(monkeypatch):
-    import vestis.eval.retrieval as mod
+    import vestis.eval._retrieval_core as mod
 
     qv, gv, targets, labels = _vector_case(4, q=20)
     whole = (topk_hits(qv, gv, targets, labels, 5), ndcg_scores(qv, gv, targets, labels, 5))
-    monkeypatch.setattr(mod, "_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(mod, "CHUNK_ELEMENTS", 1)
     np.testing.assert_array_equal(topk_hits(qv, gv, targets, labels, 5), whole[0])
     np.testing.assert_allclose(ndcg_scores(qv, gv, targets, labels, 5), whole[1])
 

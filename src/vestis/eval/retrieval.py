@@ -26,6 +26,17 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from vestis.errors import VestisError
+from vestis.eval._retrieval_core import (
+    check_codes,
+    check_embeddings,
+    check_matrix,
+    chunk_rows,
+    condition_blocks,
+    condition_sets,
+    first_match_rank,
+    vector_blocks,
+    vector_sets,
+)
 
 __all__ = [
     "RECALL_KS",
@@ -44,66 +55,6 @@ __all__ = [
 
 RECALL_KS = (5, 10, 20)  # the multi-column paper's R@K (002, "Evaluation Protocols")
 TOP_K = 30  # DAtRNet's and ADDE's top-30 protocol
-_RESERVED = ("overall",)
-_CHUNK_ELEMENTS = 1 << 22  # (queries x gallery) scores held at once: bounds memory for large galleries
-
-
-# --- input checks ---------------------------------------------------------------------------------------------
-
-
-def _embeddings(emb: Mapping[str, ArrayLike], what: str) -> dict[str, np.ndarray]:
-    if not isinstance(emb, Mapping) or not emb:
-        raise VestisError(f"{what}: expected a non-empty mapping attribute -> (N, d) array")
-    out: dict[str, np.ndarray] = {}
-    n = None
-    for attr, value in emb.items():
-        if attr in _RESERVED:
-            raise VestisError(f"{what}: the attribute name {attr!r} is reserved for the pooled result")
-        a = np.asarray(value)
-        if a.ndim != 2 or a.shape[1] == 0:
-            raise VestisError(f"{what}[{attr!r}]: expected a 2-D array (rows, dimensions), got shape {a.shape}")
-        if not np.issubdtype(a.dtype, np.floating):
-            a = a.astype(np.float64)
-        if not np.isfinite(a).all():
-            raise VestisError(f"{what}[{attr!r}]: expected finite numbers, found NaN or inf")
-        if n is not None and a.shape[0] != n:
-            raise VestisError(f"{what}[{attr!r}]: expected {n} rows like the other attributes, got {a.shape[0]}")
-        n = a.shape[0]
-        out[attr] = a
-    return out
-
-
-def _codes(codes: Mapping[str, ArrayLike], attrs: Sequence[str], n: int, what: str) -> dict[str, np.ndarray]:
-    out = {}
-    for attr in attrs:
-        if attr not in codes:
-            raise VestisError(f"{what}: no codes for attribute {attr!r}")
-        c = np.asarray(codes[attr])
-        if c.shape != (n,) or not np.issubdtype(c.dtype, np.integer):
-            raise VestisError(f"{what}[{attr!r}]: expected ({n},) integer codes, got {c.dtype} {c.shape}")
-        if (c < -1).any():
-            raise VestisError(f"{what}[{attr!r}]: expected codes >= 0, or -1 for a missing value")
-        out[attr] = c.astype(np.int64)
-    return out
-
-
-def _matrix(a: ArrayLike, what: str, *, integer: bool) -> np.ndarray:
-    m = np.asarray(a)
-    if m.ndim != 2:
-        raise VestisError(f"{what}: expected a 2-D array, got shape {m.shape}")
-    if integer:
-        if not np.issubdtype(m.dtype, np.integer) or (m < -1).any():
-            raise VestisError(f"{what}: expected integer codes >= -1, got dtype {m.dtype}")
-        return m.astype(np.int64)
-    if not np.issubdtype(m.dtype, np.floating):
-        m = m.astype(np.float64)
-    if not np.isfinite(m).all():
-        raise VestisError(f"{what}: expected finite numbers, found NaN or inf")
-    return m
-
-
-def _chunk_rows(n_gallery: int, per_item: int = 1) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(1, n_gallery * per_item))
 
 
 def stack_codes(codes: Mapping[str, ArrayLike], attributes: Sequence[str] | None = None) -> np.ndarray:
@@ -119,7 +70,7 @@ def stack_codes(codes: Mapping[str, ArrayLike], attributes: Sequence[str] | None
     if names[0] not in codes:
         raise VestisError(f"codes: no codes for attribute {names[0]!r}")
     n = len(np.asarray(codes[names[0]]))
-    return np.stack([_codes(codes, [a], n, "codes")[a] for a in names], axis=1)
+    return np.stack([check_codes(codes, [a], n, "codes")[a] for a in names], axis=1)
 
 
 # --- triplets and condition-wise ranking ----------------------------------------------------------------------
@@ -141,7 +92,7 @@ def triplet_accuracy(
     Returns:
         ``{"overall": pooled accuracy, attribute: accuracy}``; ``nan`` where there are no triplets.
     """
-    emb = _embeddings(emb_by_attr, "embeddings")
+    emb = check_embeddings(emb_by_attr, "embeddings")
     n = next(iter(emb.values())).shape[0]
     out: dict[str, float] = {}
     wins = total = 0
@@ -164,63 +115,6 @@ def triplet_accuracy(
         wins += ok
         total += len(t)
     return {"overall": wins / total if total else float("nan"), **out}
-
-
-def _condition_sets(emb_by_attr, codes, gallery, exclude_self):
-    """Query and gallery embeddings and codes, and whether query i is gallery row i."""
-    q_emb = _embeddings(emb_by_attr, "embeddings")
-    attrs = list(q_emb)
-    n = next(iter(q_emb.values())).shape[0]
-    q_codes = _codes(codes, attrs, n, "codes")
-    if gallery is None:
-        g_emb, g_codes = q_emb, q_codes
-        same = True if exclude_self is None else bool(exclude_self)
-    else:
-        g_emb = _embeddings(gallery[0], "gallery embeddings")
-        missing = [a for a in attrs if a not in g_emb]
-        if missing:
-            raise VestisError(f"gallery embeddings: no sub-embedding for {missing}")
-        gn = next(iter(g_emb.values())).shape[0]
-        g_codes = _codes(gallery[1], attrs, gn, "gallery codes")
-        same = bool(exclude_self)
-        if same and gn != n:
-            raise VestisError(f"exclude_self: the gallery has {gn} rows, the queries {n}; expected the same set")
-    for attr in attrs:
-        if q_emb[attr].shape[1] != g_emb[attr].shape[1]:
-            raise VestisError(f"gallery embeddings[{attr!r}]: dimension differs from the queries'")
-    return attrs, q_emb, q_codes, g_emb, g_codes, same
-
-
-def _condition_blocks(q_emb, q_codes, g_emb, g_codes, same):
-    """Per chunk of labelled queries: (sims (B, G'), match (B, G')) over the labelled gallery rows.
-
-    The query itself, when it is in the gallery, gets similarity -inf and is no match.
-    """
-    qi = np.flatnonzero(q_codes >= 0)
-    gi = np.flatnonzero(g_codes >= 0)
-    g = g_emb[gi]
-    gc = g_codes[gi]
-    step = _chunk_rows(len(gi))
-    for start in range(0, len(qi), step):
-        rows = qi[start : start + step]
-        sims = q_emb[rows] @ g.T  # (B, G')
-        match = gc[None, :] == q_codes[rows][:, None]
-        if same:
-            self_hit = rows[:, None] == gi[None, :]
-            sims[self_hit] = -np.inf
-            match &= ~self_hit
-        yield sims, match
-
-
-def _first_match_rank(scores: np.ndarray, match: np.ndarray) -> np.ndarray:
-    """0-based rank of the best match under "ties count wrong" (higher score first); ``inf`` without a match.
-
-    Rows scoring above the best match come first, then the non-matches tied with it; the best match
-    follows them.
-    """
-    best = np.where(match, scores, -np.inf).max(axis=1, initial=-np.inf)  # (B,)
-    ahead = (scores > best[:, None]).sum(axis=1) + ((scores == best[:, None]) & ~match).sum(axis=1)
-    return np.where(np.isfinite(best), ahead, np.inf)
 
 
 def recall_at_k(
@@ -252,14 +146,14 @@ def recall_at_k(
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
         raise VestisError(f"ks: expected positive cut-offs, got {ks}")
-    attrs, q_emb, q_codes, g_emb, g_codes, same = _condition_sets(emb, codes, gallery, exclude_self)
+    attrs, q_emb, q_codes, g_emb, g_codes, same = condition_sets(emb, codes, gallery, exclude_self)
     out: dict[str, dict[int, float]] = {}
     pooled = np.zeros(len(ks), dtype=np.int64)
     n_pooled = 0
     for attr in attrs:
         ranks = [
-            _first_match_rank(s, m)
-            for s, m in _condition_blocks(q_emb[attr], q_codes[attr], g_emb[attr], g_codes[attr], same)
+            first_match_rank(s, m)
+            for s, m in condition_blocks(q_emb[attr], q_codes[attr], g_emb[attr], g_codes[attr], same)
         ]
         r = np.concatenate(ranks) if ranks else np.zeros(0)
         hits = np.array([(r < k).sum() for k in ks], dtype=np.int64)
@@ -294,13 +188,13 @@ def mean_average_precision(
     Returns:
         ``{"overall": MeanAP, attribute: mAP}``.
     """
-    attrs, q_emb, q_codes, g_emb, g_codes, same = _condition_sets(emb, codes, gallery, exclude_self)
+    attrs, q_emb, q_codes, g_emb, g_codes, same = condition_sets(emb, codes, gallery, exclude_self)
     out: dict[str, float] = {}
     total = 0.0
     count = 0
     for attr in attrs:
         aps = []
-        for sims, match in _condition_blocks(q_emb[attr], q_codes[attr], g_emb[attr], g_codes[attr], same):
+        for sims, match in condition_blocks(q_emb[attr], q_codes[attr], g_emb[attr], g_codes[attr], same):
             # primary: higher similarity; tied rows: non-relevant first; then gallery order (lexsort is stable)
             order = np.lexsort((match, -sims), axis=1)
             rel = np.take_along_axis(match, order, axis=1)  # (B, G')
@@ -319,48 +213,6 @@ def mean_average_precision(
 # --- whole-vector protocols (DAtRNet, FashionSearchNet, ADDE) -------------------------------------------------
 
 
-def _vector_sets(query_vecs, gallery_vecs, query_targets, gallery_labels, k, attributes, exclude_self):
-    q = _matrix(query_vecs, "query_vecs", integer=False)
-    g = _matrix(gallery_vecs, "gallery_vecs", integer=False)
-    qt = _matrix(query_targets, "query_targets", integer=True)
-    gl = _matrix(gallery_labels, "gallery_labels", integer=True)
-    if q.shape[1] != g.shape[1]:
-        raise VestisError(f"gallery_vecs: expected dimension {q.shape[1]} like query_vecs, got {g.shape[1]}")
-    if qt.shape[0] != q.shape[0] or gl.shape[0] != g.shape[0] or qt.shape[1] != gl.shape[1]:
-        raise VestisError(
-            f"labels: expected query_targets ({q.shape[0]}, T) and gallery_labels ({g.shape[0]}, T), "
-            f"got {qt.shape} and {gl.shape}"
-        )
-    if int(k) < 1:
-        raise VestisError(f"k: expected a positive cut-off, got {k}")
-    if attributes is not None:
-        cols = np.asarray(list(attributes), dtype=np.int64)
-        if cols.size == 0 or (cols < 0).any() or (cols >= qt.shape[1]).any():
-            raise VestisError(f"attributes: expected column indices in [0, {qt.shape[1]}), got {list(cols)}")
-        qt, gl = qt[:, cols], gl[:, cols]
-    if exclude_self and q.shape[0] != g.shape[0]:
-        raise VestisError(f"exclude_self: the gallery has {g.shape[0]} rows, the queries {q.shape[0]}")
-    return q, g, qt, gl
-
-
-def _vector_blocks(q, g, qt, gl, exclude_self, ignore_missing):
-    """Per query chunk: (rows, squared-L2 distances (B, G) up to a per-query constant, equal (B, G, T), considered
-    (B, T)). The query itself gets distance +inf when excluded."""
-    g_sq = np.einsum("gd,gd->g", g, g)
-    step = _chunk_rows(g.shape[0], qt.shape[1] + 8)
-    for start in range(0, q.shape[0], step):
-        rows = np.arange(start, min(start + step, q.shape[0]))
-        dist = g_sq[None, :] - 2.0 * (q[rows] @ g.T)  # (B, G); ||q||^2 is the same for every gallery row
-        equal = gl[None, :, :] == qt[rows][:, None, :]  # (B, G, T)
-        considered = (qt[rows] >= 0) if ignore_missing else np.ones((len(rows), qt.shape[1]), dtype=bool)
-        if ignore_missing and not considered.any(axis=1).all():
-            bad = int(rows[np.argmin(considered.any(axis=1))])
-            raise VestisError(f"query_targets: row {bad} has no labelled attribute to compare with ignore_missing")
-        if exclude_self:
-            dist[np.arange(len(rows)), rows] = np.inf
-        yield rows, dist, equal, considered
-
-
 def topk_hits(
     query_vecs: ArrayLike,
     gallery_vecs: ArrayLike,
@@ -373,13 +225,13 @@ def topk_hits(
     ignore_missing: bool = False,
 ) -> np.ndarray:
     """Per query, whether the top-k retrieval succeeds (see :func:`topk_retrieval_accuracy`); ``(Q,)`` bool."""
-    q, g, qt, gl = _vector_sets(query_vecs, gallery_vecs, query_targets, gallery_labels, k, attributes, exclude_self)
+    q, g, qt, gl = vector_sets(query_vecs, gallery_vecs, query_targets, gallery_labels, k, attributes, exclude_self)
     out = np.zeros(q.shape[0], dtype=bool)
-    for rows, dist, equal, considered in _vector_blocks(q, g, qt, gl, exclude_self, ignore_missing):
+    for rows, dist, equal, considered in vector_blocks(q, g, qt, gl, exclude_self, ignore_missing):
         match = (equal | ~considered[:, None, :]).all(axis=2)  # (B, G): equal on every considered attribute
         if exclude_self:
             match[np.arange(len(rows)), rows] = False
-        out[rows] = _first_match_rank(-dist, match) < int(k)
+        out[rows] = first_match_rank(-dist, match) < int(k)
     return out
 
 
@@ -445,13 +297,13 @@ def ndcg_scores(
     ignore_missing: bool = False,
 ) -> np.ndarray:
     """Per query NDCG@k of ADDE (see :func:`ndcg_at_k`); ``(Q,)`` float."""
-    q, g, qt, gl = _vector_sets(query_vecs, gallery_vecs, query_targets, gallery_labels, k, attributes, exclude_self)
+    q, g, qt, gl = vector_sets(query_vecs, gallery_vecs, query_targets, gallery_labels, k, attributes, exclude_self)
     k_eff = min(int(k), g.shape[0] - (1 if exclude_self else 0))
     out = np.zeros(q.shape[0], dtype=np.float64)
     if k_eff <= 0:
         return np.full(q.shape[0], np.nan)
     discount = 1.0 / np.log2(np.arange(2, k_eff + 2))  # position j = 1..k: 1 / log2(j + 1)
-    for rows, dist, equal, considered in _vector_blocks(q, g, qt, gl, exclude_self, ignore_missing):
+    for rows, dist, equal, considered in vector_blocks(q, g, qt, gl, exclude_self, ignore_missing):
         rel = (equal & considered[:, None, :]).sum(axis=2) / considered.sum(axis=1)[:, None]  # (B, G) in [0, 1]
         for b in range(len(rows)):
             d = dist[b]
@@ -549,8 +401,8 @@ def manipulation_queries(
     Returns:
         The queries, ordered by query row, then column and value.
     """
-    qc = _matrix(codes, "codes", integer=True)
-    gc = _matrix(gallery_codes, "gallery_codes", integer=True)
+    qc = check_matrix(codes, "codes", integer=True)
+    gc = check_matrix(gallery_codes, "gallery_codes", integer=True)
     if qc.shape[1] != gc.shape[1]:
         raise VestisError(f"gallery_codes: expected {qc.shape[1]} columns like codes, got {gc.shape[1]}")
     n_cols = qc.shape[1]
@@ -563,7 +415,7 @@ def manipulation_queries(
     allowed[cols] = True
     rng = np.random.default_rng(seed)
     out: list[ManipulationQuery] = []
-    step = _chunk_rows(gc.shape[0], n_cols)
+    step = chunk_rows(gc.shape[0], n_cols)
     for start in range(0, qc.shape[0], step):
         block = qc[start : start + step]
         differ = gc[None, :, :] != block[:, None, :]  # (B, G, T)
