@@ -232,6 +232,8 @@ def test_condition_metrics_reject_bad_input():
         mean_average_precision(emb, codes, gallery=_random_set(1, n=10), exclude_self=True)
     with pytest.raises(VestisError, match="integer codes"):
         mean_average_precision(emb, {a: c.astype(float) for a, c in codes.items()})
+    with pytest.raises(VestisError, match="a pair"):
+        recall_at_k(emb, codes, gallery=emb)
 
 
 # --- whole-vector protocols -----------------------------------------------------------------------------------

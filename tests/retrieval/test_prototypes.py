@@ -117,5 +117,8 @@ def test_manipulate_rejects_bad_input():
         manipulate({"color": np.ones(3)}, {"color": 0}, protos)
     with pytest.raises(VestisError, match="finite"):
         manipulate({"color": np.array([np.nan, 1.0])}, {"color": 0}, protos)
+    empty = prototypes({"color": np.ones((2, 2))}, {"color": np.array([-1, -1])})
+    with pytest.raises(VestisError, match="no prototype"):
+        manipulate({"color": np.array([1.0, 0.0])}, {"color": 0}, empty, mode="additive")
     with pytest.raises(VestisError, match="codes"):
         prototypes({"color": np.ones((2, 2))}, {"color": np.array([0.0, 1.0])})

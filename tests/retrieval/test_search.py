@@ -89,3 +89,5 @@ def test_rank_rejects_bad_input():
         rank({**query, "fit": np.full((9, 4), np.nan)}, gallery, k=3)
     with pytest.raises(VestisError, match="at least one"):
         rank(query, gallery, attributes=[], k=3)
+    with pytest.raises(VestisError, match="chunk_size"):
+        rank(query, gallery, k=3, chunk_size=0)

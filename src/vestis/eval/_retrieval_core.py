@@ -94,6 +94,8 @@ def condition_sets(emb_by_attr, codes, gallery, exclude_self):
     attrs = list(q_emb)
     n = next(iter(q_emb.values())).shape[0]
     q_codes = check_codes(codes, attrs, n, "codes")
+    if gallery is not None and (not isinstance(gallery, tuple | list) or len(gallery) != 2):
+        raise VestisError("gallery: expected a pair (embeddings by attribute, codes by attribute)")
     if gallery is None:
         g_emb, g_codes = q_emb, q_codes
         same = True if exclude_self is None else bool(exclude_self)

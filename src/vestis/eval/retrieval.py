@@ -429,9 +429,9 @@ def manipulation_queries(
             t = differ[b, one].argmax(axis=1)
             v = gc[one, t]
             keep = allowed[t] & (row[t] >= 0) & (v >= 0)
-            pairs = np.unique(np.stack([t[keep], v[keep]], axis=1), axis=0) if keep.any() else np.zeros((0, 2))
-            if len(pairs) == 0:
+            if not keep.any():
                 continue
+            pairs = np.unique(np.stack([t[keep], v[keep]], axis=1), axis=0)  # (P, 2) sorted (column, value)
             pick = np.sort(rng.choice(len(pairs), size=min(per_query, len(pairs)), replace=False))
             for col, val in pairs[pick]:
                 target = row.copy()

@@ -28,7 +28,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.where(norm > 0, norm, 1.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Prototypes:
     """Per-attribute prototype tables.
 
@@ -88,6 +88,8 @@ class Prototypes:
         rows = np.flatnonzero(cats == (GLOBAL if category is None else int(category)))
         if rows.size == 0:
             rows = np.flatnonzero(cats == GLOBAL)
+        if rows.size == 0:
+            raise VestisError(f"prototypes: attribute {attribute!r} has no prototype (no labelled training image)")
         sims = np.atleast_2d(np.asarray(vecs, dtype=np.float32)) @ self.vectors[attribute][rows].T  # (B, P')
         return self.values[attribute][rows[sims.argmax(axis=1)]]
 

@@ -83,7 +83,7 @@ def rank(
     val = np.zeros((n_q, max(k_eff, 0)), dtype=np.float32)
     if k_eff <= 0 or n_q == 0:
         return idx, val
-    step = int(chunk_size) if chunk_size else max(1, _CHUNK_ELEMENTS // n_g)
+    step = int(chunk_size) if chunk_size is not None else max(1, _CHUNK_ELEMENTS // n_g)
     if step < 1:
         raise VestisError(f"chunk_size: expected at least 1, got {chunk_size}")
     for start in range(0, n_q, step):
