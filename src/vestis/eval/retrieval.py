@@ -195,13 +195,19 @@ def mean_average_precision(
     for attr in attrs:
         aps = []
         for sims, match in condition_blocks(q_emb[attr], q_codes[attr], g_emb[attr], g_codes[attr], same):
-            # primary: higher similarity; tied rows: non-relevant first; then gallery order (lexsort is stable)
-            order = np.lexsort((match, -sims), axis=1)
-            rel = np.take_along_axis(match, order, axis=1)  # (B, G')
-            hits = np.cumsum(rel, axis=1)
-            prec = hits / np.arange(1, rel.shape[1] + 1)
+            # higher similarity first; a plain sort is exact for rows without tied scores, the others take the
+            # stable lexsort that puts tied non-relevant rows first, then the gallery order
+            order = np.argsort(-sims, axis=1)
+            ranked = np.take_along_axis(sims, order, axis=1)
+            tied = (ranked[:, 1:] == ranked[:, :-1]).any(axis=1)
+            if tied.any():
+                order[tied] = np.lexsort((match[tied], -sims[tied]), axis=1)
+            rel = np.take_along_axis(match, order, axis=1)  # (B, G') relevance in rank order
             n_rel = rel.sum(axis=1)
-            ap = np.where(n_rel > 0, (prec * rel).sum(axis=1) / np.maximum(n_rel, 1), 0.0)
+            row, col = np.nonzero(rel)  # relevant positions, row by row in rank order
+            found = np.arange(len(row)) - (np.cumsum(n_rel) - n_rel)[row] + 1  # relevant rows up to this rank
+            ap_sum = np.bincount(row, weights=found / (col + 1), minlength=len(rel))  # sum of precision@rank
+            ap = np.where(n_rel > 0, ap_sum / np.maximum(n_rel, 1), 0.0)
             aps.append(ap)
         a = np.concatenate(aps) if aps else np.zeros(0)
         out[attr] = float(a.mean()) if len(a) else float("nan")
