@@ -12,6 +12,7 @@ from vestis.eval.retrieval import (
     ManipulationQuery,
     manipulation_queries,
     mean_average_precision,
+    multi_manipulation_queries,
     ndcg_at_k,
     ndcg_scores,
     recall_at_k,
@@ -402,6 +403,41 @@ def test_manipulation_queries_per_query_is_seeded_sample():
         manipulation_queries(codes, gallery, seed=0, per_query=0)
     with pytest.raises(VestisError, match="columns"):
         manipulation_queries(codes, gallery[:, :2], seed=0)
+
+
+@pytest.mark.parametrize("ignore_missing", [False, True])
+def test_multi_manipulation_queries_match_naive_enumeration(ignore_missing):
+    import itertools
+
+    rng = np.random.default_rng(6)
+    codes = rng.integers(-1, 3, size=(25, 4))
+    gallery = rng.integers(-1, 3, size=(80, 4))
+    out = multi_manipulation_queries(codes, gallery, 2, [0, 1, 3], seed=2, per_query=99, ignore_missing=ignore_missing)
+
+    def matches(target, row):
+        return all(row[c] == target[c] for c in range(4) if not (ignore_missing and target[c] < 0))
+
+    expected = set()
+    for i, row in enumerate(codes):
+        for cols in itertools.combinations([0, 1, 3], 2):
+            if any(row[c] < 0 for c in cols):
+                continue
+            for vals in itertools.product(*[[v for v in range(3) if v != row[c]] for c in cols]):
+                target = row.copy()
+                target[list(cols)] = vals
+                if any(matches(target, g) for g in gallery):
+                    expected.add((i, cols, vals))
+    got = [(m.query, m.attributes, m.values) for m in out]
+    assert set(got) == expected and len(got) == len(expected) > 5
+    assert got == sorted(got)
+    for m in out:
+        assert (m.target[list(m.attributes)] == m.values).all()
+    # one change at a time is the single-manipulation list
+    single = manipulation_queries(codes, gallery, seed=3, per_query=99, ignore_missing=ignore_missing)
+    multi = multi_manipulation_queries(codes, gallery, 1, seed=3, per_query=99, ignore_missing=ignore_missing)
+    assert [(m.query, (m.attribute,), (m.value,)) for m in single] == [(m.query, m.attributes, m.values) for m in multi]
+    with pytest.raises(VestisError, match="changes"):
+        multi_manipulation_queries(codes, gallery, 0, seed=0)
 
 
 def test_stack_codes():

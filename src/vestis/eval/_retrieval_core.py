@@ -18,7 +18,9 @@ __all__ = [
     "chunk_rows",
     "condition_blocks",
     "condition_sets",
+    "differences",
     "first_match_rank",
+    "protocol_inputs",
     "vector_blocks",
     "vector_sets",
 ]
@@ -187,3 +189,31 @@ def vector_blocks(q, g, qt, gl, exclude_self, ignore_missing):
         if exclude_self:
             dist[np.arange(len(rows)), rows] = np.inf
         yield rows, dist, equal, considered
+
+
+def protocol_inputs(codes, gallery_codes, attributes, per_query):
+    """Checked query and gallery code matrices and the ``(T,)`` mask of the columns that may change."""
+    qc = check_matrix(codes, "codes", integer=True)
+    gc = check_matrix(gallery_codes, "gallery_codes", integer=True)
+    if qc.shape[1] != gc.shape[1]:
+        raise VestisError(f"gallery_codes: expected {qc.shape[1]} columns like codes, got {gc.shape[1]}")
+    n_cols = qc.shape[1]
+    cols = np.arange(n_cols) if attributes is None else np.asarray(list(attributes), dtype=np.int64)
+    if cols.size == 0 or (cols < 0).any() or (cols >= n_cols).any():
+        raise VestisError(f"attributes: expected column indices in [0, {n_cols}), got {list(cols)}")
+    if per_query < 1:
+        raise VestisError(f"per_query: expected at least 1, got {per_query}")
+    allowed = np.zeros(n_cols, dtype=bool)
+    allowed[cols] = True
+    return qc, gc, allowed
+
+
+def differences(qc, gc, ignore_missing):
+    """Per query chunk: (first row, codes (B, T), differ (B, G, T), number of differing columns (B, G))."""
+    step = chunk_rows(gc.shape[0], qc.shape[1])
+    for start in range(0, qc.shape[0], step):
+        block = qc[start : start + step]
+        differ = gc[None, :, :] != block[:, None, :]  # (B, G, T)
+        if ignore_missing:
+            differ &= (block >= 0)[:, None, :]  # the query's missing attributes are not compared
+        yield start, block, differ, differ.sum(axis=2)

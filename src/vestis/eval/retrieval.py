@@ -29,11 +29,11 @@ from vestis.errors import VestisError
 from vestis.eval._retrieval_core import (
     check_codes,
     check_embeddings,
-    check_matrix,
-    chunk_rows,
     condition_blocks,
     condition_sets,
+    differences,
     first_match_rank,
+    protocol_inputs,
     vector_blocks,
     vector_sets,
 )
@@ -42,8 +42,10 @@ __all__ = [
     "RECALL_KS",
     "TOP_K",
     "ManipulationQuery",
+    "MultiManipulationQuery",
     "manipulation_queries",
     "mean_average_precision",
+    "multi_manipulation_queries",
     "ndcg_at_k",
     "ndcg_scores",
     "recall_at_k",
@@ -407,27 +409,10 @@ def manipulation_queries(
     Returns:
         The queries, ordered by query row, then column and value.
     """
-    qc = check_matrix(codes, "codes", integer=True)
-    gc = check_matrix(gallery_codes, "gallery_codes", integer=True)
-    if qc.shape[1] != gc.shape[1]:
-        raise VestisError(f"gallery_codes: expected {qc.shape[1]} columns like codes, got {gc.shape[1]}")
-    n_cols = qc.shape[1]
-    cols = np.arange(n_cols) if attributes is None else np.asarray(list(attributes), dtype=np.int64)
-    if cols.size == 0 or (cols < 0).any() or (cols >= n_cols).any():
-        raise VestisError(f"attributes: expected column indices in [0, {n_cols}), got {list(cols)}")
-    if per_query < 1:
-        raise VestisError(f"per_query: expected at least 1, got {per_query}")
-    allowed = np.zeros(n_cols, dtype=bool)
-    allowed[cols] = True
+    qc, gc, allowed = protocol_inputs(codes, gallery_codes, attributes, per_query)
     rng = np.random.default_rng(seed)
     out: list[ManipulationQuery] = []
-    step = chunk_rows(gc.shape[0], n_cols)
-    for start in range(0, qc.shape[0], step):
-        block = qc[start : start + step]
-        differ = gc[None, :, :] != block[:, None, :]  # (B, G, T)
-        if ignore_missing:
-            differ &= (block >= 0)[:, None, :]  # the query's missing attributes are not compared
-        n_diff = differ.sum(axis=2)  # (B, G)
+    for start, block, differ, n_diff in differences(qc, gc, ignore_missing):
         for b, row in enumerate(block):
             # a gallery row that differs from the query in exactly one allowed, labelled column t (and is
             # labelled there) is the target of "t -> its value"
@@ -443,4 +428,61 @@ def manipulation_queries(
                 target = row.copy()
                 target[col] = val
                 out.append(ManipulationQuery(start + b, int(col), int(val), target))
+    return out
+
+
+class MultiManipulationQuery(NamedTuple):
+    """A query with several attributes changed at once (DAtRNet's third use case).
+
+    Attributes:
+        query: row index of the query image.
+        attributes: the changed label columns, increasing.
+        values: their new value codes.
+        target: ``(T,)`` codes the retrieved item must carry.
+    """
+
+    query: int
+    attributes: tuple[int, ...]
+    values: tuple[int, ...]
+    target: np.ndarray
+
+
+def multi_manipulation_queries(
+    codes: ArrayLike,
+    gallery_codes: ArrayLike,
+    changes: int = 2,
+    attributes: Sequence[int] | None = None,
+    *,
+    seed: int,
+    per_query: int = 1,
+    ignore_missing: bool = False,
+) -> list[MultiManipulationQuery]:
+    """Queries that change ``changes`` attributes at once (DAtRNet §4, "multiple attribute manipulations").
+
+    As :func:`manipulation_queries`, with targets that differ from the query in exactly ``changes`` labelled
+    columns among ``attributes``, kept only when the gallery holds the target vector.
+
+    Returns:
+        The queries, ordered by query row, then changed columns and values.
+    """
+    if changes < 1:
+        raise VestisError(f"changes: expected at least 1, got {changes}")
+    qc, gc, allowed = protocol_inputs(codes, gallery_codes, attributes, per_query)
+    rng = np.random.default_rng(seed)
+    out: list[MultiManipulationQuery] = []
+    for start, block, differ, n_diff in differences(qc, gc, ignore_missing):
+        for b, row in enumerate(block):
+            cand = np.flatnonzero(n_diff[b] == changes)
+            d = differ[b, cand]  # (M, T)
+            ok = ~(d & (~allowed | (row < 0))[None, :]).any(axis=1) & ~(d & (gc[cand] < 0)).any(axis=1)
+            if not ok.any():
+                continue
+            targets = np.unique(np.where(d[ok], gc[cand[ok]], row), axis=0)  # (P, T) distinct targets
+            found = []
+            for target in targets:
+                changed = np.flatnonzero(target != row)
+                found.append((tuple(int(c) for c in changed), tuple(int(v) for v in target[changed]), target))
+            found.sort(key=lambda f: (f[0], f[1]))
+            pick = np.sort(rng.choice(len(found), size=min(per_query, len(found)), replace=False))
+            out.extend(MultiManipulationQuery(start + b, *found[i][:2], found[i][2]) for i in pick)
     return out
