@@ -242,3 +242,34 @@ def test_as_embedder_keeps_embedding_models_and_refuses_others(taxonomy: Taxonom
     assert as_embedder(model) is model
     with pytest.raises(VestisError, match="Linear"):
         as_embedder(torch.nn.Linear(2, 2))
+
+
+# --- DAtRNet --------------------------------------------------------------------------------------------------
+def test_datrnet_heads_by_hand(taxonomy: Taxonomy) -> None:
+    model = _build("datrnet", "datrnet_ase_tiny", taxonomy, dropout=0.25).eval()
+    assert model.embedding_layout() == [(n, 12) for n in taxonomy.names]
+    assert all(h.fc.out_features == 16 and h.drop.p == 0.25 for h in model.heads)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+        pooled = model.backbone(x)["ase3"].mean((2, 3))  # (B, 32)
+    assert pooled.shape == (2, 32) and out["logits"] == {} and out["penalties"] == {}
+    for head, name in zip(model.heads, taxonomy.names, strict=True):
+        z = torch.relu(pooled @ head.fc.weight.T + head.fc.bias) @ head.out.weight.T + head.out.bias
+        torch.testing.assert_close(out["embeddings"][name], z / z.norm(dim=1, keepdim=True))
+    # the attributes have their own heads: their embeddings differ
+    assert not torch.allclose(out["embeddings"]["category"], out["embeddings"]["occasion"])
+
+
+def test_datrnet_on_a_pretrained_family_backbone_on_meta(taxonomy: Taxonomy) -> None:
+    with torch.device("meta"):
+        model = create_model(ModelConfig(name="datrnet", backbone="efficientnet_lite0", embedding_dim=128), taxonomy)
+    assert model.backbone.out_features == ("top",) and model.heads[0].fc.in_features == 1280
+    out = model(torch.empty(2, 3, 224, 224, device="meta"))
+    assert {k: tuple(v.shape) for k, v in out["embeddings"].items()} == {n: (2, 128) for n in taxonomy.names}
+
+
+def test_bad_datrnet_config_is_a_clean_error(taxonomy: Taxonomy) -> None:
+    for kw, match in (({"embedding_hidden": 0}, "embedding_hidden"), ({"dropout": 1.0}, "dropout")):
+        with pytest.raises(VestisError, match=match):
+            create_model(ModelConfig(name="datrnet", backbone="resnet18_tiny", **kw), taxonomy)

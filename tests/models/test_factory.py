@@ -13,8 +13,9 @@ from vestis.registry import BACKBONES
 
 
 def test_list_models_and_backbones() -> None:
-    assert list_models() == ["a1", "a1_noatt", "a2", "a3", "a4", "baseline", "csn", "csn_fixed", "triplet"]
+    assert list_models() == ["a1", "a1_noatt", "a2", "a3", "a4", "baseline", "csn", "csn_fixed", "datrnet", "triplet"]
     assert list_backbones(tiny=True) == [
+        "datrnet_ase_tiny",
         "efficientnet_lite_tiny",
         "efficientnetv2_tiny",
         "mobilenetv3_tiny",
@@ -22,6 +23,7 @@ def test_list_models_and_backbones() -> None:
         "resnet50_tiny",
     ]
     assert list_backbones(tiny=False) == [
+        "datrnet_ase",
         "efficientnet_lite0",
         "efficientnet_lite1",
         "efficientnet_lite2",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vestis.models.backbones.ase import ASEBackbone
 from vestis.models.backbones.base import Backbone, FeatureInfo
 from vestis.models.backbones.efficientnet_lite import EfficientNetLite, LiteBlock, LiteStage
 from vestis.models.backbones.efficientnetv2 import EfficientNetV2, EfficientNetV2Stage, FusedMBConv, MBConv
@@ -9,6 +10,7 @@ from vestis.models.backbones.mobilenetv3 import InvertedResidual, MobileNetV3, M
 from vestis.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
+    "ASEBackbone",
     "Backbone",
     "BasicBlock",
     "Bottleneck",

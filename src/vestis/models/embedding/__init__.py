@@ -9,11 +9,14 @@ from __future__ import annotations
 from vestis.models.embedding.attribute_based import AttributeEmbedder, as_embedder
 from vestis.models.embedding.base import EmbeddingModel, l2_normalize
 from vestis.models.embedding.csn import COLUMNS, ConditionalSimilarityNetwork, fixed_disjoint_masks
+from vestis.models.embedding.datrnet import DAtRNet, EmbeddingHead
 
 __all__ = [
     "COLUMNS",
     "AttributeEmbedder",
     "ConditionalSimilarityNetwork",
+    "DAtRNet",
+    "EmbeddingHead",
     "EmbeddingModel",
     "as_embedder",
     "fixed_disjoint_masks",
