@@ -4,7 +4,8 @@ training state and validation metrics, so that :func:`load` rebuilds the model f
 Format. A checkpoint is a `safetensors <https://huggingface.co/docs/safetensors>`_ file: every tensor
 (model weights, optimiser moments, RNG states, NumPy arrays) is a safetensors tensor, and everything else
 is JSON in the header's string metadata, one entry per field (``config``, ``taxonomy``, ``preprocessing``,
-``metrics``, ``thresholds``, ``train_state``, ``model``) plus ``format`` and ``version``. Reading it parses
+``metrics``, ``thresholds``, ``train_state``, ``model``, and ``embedding`` for an embedding model) plus ``format``
+and ``version``. Reading it parses
 JSON and raw tensor bytes only, so a downloaded or shared model file cannot run code, unlike the pickle
 that ``torch.save`` writes. Any safetensors reader sees the weights under ``model/<parameter name>``.
 
@@ -20,6 +21,11 @@ arrays; it is written as JSON where
 
 NumPy scalars are written as the Python number they hold. Loading gives back the same structure and values:
 resuming a run from a checkpoint is bit-exact.
+
+Embedding models (those with ``embedding_layout()``, :mod:`vestis.models.embedding`) also store ``embedding``:
+``{"model": <registered name>, "layout": [[attribute, width], ...], "similarity": ...}``, the layout a search index
+built from the model relies on. :func:`load` rebuilds the model from the config as for a classifier and refuses it
+when its layout or name disagrees with the stored one. Classifier checkpoints have no ``embedding`` entry.
 
 Old checkpoints (``torch.save`` pickles, version 1) are refused unless the caller trusts the file
 (``trust=True``, ``--trust-checkpoint`` on the command line): unpickling one runs whatever code it holds.
@@ -47,14 +53,26 @@ from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
 from vestis.io import atomic_write_bytes
 
-__all__ = ["FORMAT", "MAX_HEADER_BYTES", "VERSION", "load", "load_checkpoint", "rebuild_model", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "MAX_HEADER_BYTES",
+    "SIMILARITY",
+    "VERSION",
+    "embedding_entry",
+    "load",
+    "load_checkpoint",
+    "rebuild_model",
+    "save_checkpoint",
+]
 
 FORMAT = "vestis-checkpoint"
 VERSION = 2  # 1: a torch.save pickle; 2: safetensors + JSON metadata
 # The JSON header is read into memory before anything is checked; a model's config, taxonomy, metrics and
 # tensor index are far below this, so a larger header is a damaged or hostile file.
 MAX_HEADER_BYTES = 64 * 2**20
-FIELDS = ("model", "config", "taxonomy", "preprocessing", "metrics", "thresholds", "train_state")
+FIELDS = ("model", "config", "taxonomy", "preprocessing", "metrics", "thresholds", "train_state", "embedding")
+# how two images compare under an embedding model's layout (see vestis.models.embedding.base)
+SIMILARITY = "inner product of L2-normalised sub-embeddings"
 # deeper trees than any checkpoint holds are refused instead of exhausting the recursion limit
 _MAX_DEPTH = 64
 _TRUST_HINT = "pass --trust-checkpoint (trust=True) only for a file from a source you trust"
@@ -103,7 +121,27 @@ def save_checkpoint(
         "thresholds": thresholds or {},
         "train_state": train_state,
     }
+    entry = embedding_entry(model, config.model.name)
+    if entry is not None:
+        state["embedding"] = entry
     return atomic_write_bytes(path, encode_checkpoint(state))
+
+
+def embedding_entry(model: nn.Module, name: str) -> dict[str, Any] | None:
+    """The ``embedding`` field of an embedding model's checkpoint; ``None`` for a model without a layout.
+
+    Args:
+        model: the model; it has a layout when it has ``embedding_layout()``.
+        name: the registered model name, used when the model has no ``kind``.
+    """
+    layout_of = getattr(model, "embedding_layout", None)
+    if not callable(layout_of):
+        return None
+    return {
+        "model": str(getattr(model, "kind", name)),
+        "layout": [[str(attr), int(width)] for attr, width in layout_of()],
+        "similarity": SIMILARITY,
+    }
 
 
 def encode_checkpoint(state: dict[str, Any]) -> bytes:
@@ -154,13 +192,15 @@ def rebuild_model(
     cfg = Config.from_dict(state["config"], source=source)
     taxonomy = Taxonomy.from_dict(state["taxonomy"], source=source)
     cfg.model.pretrained = None  # the checkpoint holds the weights
-    model = create_model(cfg.model, taxonomy)
+    # image_size: backbones that size layers by the input (DAtRNet's ASE trunk) are rebuilt as they were trained
+    model = create_model(cfg.model, taxonomy, image_size=cfg.data.image_size)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:  # missing/unexpected keys or shapes: the weights do not fit the config
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         detail = (lines[1] if len(lines) > 1 else lines[0])[:300] if lines else ""
         raise VestisError(f"{source}: model: expected weights that fit the model config ({detail})") from None
+    _check_embedding(state.get("embedding"), model, cfg.model.name, source)
     model.config = cfg
     model.thresholds = state.get("thresholds") or {}
     model.metrics = state.get("metrics") or {}
@@ -179,6 +219,24 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
         trust: also load an old pickle checkpoint (see :func:`load_checkpoint`).
     """
     return rebuild_model(load_checkpoint(path, trust=trust), source=str(path), map_location=map_location)
+
+
+def _check_embedding(stored: Any, model: nn.Module, name: str, source: str) -> None:
+    """Refuse a rebuilt model whose layout (or kind) is not the one its checkpoint recorded."""
+    if stored is None:
+        return  # a classifier, or an embedding checkpoint written before layouts were recorded
+    rebuilt = embedding_entry(model, name)
+    if rebuilt is None:
+        raise VestisError(
+            f"{source}: embedding: the checkpoint records an embedding layout, but its config builds "
+            f"{type(model).__name__}, which has none"
+        )
+    for key in ("model", "layout"):
+        if stored.get(key) != rebuilt[key]:
+            raise VestisError(
+                f"{source}: embedding.{key}: expected {rebuilt[key]!r} (what the config and weights build), "
+                f"got {stored.get(key)!r}"
+            )
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -269,9 +327,29 @@ def _validate(state: dict[str, Any], path: Path) -> None:
         state[field] = state.get(field) or {}
         if not isinstance(state[field], dict):
             raise VestisError(f"{path}: {field}: expected a table, got {type(state[field]).__name__}")
+    _validate_embedding(state.get("embedding"), path)
     state.setdefault("train_state", None)
     if not isinstance(state["train_state"], dict | None):
         raise VestisError(f"{path}: train_state: expected a table, got {type(state['train_state']).__name__}")
+
+
+def _validate_embedding(entry: Any, path: Path) -> None:
+    if entry is None:
+        return
+    if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+        raise VestisError(f"{path}: embedding: expected a table with the model name")
+    layout = entry.get("layout")
+    ok = isinstance(layout, list) and all(
+        isinstance(p, list)
+        and len(p) == 2
+        and isinstance(p[0], str)
+        and isinstance(p[1], int)
+        and not isinstance(p[1], bool)
+        and p[1] > 0
+        for p in layout
+    )
+    if not ok:
+        raise VestisError(f"{path}: embedding.layout: expected a list of [attribute, positive width] pairs")
 
 
 # --- the tree codec ------------------------------------------------------------------------------------------
