@@ -1,4 +1,8 @@
-"""``vestis export``: a checkpoint to ONNX (optionally int8), checked against PyTorch."""
+"""``vestis export``: a checkpoint to ONNX (optionally int8), checked against PyTorch.
+
+An embedding checkpoint exports its concatenated sub-embeddings (one ``embedding`` output); ``--embedding`` does the
+same for a classifier's attribute-based embedder.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +27,16 @@ def export_cmd(
     calibration_images: Annotated[int, typer.Option("--calibration-images", min=1)] = 32,
     check_images: Annotated[int, typer.Option("--check-images", min=0, help="Images to compare; 0: no check.")] = 16,
     trust_checkpoint: TrustCheckpointOpt = False,
+    embedding: Annotated[
+        bool, typer.Option("--embedding", help="Export a classifier's attribute-based embedder instead.")
+    ] = False,
 ) -> None:
     """Export CHECKPOINT to ONNX with its taxonomy, preprocessing and thresholds as metadata."""
     from vestis.inference.export import export_onnx
 
     result = export_onnx(
         checkpoint, out, int8=int8, opset=opset, calibration=calibration, calibration_images=calibration_images,
-        check_images=check_images, trust_checkpoint=trust_checkpoint,
+        check_images=check_images, trust_checkpoint=trust_checkpoint, embedding=embedding,
     )  # fmt: skip
     kind = "int8" if result.int8 else "fp32"
     size = result.path.stat().st_size / 2**20
@@ -37,4 +44,4 @@ def export_cmd(
     if result.parity is not None:
         p = result.parity
         echo(f"\nagainst PyTorch on {p.num_images} images:\n{p.table()}")
-        echo(f"\nmax |dp| = {p.max_diff:.2e}, lowest agreement = {p.min_agreement:.4f}")
+        echo(f"\n{p.summary()}")

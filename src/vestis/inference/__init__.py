@@ -1,6 +1,7 @@
 """Turning a trained model into predictions (shared by evaluation, the CLI and the service).
 
 * :class:`Predictor`: a checkpoint or an ONNX file -> attributes per image (and heat-maps);
+* :class:`Embedder`: a checkpoint or an ONNX file -> one unit sub-embedding per attribute;
 * :func:`export_onnx`: a checkpoint -> ONNX (fp32 or int8) with its metadata;
 * :func:`tag_catalog`: a whole catalog -> JSONL/CSV/Parquet, crash-safe and resumable;
 * :func:`predict_loader` and :func:`probabilities`: batch prediction over a DataLoader (evaluation).
@@ -17,6 +18,7 @@ from typing import Any
 from vestis.inference.batch import predict_loader, probabilities
 
 __all__ = [
+    "Embedder",
     "ExportResult",
     "ImageItem",
     "ParityReport",
@@ -31,6 +33,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Embedder": "embedder",
     "ExportResult": "export",
     "ParityReport": "export",
     "compare_predictors": "export",

@@ -29,6 +29,9 @@ integer convolutions. The normalisation at the input and the softmax/sigmoid at 
 Calibration images come from ``calibration`` (a folder, a manifest or image paths) or, by default, from a
 small synthetic catalog (:func:`vestis.data.synthetic.generate_catalog`); calibrate on your own catalog's
 images for a model trained on them.
+
+Embedding checkpoints (and, on request, a classifier's attribute-based embedder) export through
+:mod:`vestis.inference.export_embedding` instead: one ``embedding`` output, see there.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from vestis.inference.batch import probabilities
 from vestis.io import atomic_write_bytes
 
 if TYPE_CHECKING:
+    from vestis.inference.export_embedding import EmbeddingParityReport
     from vestis.inference.predictor import Predictor
 
 __all__ = [
@@ -176,6 +180,10 @@ class ParityReport:
         """The lowest per-attribute agreement."""
         return min(self.agreement.values(), default=1.0)
 
+    def summary(self) -> str:
+        """One line: the largest difference and the lowest agreement."""
+        return f"max |dp| = {self.max_diff:.2e}, lowest agreement = {self.min_agreement:.4f}"
+
     def table(self) -> str:
         """A plain-text table, one row per attribute."""
         width = max([9, *(len(k) for k in self.max_abs_diff)])
@@ -195,7 +203,8 @@ class ExportResult:
         opset: its default-domain opset.
         exporter: ``dynamo`` or ``torchscript``.
         int8: whether the graph is quantised.
-        parity: the exported model against the checkpoint on sample images (``None`` when not checked).
+        parity: the exported model against the checkpoint on sample images (``None`` when not checked); an
+            :class:`~vestis.inference.export_embedding.EmbeddingParityReport` for an embedding export.
         seconds: wall time of the export.
         metadata: the ``metadata_props`` written (JSON strings).
     """
@@ -204,7 +213,7 @@ class ExportResult:
     opset: int
     exporter: str
     int8: bool
-    parity: ParityReport | None = None
+    parity: ParityReport | EmbeddingParityReport | None = None
     seconds: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -298,14 +307,13 @@ def _opset_of(proto: Any) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _torch_export(module: InferenceModule, size: int, names: list[str], opset: int | None) -> tuple[Any, str]:
-    """The module as an ``onnx.ModelProto``, and which exporter made it."""
+def _torch_export(module: nn.Module, size: int, outputs: list[str], opset: int | None) -> tuple[Any, str]:
+    """The module (``uint8`` images in, ``outputs`` out) as an ``onnx.ModelProto``, and which exporter made it."""
     import io
 
     import onnx
 
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)  # batch 2: 1 would be specialised
-    outputs = [*names, HEATMAP_OUTPUT]
     with _quiet_exporter():
         if opset is None or opset >= _MIN_DYNAMO_OPSET:
             program = torch.onnx.export(
@@ -392,8 +400,12 @@ def export_onnx(
     calibration_images: int = 32,
     check_images: int = 16,
     trust_checkpoint: bool = False,
+    embedding: bool = False,
 ) -> ExportResult:
     """Export a checkpoint to ONNX (graph and metadata in the module docstring).
+
+    An embedding checkpoint, or any checkpoint with ``embedding=True``, is exported by
+    :func:`vestis.inference.export_embedding.export_embedding_onnx` with the same arguments.
 
     Args:
         checkpoint: a vestis checkpoint.
@@ -406,6 +418,7 @@ def export_onnx(
         check_images: how many images the parity check compares (0: no check). They are drawn apart from
             the calibration images.
         trust_checkpoint: also load an old pickle checkpoint, which runs any code the file holds.
+        embedding: export a classifier's attribute-based embedder instead of its probabilities.
 
     Returns:
         The path, opset, exporter, and the parity of the written model against the checkpoint.
@@ -418,17 +431,23 @@ def export_onnx(
         import onnx
     except ImportError:
         raise VestisError("ONNX export needs the onnx extra: pip install 'vestis[onnx]'") from None
+    from vestis.inference.export_embedding import export_embedding_onnx, is_embedding_checkpoint
     from vestis.inference.predictor import Predictor
 
     if Path(checkpoint).suffix.lower() == ".onnx":
         raise VestisError(f"{checkpoint}: expected a checkpoint to export, got an ONNX file")
+    if embedding or is_embedding_checkpoint(checkpoint, trust=trust_checkpoint):
+        return export_embedding_onnx(
+            checkpoint, out, int8=int8, opset=opset, calibration=calibration, check_images=check_images,
+            trust_checkpoint=trust_checkpoint,
+        )  # fmt: skip
     reference = Predictor.from_checkpoint(checkpoint, device="cpu", trust_checkpoint=trust_checkpoint)
     prep = reference.preprocessing
     size, pad = int(prep["image_size"]), int(prep["pad_value"])
     module = reference.module
     assert module is not None  # a checkpoint always gives the torch backend
     names = output_names(reference.taxonomy)
-    proto, exporter = _torch_export(module, size, list(names.values()), opset)
+    proto, exporter = _torch_export(module, size, [*names.values(), HEATMAP_OUTPUT], opset)
 
     quant: dict[str, Any] = {"mode": "none"}
     if int8:
