@@ -202,3 +202,16 @@ def test_vestis_export_on_an_embedding_checkpoint(tmp_path):
     assert out.is_file()
     res = runner.invoke(vestis.cli.app, ["export", str(ckpt), "--out", str(tmp_path / "q.onnx"), "--int8"])
     assert res.exit_code == 1 and "not supported for embedding models" in res.stderr
+
+
+def test_vestis_export_embedding_flag_on_a_classifier(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "a3.ckpt")
+    out = tmp_path / "a3-emb.onnx"
+    res = runner.invoke(
+        vestis.cli.app, ["export", str(ckpt), "--out", str(out), "--opset", "17", "--check-images", "2", "--embedding"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "lowest cosine" in res.stdout and "agreement" not in res.stdout
+    sess = _session(out)
+    assert [o.name for o in sess.get_outputs()] == ["embedding"]
+    assert json.loads(sess.get_modelmeta().custom_metadata_map["vestis.embedding"])["model"] == "attribute_based"
