@@ -29,17 +29,13 @@ from vestis.data.catalog import load_catalog
 from vestis.data.dataset import AttributeDataset
 from vestis.data.manifest import Manifest
 from vestis.data.splits import split_manifest
-from vestis.data.taxonomy import Attribute, Taxonomy
+from vestis.data.taxonomy import Taxonomy
 from vestis.data.transforms import BatchAugment, prepare_batch
 from vestis.data.validate import clean_catalog, validate_manifest
 from vestis.errors import VestisError
-from vestis.eval.evaluator import evaluate_predictions
-from vestis.eval.metrics import calibrate_thresholds, one_hot
-from vestis.inference.batch import predict_loader
 from vestis.io import atomic_write_text
-from vestis.losses import MaskedMultiTaskLoss, class_weights
 from vestis.models import create_model
-from vestis.train.cache import CachedTail, FeatureCache, build_cache, cache_cut, predict_cache, random_hflip
+from vestis.train.cache import CachedTail, build_cache, cache_cut, random_hflip
 from vestis.train.checkpoint import load_checkpoint, save_checkpoint
 from vestis.train.distributed import DistInfo, barrier, cleanup, init_distributed
 from vestis.train.finetune import (
@@ -49,6 +45,7 @@ from vestis.train.finetune import (
     init_from_checkpoint,
 )
 from vestis.train.optim import build_optimizer, build_scheduler
+from vestis.train.tasks import make_task
 
 __all__ = ["TrainResult", "train"]
 
@@ -269,7 +266,7 @@ def _train(
     train_loader = _loader(train_ds, tc.batch_size, dc.num_workers, sampler=sampler, drop_last=per_rank > tc.batch_size)
     val_loader = _loader(val_ds, tc.batch_size, dc.num_workers)
 
-    core = create_model(cfg.model, taxonomy)
+    core = create_model(cfg.model, taxonomy, image_size=dc.image_size)
     if cfg.model.init and saved is None:  # on --resume the weights come from last.ckpt
         say(init_from_checkpoint(core, cfg.model.init, trust=trust_checkpoint).describe())
     core = core.to(dev)
@@ -281,19 +278,8 @@ def _train(
     net: nn.Module = CachedTail(core, cut) if cut else core
     model = net  # wrapped in DDP at the first epoch, once the frozen blocks are known
 
-    weights = None
-    if tc.class_weights != "none":
-        enc = train_ds.encoded
-        weights = class_weights(
-            taxonomy, enc.targets, enc.masks, tc.class_weights, tc.effective_beta, output=cfg.model.output
-        )
-    loss_fn = MaskedMultiTaskLoss(
-        taxonomy,
-        class_weights=weights,
-        label_smoothing=tc.label_smoothing,
-        task_weights=tc.task_weights,
-        output=cfg.model.output,
-    ).to(dev)
+    task = make_task(cfg, taxonomy, train_ds, val_ds, rank=info.rank, world=info.world_size)
+    loss_fn = task.loss.to(dev)
     augment = BatchAugment(dc.augment).to(dev) if dc.augment.enabled and not cut else None
     flip = dc.augment.hflip if dc.augment.enabled and cut else 0.0
     if dc.augment.enabled and cut:
@@ -302,7 +288,7 @@ def _train(
             f"only a horizontal flip of the cached maps (p={flip}) is kept"
         )
     optimizer = build_optimizer(core, tc)
-    steps_per_epoch = math.ceil(len(train_loader) / tc.grad_accum)
+    steps_per_epoch = math.ceil(task.batches_per_epoch(train_loader) / tc.grad_accum)
     scheduler = build_scheduler(optimizer, steps_per_epoch, tc)
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     use_amp = tc.amp and cuda
@@ -333,7 +319,7 @@ def _train(
                 core, val_loader, val_ds.encoded, cut, dc, dev, name="val", autocast=amp_ctx, log=say, store=store
             )
 
-    metric_name = tc.early_stop_metric or "mean_micro_f1"
+    metric_name = tc.early_stop_metric or task.default_metric
     sign = 1.0 if tc.early_stop_mode == "max" else -1.0
     stop = step >= tc.max_steps > 0 or start_epoch >= tc.epochs
     epoch = start_epoch - 1
@@ -352,8 +338,8 @@ def _train(
                     model = DistributedDataParallel(net, device_ids=[dev.index] if cuda else None)
                     model.train()
                 freeze_state = frozen
-            batches = train_loader if train_cache is None else _cache_batches(train_cache, sampler, train_loader)
-            task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=len(batches), info="")
+            batches = task.batches(epoch, sampler, train_loader, train_cache)
+            row = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=len(batches), info="")
             sums: dict[str, float] = {}
             n_batches, n_images, wait, t0 = 0, 0, 0.0, time.perf_counter()
             t_fetch = time.perf_counter()
@@ -388,8 +374,8 @@ def _train(
                 n_images += len(batch["index"])
                 if i % max(1, tc.log_every) == 0 or last_in_epoch:
                     rate = n_images * info.world_size / max(1e-9, time.perf_counter() - t0)
-                    bar.update(task, info=f"loss {sums['loss'] / n_batches:.4f} | {rate:.0f} img/s")
-                bar.advance(task)
+                    bar.update(row, info=f"loss {sums['loss'] / n_batches:.4f} | {rate:.0f} img/s")
+                bar.advance(row)
                 if step >= tc.max_steps > 0:
                     stop = True
                     break
@@ -408,12 +394,8 @@ def _train(
             # validation on the main process; the others wait for the verdict
             improved, metrics, thresholds = False, {}, {}
             if main and len(val_ds):
-                if val_cache is None:
-                    probs = predict_loader(core, val_loader, dc, taxonomy, dev, channels_last=channels_last)
-                else:
-                    probs = predict_cache(net, val_cache, taxonomy, tc.batch_size, dev)
-                enc = val_ds.encoded
-                metrics = evaluate_predictions(taxonomy, probs, enc.targets, enc.masks, threshold=tc.threshold)
+                validation = task.validate(core, net, val_loader, val_cache, dev)
+                metrics = validation.metrics
                 if metric_name not in metrics["summary"]:
                     known = sorted(metrics["summary"])
                     raise VestisError(f"train.early_stop_metric: {metric_name!r} is not one of {known}")
@@ -421,15 +403,7 @@ def _train(
                 record["val"] = metrics["summary"]
                 if value is not None and (best is None or sign * value > sign * best):
                     best, bad_epochs, improved = float(value), 0, True
-                    thresholds = {
-                        a.name: [
-                            float(t)
-                            for t in calibrate_thresholds(
-                                probs[a.name], _targets_2d(a, enc.targets[a.name]), enc.masks[a.name]
-                            )
-                        ]
-                        for a in taxonomy
-                    }
+                    thresholds = validation.thresholds()
                 else:
                     bad_epochs += 1
                 say(
@@ -494,16 +468,6 @@ def _train(
         history=history,
         model=core,
     )
-
-
-def _cache_batches(cache: FeatureCache, sampler: DistributedSampler, loader: DataLoader) -> list[dict]:
-    """This rank's batches of the epoch from the cache, in the order and sizes the loader would give."""
-    return cache.batches(torch.tensor(list(sampler)), loader.batch_size or 1, drop_last=loader.drop_last)
-
-
-def _targets_2d(attr: Attribute, targets: np.ndarray) -> np.ndarray:
-    """Targets as (N, K): single-label indices one-hot (missing rows zero), multi-label as they are."""
-    return targets if attr.kind == "multi" else one_hot(targets, attr.num_values)
 
 
 def _average_buffers(model: nn.Module, info: DistInfo) -> None:

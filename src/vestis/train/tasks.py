@@ -1,0 +1,257 @@
+"""What training a classifier and training an embedding model do differently: the loss, the batches, validation.
+
+The loop (:mod:`vestis.train.loop`) owns everything they share: the optimiser and its schedule, mixed precision,
+DDP, the frozen-trunk cache, checkpoints, resuming and early stopping. A task hands it
+
+- ``loss``: a module mapping ``(model outputs, targets, masks)`` to a dict of named losses (the loop sums them);
+- ``batches(epoch, ...)``: the epoch's batches, each a dict with ``index``, ``targets``, ``masks`` (and ``image``
+  when the trunk is not cached);
+- ``validate(...)``: the validation metrics (``summary`` holds the early-stopping candidates) and, for classifiers,
+  the per-value decision thresholds calibrated on them.
+
+A classifier trains on shuffled batches of the whole split. An embedding model (``csn``, ``triplet``, ``datrnet``,
+see :mod:`vestis.models.embedding`) trains on P values x K images batches
+(:class:`~vestis.data.triplets.PKBatchSampler`) with online batch-hard triplet mining, and is validated by
+triplet accuracy on triplets built once from the validation split (the multi-column paper's validation accuracy)
+and R@K.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from vestis.config import Config
+from vestis.data.dataset import AttributeDataset, EncodedTargets
+from vestis.data.taxonomy import Attribute, Taxonomy
+from vestis.data.transforms import prepare_batch
+from vestis.data.triplets import PKBatchSampler, build_condition_triplets, default_batches, value_codes
+from vestis.errors import VestisError
+from vestis.eval.evaluator import evaluate_predictions
+from vestis.eval.metrics import calibrate_thresholds, one_hot
+from vestis.eval.retrieval import recall_at_k, triplet_accuracy
+from vestis.inference.batch import predict_loader, probabilities
+from vestis.losses import EmbeddingLoss, MaskedMultiTaskLoss, class_weights
+from vestis.registry import MODELS
+from vestis.train.cache import FeatureCache, predict_cache
+
+__all__ = ["ClassifierTask", "EmbeddingTask", "Task", "Validation", "make_task", "model_task"]
+
+
+@dataclass
+class Validation:
+    """One validation pass: ``metrics["summary"]`` holds the scalar candidates for early stopping."""
+
+    metrics: dict[str, Any]
+    thresholds: Callable[[], dict[str, list[float]]] = field(default=lambda: {})
+
+
+def model_task(name: str) -> str:
+    """``classification`` or ``embedding``: what the registered model ``name`` is trained for."""
+    return str(MODELS.meta(name).get("task", "classification"))
+
+
+def _weights(cfg: Config, taxonomy: Taxonomy, enc: EncodedTargets) -> dict[str, torch.Tensor] | None:
+    tc = cfg.train
+    if tc.class_weights == "none":
+        return None
+    return class_weights(taxonomy, enc.targets, enc.masks, tc.class_weights, tc.effective_beta, output=cfg.model.output)
+
+
+class Task:
+    """The common part: the splits, the device, the default early-stopping metric."""
+
+    default_metric = "mean_micro_f1"
+
+    def __init__(self, cfg: Config, taxonomy: Taxonomy, train_ds: AttributeDataset, val_ds: AttributeDataset) -> None:
+        self.cfg, self.taxonomy, self.train_ds, self.val_ds = cfg, taxonomy, train_ds, val_ds
+        self.loss: nn.Module
+
+    def batches_per_epoch(self, loader: DataLoader) -> int:
+        return len(loader)
+
+    def batches(self, epoch: int, sampler: DistributedSampler, loader: DataLoader, cache: FeatureCache | None):
+        raise NotImplementedError
+
+    def validate(
+        self, core: nn.Module, net: nn.Module, loader: DataLoader, cache: FeatureCache | None, dev: torch.device
+    ) -> Validation:
+        raise NotImplementedError
+
+
+class ClassifierTask(Task):
+    """Masked multi-task classification: one softmax/sigmoid branch per attribute."""
+
+    def __init__(self, cfg: Config, taxonomy: Taxonomy, train_ds: AttributeDataset, val_ds: AttributeDataset) -> None:
+        super().__init__(cfg, taxonomy, train_ds, val_ds)
+        tc = cfg.train
+        self.loss = MaskedMultiTaskLoss(
+            taxonomy,
+            class_weights=_weights(cfg, taxonomy, train_ds.encoded),
+            label_smoothing=tc.label_smoothing,
+            task_weights=tc.task_weights,
+            output=cfg.model.output,
+        )
+
+    def batches(self, epoch: int, sampler: DistributedSampler, loader: DataLoader, cache: FeatureCache | None):
+        if cache is None:
+            return loader
+        # this rank's batches of the epoch from the cache, in the order and sizes the loader would give
+        return cache.batches(torch.tensor(list(sampler)), loader.batch_size or 1, drop_last=loader.drop_last)
+
+    def validate(
+        self, core: nn.Module, net: nn.Module, loader: DataLoader, cache: FeatureCache | None, dev: torch.device
+    ) -> Validation:
+        cfg, taxonomy = self.cfg, self.taxonomy
+        if cache is None:
+            channels_last = cfg.train.channels_last and dev.type == "cuda"
+            probs = predict_loader(core, loader, cfg.data, taxonomy, dev, channels_last=channels_last)
+        else:
+            probs = predict_cache(net, cache, taxonomy, cfg.train.batch_size, dev)
+        enc = self.val_ds.encoded
+        metrics = evaluate_predictions(taxonomy, probs, enc.targets, enc.masks, threshold=cfg.train.threshold)
+
+        def thresholds() -> dict[str, list[float]]:
+            return {
+                a.name: [
+                    float(t)
+                    for t in calibrate_thresholds(probs[a.name], _targets_2d(a, enc.targets[a.name]), enc.masks[a.name])
+                ]
+                for a in taxonomy
+            }
+
+        return Validation(metrics, thresholds)
+
+
+def _targets_2d(attr: Attribute, targets: np.ndarray) -> np.ndarray:
+    """Targets as (N, K): single-label indices one-hot (missing rows zero), multi-label as they are."""
+    return targets if attr.kind == "multi" else one_hot(targets, attr.num_values)
+
+
+class EmbeddingTask(Task):
+    """Attribute-aware embeddings: batch-hard triplet loss per attribute (+ recognition columns), P x K batches."""
+
+    default_metric = "triplet_accuracy"
+
+    def __init__(
+        self,
+        cfg: Config,
+        taxonomy: Taxonomy,
+        train_ds: AttributeDataset,
+        val_ds: AttributeDataset,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(cfg, taxonomy, train_ds, val_ds)
+        tc = cfg.train
+        if tc.same_category is not None and tc.same_category not in taxonomy.names:
+            raise VestisError(f"train.same_category: unknown attribute {tc.same_category!r}; expected {taxonomy.names}")
+        self.loss = EmbeddingLoss(
+            taxonomy,
+            margin=tc.triplet_margin,
+            embed_reg=tc.embed_reg,
+            mask_reg=tc.mask_reg,
+            recognition_weight=tc.recognition_weight,
+            retrieval_weight=tc.retrieval_weight,
+            same_category=tc.same_category,
+            class_weights=_weights(cfg, taxonomy, train_ds.encoded),
+            label_smoothing=tc.label_smoothing,
+        )
+        codes = value_codes(taxonomy, train_ds.encoded)
+        n = math.ceil(default_batches(len(train_ds), tc.pk_values, tc.pk_images) / world_size)
+        self.sampler = PKBatchSampler(
+            codes, p=tc.pk_values, k=tc.pk_images, batches=max(1, n), seed=tc.seed, rank=rank, world_size=world_size
+        )
+        self._loader = DataLoader(
+            train_ds,
+            batch_sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            prefetch_factor=4 if cfg.data.num_workers > 0 else None,
+        )
+        # fixed validation triplets: every epoch is scored on the same ones
+        self.val_codes = value_codes(taxonomy, val_ds.encoded)
+        self.val_triplets = build_condition_triplets(self.val_codes, seed=cfg.data.split_seed)
+
+    def batches_per_epoch(self, loader: DataLoader) -> int:
+        return len(self.sampler)
+
+    def batches(self, epoch: int, sampler: DistributedSampler, loader: DataLoader, cache: FeatureCache | None):
+        self.sampler.set_epoch(epoch)
+        if cache is None:
+            return self._loader
+        out = []
+        for idx in self.sampler:
+            index = torch.as_tensor(idx, dtype=torch.long)
+            out.append(
+                {
+                    "index": index,
+                    "targets": {k: v[index] for k, v in cache.targets.items()},
+                    "masks": {k: v[index] for k, v in cache.masks.items()},
+                }
+            )
+        return out
+
+    @torch.no_grad()
+    def outputs(
+        self, core: nn.Module, net: nn.Module, loader: DataLoader, cache: FeatureCache | None, dev: torch.device
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Sub-embeddings ``{attr: (N, d)}`` and recognition probabilities ``{attr: (N, K)}`` of a split, in order."""
+        model = net if cache is not None else core
+        was = model.training
+        model.eval()
+        emb: dict[str, list[np.ndarray]] = {}
+        probs: dict[str, list[np.ndarray]] = {}
+        output = getattr(core, "output", "kind")
+        try:
+            if cache is not None:
+                size = self.cfg.train.batch_size
+                chunks = (model(*cache.inputs(torch.arange(s, min(s + size, len(cache))), dev)) for s in
+                          range(0, len(cache), size))  # fmt: skip
+            else:
+                chunks = (model(prepare_batch(b["image"].to(dev), self.cfg.data)) for b in loader)
+            for out in chunks:
+                for k, v in out["embeddings"].items():
+                    emb.setdefault(k, []).append(v.float().cpu().numpy())
+                if out.get("logits"):
+                    for k, v in probabilities(out["logits"], self.taxonomy, output).items():
+                        probs.setdefault(k, []).append(v.cpu().numpy())
+        finally:
+            model.train(was)
+        return {k: np.concatenate(v) for k, v in emb.items()}, {k: np.concatenate(v) for k, v in probs.items()}
+
+    def validate(
+        self, core: nn.Module, net: nn.Module, loader: DataLoader, cache: FeatureCache | None, dev: torch.device
+    ) -> Validation:
+        emb, probs = self.outputs(core, net, loader, cache, dev)
+        acc = triplet_accuracy(emb, self.val_triplets)
+        recall = recall_at_k(emb, self.val_codes, ks=(5, 10, 20))
+        overall = acc["overall"]
+        summary: dict[str, Any] = {"triplet_accuracy": None if math.isnan(overall) else overall}
+        for k in (5, 10, 20):  # the multi-column paper averages R@K over the attribute dimensions
+            per = [r[k] for a, r in recall.items() if a != "overall" and not math.isnan(r[k])]
+            summary[f"mean_recall@{k}"] = float(np.mean(per)) if per else None
+        metrics: dict[str, Any] = {"summary": summary, "retrieval": {"triplet_accuracy": acc, "recall": recall}}
+        if probs:
+            enc = self.val_ds.encoded
+            rec = evaluate_predictions(self.taxonomy, probs, enc.targets, enc.masks, threshold=self.cfg.train.threshold)
+            metrics["attributes"] = rec["attributes"]
+            summary.update({k: v for k, v in rec["summary"].items() if k not in summary})
+        return Validation(metrics)
+
+
+def make_task(
+    cfg: Config, taxonomy: Taxonomy, train_ds: AttributeDataset, val_ds: AttributeDataset, *, rank: int, world: int
+) -> Task:
+    """The task of ``cfg.model.name`` (see :func:`model_task`)."""
+    if model_task(cfg.model.name) == "embedding":
+        return EmbeddingTask(cfg, taxonomy, train_ds, val_ds, rank=rank, world_size=world)
+    return ClassifierTask(cfg, taxonomy, train_ds, val_ds)
