@@ -25,11 +25,15 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate CHECKPOINT: metrics.json, report.md, report.html and figures in --out."""
     from vestis.eval.evaluator import format_table
-    from vestis.eval.run import evaluate_checkpoint
+    from vestis.eval.run import evaluate_checkpoint, format_retrieval
 
     result = evaluate_checkpoint(
         checkpoint, data, out, taxonomy=taxonomy, split=split, batch_size=batch_size, workers=workers,
         device=device, skip_invalid=skip_invalid, trust_checkpoint=trust_checkpoint,
     )  # fmt: skip
+    if result.kind == "embedding":  # the substitute-retrieval protocol
+        echo(format_retrieval(result.metrics))
+        echo(f"{result.num_items} items ({split}); report: {result.files['report.md']}")
+        return
     echo(format_table(result.metrics))
     echo(f"\n{result.num_items} items ({split}); report: {result.files['report.html']}")

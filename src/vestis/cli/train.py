@@ -19,9 +19,18 @@ def train_cmd(
     ] = None,
     taxonomy: TaxonomyOpt = None,
     config: Annotated[
-        str, typer.Option("--config", "-c", help="Preset name (default, paper, tiny) or YAML.")
-    ] = "default",
-    model: Annotated[str | None, typer.Option("--model", help="Model name (baseline, a1..a4).")] = None,
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Preset name (default, paper, csn, datrnet, tiny...) or YAML; default: `default`, "
+            "or the preset named like --model when there is one (csn, datrnet).",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Model name: baseline, a1..a4 (classifiers), csn, csn_fixed, triplet, datrnet."),
+    ] = None,
     backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name (see `vestis models`).")] = None,
     init: Annotated[
         Path | None,
@@ -36,9 +45,12 @@ def train_cmd(
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
     trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
-    """Train a multi-task attribute model; writes RUN_DIR/last.ckpt and best.ckpt."""
-    from vestis.config import load_config
+    """Train an attribute classifier or an embedding model; writes RUN_DIR/last.ckpt and best.ckpt."""
+    from vestis.config import list_presets, load_config
     from vestis.train.loop import train
+
+    if config is None:  # `--model csn` starts from the csn preset (embedding size, loss weights, batches)
+        config = model if model in list_presets() else "default"
 
     flags = {
         "model.name": model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,15 @@ from vestis.data.dataset import AttributeDataset
 from vestis.data.manifest import SPLITS, read_manifest
 from vestis.data.splits import split_manifest
 from vestis.data.taxonomy import Taxonomy, load_taxonomy
+from vestis.data.triplets import value_codes
 from vestis.data.validate import clean_catalog, validate_manifest
 from vestis.errors import VestisError
 from vestis.eval.evaluator import evaluate_predictions
 from vestis.eval.report import write_report
-from vestis.inference.batch import predict_loader
+from vestis.eval.substitutes import retrieval_metrics
+from vestis.inference.batch import embed_loader, predict_loader
+from vestis.io import atomic_write_text
+from vestis.models.embedding import EmbeddingModel
 from vestis.train.checkpoint import load
 
 __all__ = ["EvaluationResult", "evaluate_checkpoint"]
@@ -31,6 +36,7 @@ class EvaluationResult:
     metrics: dict[str, Any]
     files: dict[str, Path]
     num_items: int
+    kind: str = "classification"  # or "embedding": the substitute-retrieval metrics
 
 
 def _check_taxonomy(manifest_path: Path, taxonomy: str | os.PathLike[str] | None, ckpt_tax: Taxonomy) -> None:
@@ -61,8 +67,13 @@ def evaluate_checkpoint(
 ) -> EvaluationResult:
     """Predict ``split`` of ``data`` with the checkpoint and write metrics.json, report.md/html and figures.
 
-    The split is recomputed with the checkpoint's data settings, so ``test`` is exactly the rows the
-    training run held out. ``split="all"`` evaluates every row. ``trust_checkpoint`` also loads an old pickle
+    An embedding checkpoint (``csn``, ``triplet``, ``datrnet``...) is scored by the substitute-retrieval protocol
+    instead (:func:`~vestis.eval.substitutes.retrieval_metrics`: the split is the gallery and the queries, the
+    prototypes come from the training split), plus its recognition columns' metrics when it has them; it writes
+    metrics.json and report.md (``kind`` of the result: ``embedding``).
+
+    The split is recomputed with the checkpoint's data settings, so ``test`` is exactly the rows the training run
+    held out. ``split="all"`` evaluates every row. ``trust_checkpoint`` also loads an old pickle
     checkpoint, which runs any code the file holds.
     """
     if split not in (*SPLITS, "all"):
@@ -75,6 +86,7 @@ def evaluate_checkpoint(
     manifest = read_manifest(data)
     problems = validate_manifest(manifest, tax, check_images=True, max_pixels=cfg.data.max_pixels)
     manifest = clean_catalog(manifest, tax, problems, skip_invalid=skip_invalid, skipped_path=None)
+    full = manifest
     if split != "all":
         manifest = split_manifest(
             manifest,
@@ -84,6 +96,8 @@ def evaluate_checkpoint(
         )[split]
     if not manifest.records:
         raise VestisError(f"{data}: the {split} split is empty")
+    if isinstance(model, EmbeddingModel):
+        return _evaluate_embedding(model, full, manifest, out_dir, checkpoint, data, split, batch_size, workers, dev)
     ds = AttributeDataset(manifest, tax, cfg.data)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
     probs = predict_loader(model, loader, cfg.data, tax, dev)
@@ -112,3 +126,61 @@ def evaluate_checkpoint(
         extra=extra,
     )
     return EvaluationResult(metrics=metrics, files=files, num_items=len(ds))
+
+
+def _evaluate_embedding(
+    model: EmbeddingModel,
+    full: Any,
+    manifest: Any,
+    out_dir: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    data: Path,
+    split: str,
+    batch_size: int,
+    workers: int,
+    dev: torch.device,
+) -> EvaluationResult:
+    cfg, tax = model.config, model.taxonomy
+
+    def run(m: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Any]:
+        ds = AttributeDataset(m, tax, cfg.data)
+        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
+        return (*embed_loader(model, loader, cfg.data, tax, dev), ds.encoded)
+
+    emb, probs, enc = run(manifest)
+    # prototypes: the training split's mean sub-embeddings (the split itself when it is the training one)
+    train = split_manifest(
+        full, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed
+    )["train"]
+    ref_emb, _, ref_enc = (emb, probs, enc) if split in ("train", "all") or not train.records else run(train)
+    metrics: dict[str, Any] = retrieval_metrics(
+        emb, value_codes(tax, enc), ref_emb, value_codes(tax, ref_enc), tax.names, seed=cfg.data.split_seed
+    )
+    metrics["num_items"] = len(enc)
+    if probs:
+        rec = evaluate_predictions(tax, probs, enc.targets, enc.masks, threshold=cfg.train.threshold)
+        metrics["recognition"] = rec
+    metrics["run"] = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "model": cfg.model.name,
+                      "backbone": cfg.model.backbone, "image_size": cfg.data.image_size}  # fmt: skip
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"metrics.json": out / "metrics.json", "report.md": out / "report.md"}
+    atomic_write_text(files["metrics.json"], json.dumps(metrics, indent=2))
+    atomic_write_text(files["report.md"], format_retrieval(metrics, f"vestis evaluation: {cfg.model.name} ({split})"))
+    return EvaluationResult(metrics=metrics, files=files, num_items=len(enc), kind="embedding")
+
+
+def format_retrieval(metrics: dict[str, Any], title: str | None = None) -> str:
+    """The retrieval metrics of :func:`evaluate_checkpoint` on an embedding checkpoint, as Markdown."""
+
+    def f(x: Any) -> str:
+        return "–" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    s = metrics["summary"]
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| metric | value |", "|---|---|", *(f"| {k} | {f(v)} |" for k, v in s.items()), ""]
+    names = list(metrics["attributes"])
+    cols = list(next(iter(metrics["attributes"].values()))) if names else []
+    lines += ["| attribute | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {a} | " + " | ".join(f(metrics["attributes"][a][c]) for c in cols) + " |" for a in names]
+    return "\n".join(lines) + "\n"

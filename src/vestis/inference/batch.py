@@ -1,8 +1,10 @@
-"""Batch prediction over a DataLoader: logits -> probabilities per attribute, in dataset order."""
+"""Batch prediction over a DataLoader: logits -> probabilities per attribute (or an embedding model's
+sub-embeddings), in dataset order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +16,7 @@ from vestis.data.taxonomy import Taxonomy
 from vestis.data.transforms import prepare_batch
 from vestis.models.heads import uses_softmax
 
-__all__ = ["predict_loader", "probabilities"]
+__all__ = ["collect_embeddings", "embed_loader", "predict_loader", "probabilities"]
 
 
 def probabilities(logits: Mapping[str, Tensor], taxonomy: Taxonomy, output: str = "kind") -> dict[str, Tensor]:
@@ -56,3 +58,42 @@ def predict_loader(
         a.name: np.concatenate(v) if v else np.zeros((0, a.num_values), np.float32)
         for a, v in zip(taxonomy, out.values(), strict=True)
     }
+
+
+@torch.no_grad()
+def embed_loader(
+    model: nn.Module,
+    loader: DataLoader,
+    data_cfg: DataConfig,
+    taxonomy: Taxonomy,
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Sub-embeddings ``{attr: (N, d)}`` and recognition probabilities ``{attr: (N, K)}`` (empty without
+    recognition columns) of an embedding model for every item of ``loader`` (which must not shuffle)."""
+    was_training = model.training
+    model.eval()
+    try:
+        outs = (
+            model(prepare_batch(b["image"].to(device, non_blocking=True), data_cfg, channels_last=channels_last))
+            for b in loader
+        )
+        return collect_embeddings(outs, taxonomy, getattr(model, "output", "kind"))
+    finally:
+        model.train(was_training)
+
+
+def collect_embeddings(
+    outputs: Iterable[Mapping[str, Any]], taxonomy: Taxonomy, output: str = "kind"
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Concatenate the ``embeddings`` (and the probabilities of the ``logits``) of an embedding model's outputs."""
+    emb: dict[str, list[np.ndarray]] = {}
+    probs: dict[str, list[np.ndarray]] = {}
+    for out in outputs:
+        for k, v in out["embeddings"].items():
+            emb.setdefault(k, []).append(v.float().cpu().numpy())
+        if out.get("logits"):
+            for k, v in probabilities(out["logits"], taxonomy, output).items():
+                probs.setdefault(k, []).append(v.cpu().numpy())
+    return {k: np.concatenate(v) for k, v in emb.items()}, {k: np.concatenate(v) for k, v in probs.items()}

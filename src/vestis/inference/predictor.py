@@ -79,6 +79,12 @@ class _OnnxBackend:
         return [np.asarray(o, dtype=np.float32) for o in outs[:-1]], np.asarray(outs[-1], dtype=np.float32)
 
 
+_EMBEDDING_HINT = (
+    "a {} embedding model: it embeds images for substitute search and predicts no attributes here; "
+    "use vestis.inference.Embedder (or `vestis evaluate` for its retrieval metrics)"
+)
+
+
 def _torch_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -237,6 +243,8 @@ class Predictor:
         if threads is not None:
             torch.set_num_threads(_check_threads(threads))
         state = load_checkpoint(path, trust=trust_checkpoint)
+        if state.get("embedding"):
+            raise VestisError(f"{path}: {_EMBEDDING_HINT.format(state['embedding'].get('model', 'embedding'))}")
         dev = _torch_device(device)
         model = rebuild_model(state, source=str(path), map_location=dev)
         predictor = cls.from_model(
@@ -315,6 +323,12 @@ class Predictor:
         meta = session.get_modelmeta().custom_metadata_map
         if meta.get("vestis.format") != ONNX_FORMAT:
             raise VestisError(f"{path}: no vestis metadata; write the model with `vestis export`")
+        if meta.get("vestis.task") == "embedding":
+            try:
+                name = json.loads(meta.get("vestis.embedding", "{}")).get("model", "embedding")
+            except (json.JSONDecodeError, AttributeError):
+                name = "embedding"
+            raise VestisError(f"{path}: {_EMBEDDING_HINT.format(name)}")
         if int(meta.get("vestis.version", "0")) > ONNX_VERSION:
             raise VestisError(f"{path}: model format version {meta['vestis.version']} is newer than this vestis")
         src = f"{path} (metadata)"

@@ -31,18 +31,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from vestis.config import Config
 from vestis.data.dataset import AttributeDataset, EncodedTargets
 from vestis.data.taxonomy import Attribute, Taxonomy
-from vestis.data.transforms import prepare_batch
 from vestis.data.triplets import PKBatchSampler, build_condition_triplets, default_batches, value_codes
 from vestis.errors import VestisError
 from vestis.eval.evaluator import evaluate_predictions
 from vestis.eval.metrics import calibrate_thresholds, one_hot
 from vestis.eval.retrieval import recall_at_k, triplet_accuracy
-from vestis.inference.batch import predict_loader, probabilities
+from vestis.inference.batch import collect_embeddings, embed_loader, predict_loader
 from vestis.losses import EmbeddingLoss, MaskedMultiTaskLoss, class_weights
 from vestis.registry import MODELS
 from vestis.train.cache import FeatureCache, predict_cache
 
-__all__ = ["ClassifierTask", "EmbeddingTask", "Task", "Validation", "make_task", "model_task"]
+__all__ = ["ClassifierTask", "EmbeddingTask", "Task", "Validation", "embed_split", "make_task", "model_task"]
 
 
 @dataclass
@@ -200,33 +199,11 @@ class EmbeddingTask(Task):
             )
         return out
 
-    @torch.no_grad()
     def outputs(
         self, core: nn.Module, net: nn.Module, loader: DataLoader, cache: FeatureCache | None, dev: torch.device
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Sub-embeddings ``{attr: (N, d)}`` and recognition probabilities ``{attr: (N, K)}`` of a split, in order."""
-        model = net if cache is not None else core
-        was = model.training
-        model.eval()
-        emb: dict[str, list[np.ndarray]] = {}
-        probs: dict[str, list[np.ndarray]] = {}
-        output = getattr(core, "output", "kind")
-        try:
-            if cache is not None:
-                size = self.cfg.train.batch_size
-                chunks = (model(*cache.inputs(torch.arange(s, min(s + size, len(cache))), dev)) for s in
-                          range(0, len(cache), size))  # fmt: skip
-            else:
-                chunks = (model(prepare_batch(b["image"].to(dev), self.cfg.data)) for b in loader)
-            for out in chunks:
-                for k, v in out["embeddings"].items():
-                    emb.setdefault(k, []).append(v.float().cpu().numpy())
-                if out.get("logits"):
-                    for k, v in probabilities(out["logits"], self.taxonomy, output).items():
-                        probs.setdefault(k, []).append(v.cpu().numpy())
-        finally:
-            model.train(was)
-        return {k: np.concatenate(v) for k, v in emb.items()}, {k: np.concatenate(v) for k, v in probs.items()}
+        return embed_split(core, net, loader, cache, self.cfg, self.taxonomy, dev)
 
     def validate(
         self, core: nn.Module, net: nn.Module, loader: DataLoader, cache: FeatureCache | None, dev: torch.device
@@ -246,6 +223,31 @@ class EmbeddingTask(Task):
             metrics["attributes"] = rec["attributes"]
             summary.update({k: v for k, v in rec["summary"].items() if k not in summary})
         return Validation(metrics)
+
+
+@torch.no_grad()
+def embed_split(
+    core: nn.Module,
+    net: nn.Module,
+    loader: DataLoader,
+    cache: FeatureCache | None,
+    cfg: Config,
+    taxonomy: Taxonomy,
+    dev: torch.device,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """An embedding model's sub-embeddings and recognition probabilities of a split: from the cached trunk maps
+    through ``net`` (a :class:`~vestis.train.cache.CachedTail`) when ``cache`` is given, else from the images."""
+    if cache is None:
+        channels_last = cfg.train.channels_last and dev.type == "cuda"
+        return embed_loader(core, loader, cfg.data, taxonomy, dev, channels_last=channels_last)
+    was = net.training
+    net.eval()
+    try:
+        size = cfg.train.batch_size
+        outs = (net(*cache.inputs(torch.arange(s, min(s + size, len(cache))), dev)) for s in range(0, len(cache), size))
+        return collect_embeddings(outs, taxonomy, getattr(core, "output", "kind"))
+    finally:
+        net.train(was)
 
 
 def make_task(
