@@ -68,6 +68,7 @@ __all__ = [
     "TagResult",
     "collect_inputs",
     "decode_image",
+    "decoded_batches",
     "flatten_row",
     "journal_path",
     "make_rows",
@@ -263,10 +264,15 @@ def _rounded(result: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _local_batches(
-    predictor: Predictor, items: Sequence[ImageItem], batch_size: int, workers: int, calibrated: bool
-) -> Iterator[list[dict[str, Any]]]:
-    ds = _DecodeDataset(items, predictor.image_size, int(predictor.preprocessing["pad_value"]), predictor.max_pixels)
+def decoded_batches(
+    items: Sequence[ImageItem], size: int, pad_value: int, max_pixels: int, batch_size: int, workers: int
+) -> Iterator[tuple[list[ImageItem], list[np.ndarray | None], list[str | None]]]:
+    """``(items, arrays, errors)`` batch by batch in input order, decoded by ``workers`` processes (0: here).
+
+    The local engine's decoding stage, shared by tagging and index building (:mod:`vestis.retrieval.index_build`):
+    an array is ``uint8 (3, size, size)`` letterboxed pixels, or ``None`` with the reason in ``errors``.
+    """
+    ds = _DecodeDataset(items, size, pad_value, max_pixels)
     forked = workers > 0 and multiprocessing.get_start_method() == "fork"
     loader = DataLoader(
         ds,
@@ -278,8 +284,17 @@ def _local_batches(
         worker_init_fn=functools.partial(_worker_init, os.getpid() if forked else None) if workers else None,
     )
     for batch in loader:
-        idx = [b[0] for b in batch]
-        yield make_rows(predictor, [items[i] for i in idx], [b[1] for b in batch], [b[2] for b in batch], calibrated)
+        yield [items[b[0]] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
+
+
+def _local_batches(
+    predictor: Predictor, items: Sequence[ImageItem], batch_size: int, workers: int, calibrated: bool
+) -> Iterator[list[dict[str, Any]]]:
+    pad = int(predictor.preprocessing["pad_value"])
+    for its, arrays, errors in decoded_batches(
+        items, predictor.image_size, pad, predictor.max_pixels, batch_size, workers
+    ):
+        yield make_rows(predictor, its, arrays, errors, calibrated)
 
 
 # --- journal and output -------------------------------------------------------------------------------------
@@ -465,21 +480,21 @@ def _finish(out: Path, journal: Path, order: Sequence[str], taxonomy: Taxonomy) 
 class _Progress:
     """A Rich progress bar with images/s on stderr, or nothing."""
 
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
+    def __init__(self, enabled: bool, total: int, done: int, label: str = "tagging") -> None:
         self._bar = None
         if enabled:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._bar = Progress(
-                TextColumn("tagging"),
+                TextColumn(label),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
             )
-            self._task = self._bar.add_task("tagging", total=total, completed=done, rate="")
+            self._task = self._bar.add_task(label, total=total, completed=done, rate="")
             self._t0 = time.perf_counter()
             self._n = 0
 
