@@ -1,0 +1,40 @@
+"""``vestis index``: embed a catalog into a searchable index directory, resumably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vestis.cli._app import command, echo
+
+
+@command("index")
+def index_cmd(
+    model: Annotated[Path, typer.Argument(help="An embedding or classifier checkpoint, or an embedding ONNX file.")],
+    catalog: Annotated[list[Path], typer.Argument(help="Image folder(s), manifest(s) or image files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The index directory.")],
+    backend: Annotated[str, typer.Option("--backend", help="faiss or milvus.")] = "faiss",
+    index_type: Annotated[str, typer.Option("--index-type", help="flat (exact), hnsw or ivfpq.")] = "flat",
+    prototypes: Annotated[
+        Path | None, typer.Option("--prototypes", help="A labelled manifest for the prototypes (default: the catalog).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=0, help="Decoding processes.")] = 2,
+    engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
+    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard an earlier build in --out.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Index a catalog for substitute search; a rerun after a crash continues where it stopped."""
+    from vestis.retrieval.index_build import build_index
+
+    r = build_index(
+        model, catalog, out, backend=backend, kind=index_type, prototypes=prototypes, batch_size=batch_size,
+        workers=workers, engine=engine, device=device, restart=restart, progress=progress,
+    )  # fmt: skip
+    if r.done_before:
+        echo(f"{r.done_before} of {r.total} images were already embedded")
+    echo(f"{r.embedded} embedded, {r.errors} unreadable (left out), {r.images_per_s:.1f} images/s")
+    echo(f"indexed {r.count} items ({backend} {index_type}) in {r.out}")
