@@ -265,7 +265,7 @@ class CatalogIndex:
         else:
             path = Path(query)
             if isinstance(query, str) and not path.is_file():
-                raise VestisError(f"{query}: neither an id in the index nor an image file; ids include "
+                raise VestisError(f"{query!r}: neither an id in the index nor an image file; ids include "
                                   f"{_choices(self.items.ids, 10)}")  # fmt: skip
             arr, err = decode_image(path, size, pad, cap)
             if arr is None:
