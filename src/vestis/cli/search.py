@@ -59,8 +59,11 @@ def search_cmd(
         return
     from rich.table import Table
 
-    attrs = list(hits[0].per_attribute)
-    table = Table("#", "id", "distance", *attrs, "image")
+    # the per-attribute similarities in one wrapped cell: a column each would not fit 80 columns for 7+ attributes
+    table = Table("#", "id", "distance", "similarity per attribute", "image")
+    table.columns[1].no_wrap = table.columns[2].no_wrap = True
+    table.columns[4].overflow = "fold"
     for n, h in enumerate(hits, start=1):
-        table.add_row(str(n), h.id, f"{h.distance:.3f}", *(f"{h.per_attribute[a]:.3f}" for a in attrs), h.image)
+        per = ", ".join(f"{a}={s:.2f}" for a, s in h.per_attribute.items())
+        table.add_row(str(n), h.id, f"{h.distance:.3f}", per, h.image)
     console.print(table)
