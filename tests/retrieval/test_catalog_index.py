@@ -335,3 +335,75 @@ def test_killed_build_resumes_with_every_image_once(csn_setup, tmp_path):
         same = [index.row(f"r{i:05d}") for i in (0, (n // len(paths) - 1) * len(paths))]  # one image, twice
         np.testing.assert_allclose(index.vectors[same[0]], index.vectors[same[-1]], atol=1e-5)
     assert not journal.exists()
+
+
+def test_milvus_backend_gives_the_faiss_results(csn_setup, idx, tmp_path):
+    pytest.importorskip("pymilvus", reason="pymilvus is not installed (pip install 'vestis[search]')")
+    pytest.importorskip("milvus_lite", reason="milvus-lite has no wheel for this platform (pip install milvus-lite)")
+    manifest, ckpt, _ = csn_setup
+    build_index(ckpt, manifest, tmp_path / "m", backend="milvus", workers=0)
+    assert (tmp_path / "m" / "milvus.db").exists()
+    with CatalogIndex.open(tmp_path / "m") as mil:
+        for q in ("000000", "000013"):
+            where = {"category": ["shirt", "sneaker", "t-shirt"]}
+            assert [h.id for h in mil.search(q, k=8, where=where)] == [h.id for h in idx.search(q, k=8, where=where)]
+        assert mil.remove(["000001"]) == 1 and len(mil.backend) == 39
+        assert "000001" not in {h.id for h in mil.search("000000", k=39)}
+
+
+def test_onnx_model_predicts_from_the_nearest_prototype(csn_setup, idx, tmp_path):
+    """An ONNX embedder has no recognition columns: each attribute is the value of the most similar prototype."""
+    from vestis.inference.export import export_onnx
+
+    manifest, ckpt, _ = csn_setup
+    onnx = export_onnx(ckpt, tmp_path / "csn.onnx", opset=17, check_images=0).path
+    build_index(onnx, manifest, tmp_path / "o", workers=0)
+    with CatalogIndex.open(tmp_path / "o") as ox:
+        np.testing.assert_allclose(np.asarray(ox.vectors), np.asarray(idx.vectors), atol=1e-4)
+        gal = _gallery(ox)
+        protos = ox.prototypes
+        values = ox.taxonomy["colour"].values
+        for r in range(len(ox)):
+            sims = protos.vectors["colour"] @ gal["colour"][r]  # (V,)
+            cat = ox.items.value("category", r)
+            if ox.taxonomy["colour"].applies(cat):
+                assert ox.items.preds["colour"][r] == values[int(protos.values["colour"][sims.argmax()])]
+                assert ox.items.scores["colour"][r] == pytest.approx(float(sims.max()), abs=1e-5)
+
+
+def test_prototypes_from_another_manifest(csn_setup, idx, tmp_path):
+    manifest, ckpt, _ = csn_setup
+    lines = manifest.read_text().splitlines()
+    header = lines[0].split(",")
+    col = header.index("colour")
+    keep = [ln.split(",") for ln in lines[1:13]]
+    rows = [",".join(["id", "image", "colour"])] + [",".join([c[0], c[1], c[col]]) for c in keep]
+    (manifest.parent / "protos.csv").write_text("\n".join(rows) + "\n")
+    build_index(ckpt, manifest, tmp_path / "p", workers=0, prototypes=manifest.parent / "protos.csv")
+    with CatalogIndex.open(tmp_path / "p") as px:
+        gal = _gallery(px)
+        labelled = {}
+        for c in keep:
+            if c[col]:
+                labelled.setdefault(c[col], []).append(px.row(c[0]))
+        values = px.taxonomy["colour"].values
+        got = {values[int(v)]: px.prototypes.vectors["colour"][i] for i, v in enumerate(px.prototypes.values["colour"])}
+        assert set(got) == set(labelled)  # only the values of the prototype manifest
+        for v, rws in labelled.items():
+            mean = gal["colour"][rws].mean(axis=0)
+            np.testing.assert_allclose(got[v], mean / np.linalg.norm(mean), atol=1e-5)
+        assert px.prototypes.values.get("pattern", np.zeros(0)).size == 0  # no pattern column: no prototypes
+        with pytest.raises(VestisError, match="set: pattern='solid' has no prototype"):
+            px.search("000000", set={"pattern": "solid"})
+
+
+def test_a_second_build_of_the_same_directory_is_refused(csn_setup, tmp_path):
+    from vestis.inference.tagging import _Journal
+
+    manifest, ckpt, _ = csn_setup
+    holder = _Journal(tmp_path / "i" / JOURNAL)
+    try:
+        with pytest.raises(VestisError, match="another vestis index is building this directory"):
+            build_index(ckpt, manifest, tmp_path / "i", workers=0)
+    finally:
+        holder.close()
