@@ -407,3 +407,21 @@ def test_a_second_build_of_the_same_directory_is_refused(csn_setup, tmp_path):
             build_index(ckpt, manifest, tmp_path / "i", workers=0)
     finally:
         holder.close()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its configuration defaults
+def test_ray_engine_builds_the_local_index(csn_setup, idx, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'vestis[ray]'")
+    pytest.importorskip("ray.data", reason="Ray Data is an optional extra: pip install 'vestis[ray]'")
+    manifest, ckpt, _ = csn_setup
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        r = build_index(ckpt, manifest, tmp_path / "r", engine="ray", batch_size=8, workers=1, device="cpu")
+    finally:
+        ray.shutdown()
+    assert r.count == 40
+    with CatalogIndex.open(tmp_path / "r") as rx:
+        assert rx.items.ids == idx.items.ids
+        np.testing.assert_allclose(np.asarray(rx.vectors), np.asarray(idx.vectors), atol=1e-5)
+        assert rx.items.preds == idx.items.preds
