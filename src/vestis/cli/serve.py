@@ -48,13 +48,20 @@ def serve_cmd(
     max_queue_wait_ms: Annotated[
         float, typer.Option("--max-queue-wait-ms", min=1, help="Answer 503 + Retry-After if the wait would be longer.")
     ] = _D.max_queue_wait_ms,
+    index: Annotated[
+        Path | None,
+        typer.Option("--index", help="A catalog index built from MODEL by `vestis index`: adds /v1/search."),
+    ] = None,
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
     trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
-    """Serve MODEL over HTTP: /v1/attributes, /v1/heatmap, /v1/taxonomy, health, metrics and a web page at /."""
+    """Serve MODEL over HTTP: /v1/attributes, /v1/heatmap, /v1/taxonomy, health, metrics and a web page at /.
+
+    With --index, also substitute search: /v1/search, /v1/items/{id} and its thumbnail, and the page's panel.
+    """
     try:
         import uvicorn
     except ImportError:
@@ -68,10 +75,19 @@ def serve_cmd(
         max_json_depth=max_json_depth, max_queue_wait_ms=max_queue_wait_ms,
     )  # fmt: skip
     predictor = Predictor.from_path(model, device=device, trust_checkpoint=trust_checkpoint)
-    app = create_app(predictor, config)
+    catalog = None
+    if index is not None:
+        from vestis.retrieval.catalog_index import CatalogIndex
+        from vestis.service.search import check_index_model
+
+        catalog = CatalogIndex.open(index)
+        check_index_model(catalog, model)
+        catalog.embedder(device)  # image queries embed with it: a missing model file fails here, not per request
+    app = create_app(predictor, config, index=catalog)
     shown = f"[{host}]" if ":" in host else host
+    searching = f" · searching {len(catalog):,} items of {index}" if catalog is not None else ""
     echo(
         f"serving {model} ({predictor.backend} on {predictor.device}, {len(predictor.taxonomy)} attributes) "
-        f"at http://{shown}:{port}/ · batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms"
+        f"at http://{shown}:{port}/ · batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms{searching}"
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -12,7 +12,8 @@ A request goes through stages, and the model code never sees HTTP::
     encode       (predictor.decode -> AttributesResponse JSON)
 
 Endpoints: ``POST /v1/attributes``, ``POST /v1/heatmap``, ``GET /v1/taxonomy``, ``GET /healthz``,
-``GET /readyz``, ``GET /metrics`` and the web page at ``/``. Every error is JSON
+``GET /readyz``, ``GET /metrics`` and the web page at ``/``; with a catalog index, the search endpoints of
+:mod:`vestis.service.search`. Every error is JSON
 ``{"error": ..., "detail": ...}``; an exception in the model answers 500 and the next request is served.
 A client that goes away while its body is read is an ordinary event: counted, logged on one line, no 500.
 The service is self-contained: it fetches nothing (no URLs in requests, no CDN on the page), so the
@@ -29,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -70,6 +71,10 @@ from vestis.service.schemas import (
     Readiness,
     TaxonomyResponse,
 )
+
+if TYPE_CHECKING:
+    from vestis.retrieval.catalog_index import CatalogIndex
+    from vestis.service.search import Searcher
 
 __all__ = ["AttributePredictor", "ServiceConfig", "create_app", "render_heatmap"]
 
@@ -301,9 +306,13 @@ class _Service:
 
 
 def create_app(
-    predictor: AttributePredictor, config: ServiceConfig | None = None, *, registry: CollectorRegistry | None = None
+    predictor: AttributePredictor,
+    config: ServiceConfig | None = None,
+    *,
+    index: CatalogIndex | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> FastAPI:
-    """The FastAPI application serving ``predictor``.
+    """The FastAPI application serving ``predictor``, and substitute search over ``index`` when given.
 
     The model thread, the micro-batcher and the warm-up start with the application's lifespan (uvicorn,
     ``TestClient`` used as a context manager); ``/readyz`` answers 200 once the warm-up batch has run.
@@ -311,6 +320,8 @@ def create_app(
     Args:
         predictor: the model (see :class:`AttributePredictor`).
         config: batching and limits; defaults of :class:`ServiceConfig` when omitted.
+        index: a catalog index built with the same model: adds ``POST /v1/search``, ``GET /v1/items/{id}``,
+            its thumbnail and ``GET /v1/index`` (see :mod:`vestis.service.search`).
         registry: the Prometheus registry for the metrics; a fresh one by default.
     """
     if not isinstance(predictor, AttributePredictor):
@@ -320,15 +331,20 @@ def create_app(
     config = config or ServiceConfig()
     metrics = ServiceMetrics(registry)
     service = _Service(predictor, config, metrics)
+    searcher: Searcher | None = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        if searcher is not None:
+            searcher.start()
         warm = asyncio.create_task(service.warm_up(), name="vestis-warm-up")
         try:
             yield
         finally:
             warm.cancel()
+            if searcher is not None:
+                searcher.stop()
             await service.stop()
 
     app = FastAPI(
@@ -444,6 +460,11 @@ def create_app(
     )
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    if index is not None:
+        from vestis.service.search import add_search_routes
+
+        searcher = add_search_routes(app, service, index)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

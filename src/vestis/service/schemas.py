@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "ERROR_RESPONSES",
     "IMAGE_REQUEST_BODY",
+    "MAX_K",
+    "SEARCH_REQUEST_BODY",
     "AttributeInfo",
     "AttributeResult",
     "AttributesResponse",
@@ -25,7 +27,15 @@ __all__ = [
     "Health",
     "ImageResult",
     "ImagesRequest",
+    "IndexAttribute",
+    "IndexInfo",
+    "ItemResponse",
     "Readiness",
+    "SearchHit",
+    "SearchOptions",
+    "SearchQuery",
+    "SearchRequest",
+    "SearchResponse",
     "TaxonomyResponse",
 ]
 
@@ -146,4 +156,128 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The model is not loaded yet, or the service is overloaded (see `Retry-After`).",
         "headers": {"Retry-After": {"description": "Seconds after which to retry.", "schema": {"type": "integer"}}},
     },
+}
+
+
+# --- substitute search (mounted when the service has a catalog index: ``vestis serve MODEL --index INDEX``) -----
+MAX_K = 200  # hits one search may ask for; a page of substitutes, not an export of the catalog
+
+
+class SearchOptions(BaseModel):
+    """How to search: the manipulations, the attributes compared, the filters and the number of hits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    set: dict[str, str] = Field(
+        default_factory=dict,
+        description="attribute -> value: the query's sub-embedding of the attribute becomes the value's prototype.",
+        examples=[{"colour": "black"}],
+    )
+    only: list[str] | None = Field(
+        None, description="Compare these attributes only (weight 1), ignore the others; null compares every one."
+    )
+    where: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="attribute -> values: keep items whose label (else prediction) is one of the values.",
+        examples=[{"category": ["dress"]}],
+    )
+    k: int = Field(30, ge=1, le=MAX_K, description="Number of hits.")
+    additive: bool = Field(False, description="ADDE-M's additive manipulation instead of prototype replacement.")
+
+
+class SearchRequest(SearchOptions):
+    """A JSON search: the query is a catalog ``id`` or an ``image`` (base64 of the file), exactly one of them."""
+
+    id: str | None = Field(None, description="A catalog id: its stored vector is the query (it is left out).")
+    image: str | None = Field(None, description="Base64 of an image file (never a URL).")
+
+
+class SearchHit(BaseModel):
+    """One substitute."""
+
+    id: str
+    score: float = Field(..., description="Sum over the compared attributes of the cosine similarities s_t.")
+    distance: float = Field(..., description="Squared L2 distance over the compared attributes, sum of 2 - 2 s_t.")
+    per_attribute: dict[str, float] = Field(..., description="s_t of each compared attribute.")
+    attributes: dict[str, str | None] = Field(..., description="The item's label, else its prediction.")
+    thumbnail: str = Field(..., description="URL of the item's thumbnail (JPEG) on this server.")
+
+
+class SearchQuery(BaseModel):
+    """What was searched with."""
+
+    id: str | None = None
+    filename: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class SearchResponse(BaseModel):
+    """The hits, most similar first, and the options they were found with."""
+
+    query: SearchQuery
+    set: dict[str, str]
+    only: list[str]
+    where: dict[str, list[str]]
+    k: int
+    hits: list[SearchHit]
+
+
+class ItemResponse(BaseModel):
+    """One catalog item as the index holds it."""
+
+    id: str
+    image: str | None = Field(None, description="Its image path relative to the catalog root.")
+    labels: dict[str, str | None] = Field(..., description="The manifest's labels (several joined by `|`).")
+    predictions: dict[str, str | None]
+    scores: dict[str, float | None] = Field(..., description="The prediction's probability or prototype similarity.")
+    attributes: dict[str, str | None] = Field(..., description="The label where there is one, else the prediction.")
+    thumbnail: str
+
+
+class IndexAttribute(BaseModel):
+    """An attribute of the index and the values a search may ``set`` it to (those with a prototype)."""
+
+    name: str
+    kind: Literal["single", "multi"]
+    values: list[str]
+    prototypes: list[str]
+
+
+class IndexInfo(BaseModel):
+    """The catalog index the service searches."""
+
+    count: int
+    model: str
+    backend: str
+    kind: str
+    attributes: list[IndexAttribute]
+
+
+SEARCH_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "JSON (a catalog `id` or a base64 `image`, and the options), or multipart: one `file` part (or an `id` "
+            "field) and the options as fields: `set`, `where` as repeated `attr=value`, `only` as repeated or "
+            "comma-separated names, `k`, `additive`."
+        ),
+        "content": {
+            "application/json": {"schema": SearchRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "The query image."},
+                        "id": {"type": "string", "description": "A catalog id, instead of a file."},
+                        "set": {"type": "array", "items": {"type": "string"}, "description": "attr=value"},
+                        "only": {"type": "array", "items": {"type": "string"}, "description": "attribute names"},
+                        "where": {"type": "array", "items": {"type": "string"}, "description": "attr=value"},
+                        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
+                        "additive": {"type": "boolean"},
+                    },
+                }
+            },
+        },
+    }
 }
