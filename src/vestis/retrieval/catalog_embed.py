@@ -40,6 +40,7 @@ __all__ = [
     "max_pixels",
     "nearest_prototype_predictions",
     "relative_image",
+    "row_vectors",
     "rows_for_batch",
 ]
 
@@ -164,6 +165,14 @@ def nearest_prototype_predictions(
     return preds, scores
 
 
+def row_vectors(rows: Sequence[dict[str, Any]], dim: int) -> np.ndarray:
+    """The ``(N, dim)`` float32 vectors of journal rows."""
+    out = np.zeros((len(rows), dim), np.float32)
+    for i, r in enumerate(rows):
+        out[i] = decode_vector(r["vector"], dim, f"row {r['id']!r}")
+    return out
+
+
 def relative_image(path: str, root: Path | None) -> str:
     """``path`` relative to the catalog root when inside it (as a POSIX path), else absolute."""
     p = Path(path).absolute()
@@ -181,15 +190,16 @@ def items_from_rows(
     protos: Prototypes,
     taxonomy: Taxonomy,
     layout: Sequence[tuple[str, int]],
+    vectors: np.ndarray | None = None,
 ) -> tuple[Items, np.ndarray]:
     """The item table and ``(N, D)`` vectors of decoded journal rows (error rows must be left out before).
 
     Predictions are the row's recognition columns when it has them, else the nearest prototype; an attribute
-    that does not apply to the item's category (its label, else its prediction) is left empty.
+    that does not apply to the item's category (its label, else its prediction) is left empty. ``vectors``:
+    the rows' vectors when already decoded (:func:`row_vectors`).
     """
-    dim = sum(d for _, d in layout)
-    vectors = np.stack([decode_vector(r["vector"], dim, f"row {r['id']!r}") for r in rows]) if rows else None
-    vectors = np.zeros((0, dim), np.float32) if vectors is None else vectors  # (N, D)
+    if vectors is None:
+        vectors = row_vectors(rows, sum(d for _, d in layout))
     names = [a for a, _ in layout]
     near_p, near_s = nearest_prototype_predictions(vectors, layout, protos, taxonomy)
     lab = {a: [labels.get(r["id"], {}).get(a) for r in rows] for a in names}

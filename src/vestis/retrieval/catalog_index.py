@@ -124,6 +124,16 @@ class CatalogIndex:
         self._row_of_key = {int(k): r for r, k in enumerate(self.items.keys)}
         ends = np.cumsum([d for _, d in self.layout]).tolist()
         self._slices = {a: slice(e - d, e) for (a, d), e in zip(self.layout, ends, strict=True)}
+        self._masks: dict[tuple[str, str], np.ndarray] = {}  # (attr, value) -> (N,) bool, filled by where
+
+    def _mask(self, attr: str, value: str) -> np.ndarray:
+        """Rows whose label, else prediction, of ``attr`` holds ``value``; cached (a catalog changes rarely)."""
+        got = self._masks.get((attr, value))
+        if got is None:
+            vals = (self.items.value(attr, r) for r in range(len(self)))
+            got = np.fromiter((v is not None and value in v.split("|") for v in vals), bool, len(self))
+            self._masks[(attr, value)] = got
+        return got
 
     # --- opening --------------------------------------------------------------------------------------------
     @classmethod
@@ -354,10 +364,11 @@ class CatalogIndex:
             wanted = {vals} if isinstance(vals, str) else set(vals)
             if not wanted:
                 raise VestisError(f"where: {attr}: expected at least one value")
+            either = np.zeros(len(self), dtype=bool)
             for v in wanted:
                 self._check_value(attr, v, "where")
-            col = [self.items.value(attr, r) for r in range(len(self))]
-            keep &= np.fromiter((v is not None and bool(wanted & set(v.split("|"))) for v in col), bool, len(col))
+                either |= self._mask(attr, v)
+            keep &= either
         return self.items.keys[keep]
 
     def search(

@@ -33,7 +33,14 @@ from vestis.inference.tagging import (
     collect_inputs,
 )
 from vestis.io import atomic_write_text
-from vestis.retrieval.catalog_embed import embed_rows, items_from_rows, manifest_labels, max_pixels, rows_for_batch
+from vestis.retrieval.catalog_embed import (
+    embed_rows,
+    items_from_rows,
+    manifest_labels,
+    max_pixels,
+    row_vectors,
+    rows_for_batch,
+)
 from vestis.retrieval.catalog_store import (
     BACKEND_FILES,
     FORMAT,
@@ -252,10 +259,11 @@ def _finish(
     root = _catalog_root(sources)
     labels = manifest_labels(sources, tax)
     keys = np.arange(len(good), dtype=np.int64)
-    empty = labelled_prototypes(np.zeros((0, embedder.dim), np.float32), layout, {}, tax)
-    _, vectors = items_from_rows(good, keys, root=root, labels={}, protos=empty, taxonomy=tax, layout=layout)
+    vectors = row_vectors(good, embedder.dim)  # (N, D)
     protos = _prototypes(prototypes_manifest, embedder, good, vectors, labels)
-    table, vectors = items_from_rows(good, keys, root=root, labels=labels, protos=protos, taxonomy=tax, layout=layout)
+    table, _ = items_from_rows(
+        good, keys, root=root, labels=labels, protos=protos, taxonomy=tax, layout=layout, vectors=vectors
+    )
     out.mkdir(parents=True, exist_ok=True)
     file = BACKEND_FILES[backend]
     if backend == "faiss":
@@ -322,9 +330,7 @@ def _prototypes(
     same = [it for it in extra if it.id in known and Path(rows[known[it.id]]["image"]) == it.path]
     other = [it for it in extra if it not in same]
     new = [r for b in embed_rows(embedder, other, batch_size=32, workers=0) for r in b if "error" not in r]
-    empty = labelled_prototypes(np.zeros((0, embedder.dim), np.float32), layout, {}, tax)
-    _, new_vecs = items_from_rows(new, np.arange(len(new)), root=None, labels={}, protos=empty, taxonomy=tax,
-                                  layout=layout)  # fmt: skip
+    new_vecs = row_vectors(new, embedder.dim)
     ids = [it.id for it in same] + [r["id"] for r in new]
     vecs = np.concatenate([vectors[[known[it.id] for it in same]].reshape(-1, embedder.dim), new_vecs])
     cols = {a: [plabels.get(i, {}).get(a) for i in ids] for a, _ in layout}
