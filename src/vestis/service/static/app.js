@@ -1,5 +1,6 @@
 // The vestis web page: pick or drop an image, see every attribute with a confidence bar, overlay the
-// heat-map, download the JSON. Plain browser APIs; talks only to this server.
+// heat-map, download the JSON; with a catalog index, browse substitutes (chips to change or lock attributes,
+// a grid of thumbnails). Plain browser APIs; talks only to this server.
 "use strict";
 
 (() => {
@@ -12,8 +13,12 @@
   };
   const pct = (x) => `${(100 * x).toFixed(1)}%`;
   const MAX_BARS = 5; // values shown per attribute (the predicted ones always are)
+  const HITS = 12; // substitutes shown
 
-  const state = { taxonomy: null, file: null, result: null, heatmapUrl: null, previewUrl: null, request: 0 };
+  const state = {
+    taxonomy: null, file: null, result: null, heatmapUrl: null, previewUrl: null, request: 0,
+    index: null, search: 0, // the catalog index (GET /v1/index) when the server has one; the latest search
+  };
 
   function setStatus(text, kind = "") {
     const s = $("status");
@@ -44,6 +49,20 @@
       $("model-name").textContent = `model unavailable (${e.message})`;
     }
     pollReady();
+    loadIndex();
+  }
+
+  async function loadIndex() {
+    try {
+      const res = await fetch("/v1/index");
+      if (!res.ok) return; // a server without an index: no substitutes panel
+      state.index = await res.json();
+    } catch {
+      return;
+    }
+    const i = state.index;
+    $("index-info").textContent = `${i.count} items · ${i.backend} ${i.kind}`;
+    $("substitutes").hidden = false;
   }
 
   async function pollReady() {
@@ -73,6 +92,9 @@
     $("download").disabled = true;
     $("heatmap-toggle").disabled = true;
     $("attributes").replaceChildren();
+    $("chips").replaceChildren();
+    $("hits").replaceChildren();
+    state.search++; // a search of the previous image that answers late is dropped
     $("timing").textContent = "";
 
     if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
@@ -106,6 +128,121 @@
     setStatus("");
     $("download").disabled = false;
     $("heatmap-toggle").disabled = false;
+    if (state.index) {
+      renderChips(r.attributes);
+      search();
+    }
+  }
+
+  // --- substitutes: one chip per predicted attribute; a select changes its value (set), a toggle locks it (only)
+  function renderChips(attributes) {
+    const box = $("chips");
+    box.replaceChildren();
+    for (const info of state.index.attributes) {
+      const got = attributes[info.name];
+      if (!got) continue; // does not apply to the predicted category
+      const predicted = got.values !== undefined ? got.values : [got.value];
+      const chip = el("span", "chip");
+      chip.dataset.attribute = info.name;
+      const select = el("select");
+      select.setAttribute("aria-label", `${info.name}: search for another value`);
+      // "" keeps the query's own sub-embedding; any other option is replaced by that value's prototype
+      select.append(new Option(predicted.length ? predicted.join(", ") : "none", ""));
+      for (const v of info.prototypes) {
+        if (!(predicted.length === 1 && predicted[0] === v)) select.append(new Option(`→ ${v}`, v));
+      }
+      select.disabled = select.options.length < 2;
+      select.addEventListener("change", () => {
+        chip.classList.toggle("changed", select.value !== "");
+        search();
+      });
+      const lock = el("button", "lock", "lock");
+      lock.type = "button";
+      lock.setAttribute("aria-pressed", "false");
+      lock.title = `Compare ${info.name} only (with the other locked attributes)`;
+      lock.addEventListener("click", () => {
+        const on = lock.getAttribute("aria-pressed") !== "true";
+        lock.setAttribute("aria-pressed", String(on));
+        chip.classList.toggle("locked", on);
+        search();
+      });
+      chip.append(el("span", "chip-name", info.name), select, lock);
+      box.append(chip);
+    }
+  }
+
+  function searchOptions() {
+    const set = {};
+    const locked = [];
+    for (const chip of $("chips").querySelectorAll(".chip")) {
+      const name = chip.dataset.attribute;
+      const value = chip.querySelector("select").value;
+      if (value) set[name] = value;
+      if (chip.querySelector(".lock").getAttribute("aria-pressed") === "true") locked.push(name);
+    }
+    // with locks, only the locked attributes are compared, and a changed one too (it is what is searched for)
+    const only = locked.length ? [...new Set([...locked, ...Object.keys(set)])] : null;
+    return { set, only };
+  }
+
+  async function search() {
+    const request = ++state.search;
+    const { set, only } = searchOptions();
+    const data = form(state.file);
+    data.append("k", String(HITS));
+    for (const [name, value] of Object.entries(set)) data.append("set", `${name}=${value}`);
+    if (only) data.append("only", only.join(","));
+    const status = $("search-status");
+    const hits = $("hits");
+    hits.dataset.state = "busy";
+    status.className = "status busy";
+    status.textContent = "Searching…";
+    status.hidden = false;
+    let res;
+    try {
+      res = await fetch("/v1/search", { method: "POST", body: data });
+    } catch (e) {
+      if (request !== state.search) return;
+      status.className = "status error";
+      status.textContent = `The server did not answer (${e.message}).`;
+      hits.dataset.state = "error";
+      return;
+    }
+    if (request !== state.search) return; // a newer search was started meanwhile
+    if (!res.ok) {
+      status.className = "status error";
+      status.textContent = await errorText(res);
+      hits.replaceChildren();
+      hits.dataset.state = "error";
+      return;
+    }
+    const body = await res.json();
+    if (request !== state.search) return;
+    renderHits(body);
+    status.hidden = !!body.hits.length;
+    status.className = "status";
+    status.textContent = body.hits.length ? "" : "No item matches.";
+    hits.dataset.searches = String(Number(hits.dataset.searches) + 1);
+    hits.dataset.state = "done";
+  }
+
+  function renderHits(body) {
+    const box = $("hits");
+    box.replaceChildren();
+    for (const hit of body.hits) {
+      const card = el("figure", "hit");
+      card.dataset.id = hit.id;
+      card.dataset.distance = String(hit.distance);
+      const parts = Object.entries(hit.per_attribute).map(([a, s]) => `${a} ${s.toFixed(3)}`).join(" · ");
+      card.title = `${hit.id}\ndistance ${hit.distance.toFixed(4)}\n${parts}`;
+      const img = el("img");
+      img.alt = hit.id;
+      img.src = hit.thumbnail;
+      const meta = el("figcaption", "hit-meta");
+      meta.append(el("span", "hit-id", hit.id), el("span", "hit-distance", Math.max(0, hit.distance).toFixed(3)));
+      card.append(img, meta);
+      box.append(card);
+    }
   }
 
   function render(attributes) {
