@@ -276,10 +276,16 @@ def test_a_complete_index_is_not_rebuilt_without_restart(csn_setup, tmp_path):
 
 def test_classifier_checkpoint_gives_attribute_based_sub_embeddings(csn_setup, tmp_path):
     """A classifier indexes through its branches, and predicts with its own heads (as vestis predict does)."""
+    from vestis.data.taxonomy import load_taxonomy
     from vestis.inference.predictor import Predictor
+    from vestis.models import create_model
+    from vestis.train.checkpoint import save_checkpoint
 
     manifest = csn_setup[0]
-    ckpt = train_tiny(manifest, tmp_path / "run", "model.name=a3")
+    cfg = load_config("tiny", [f"data.image_size={SIZE}", "model.name=a3"])
+    tax = load_taxonomy(manifest.parent / "taxonomy.yaml")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "a3.ckpt", model=create_model(cfg.model, tax), config=cfg, taxonomy=tax)
     r = build_index(ckpt, manifest, tmp_path / "index", kind="hnsw", workers=0)
     assert r.count == 40
     with CatalogIndex.open(tmp_path / "index") as index:
@@ -425,3 +431,66 @@ def test_ray_engine_builds_the_local_index(csn_setup, idx, tmp_path):
         assert rx.items.ids == idx.items.ids
         np.testing.assert_allclose(np.asarray(rx.vectors), np.asarray(idx.vectors), atol=1e-5)
         assert rx.items.preds == idx.items.preds
+
+
+def test_unreadable_images_are_left_out_and_listed(csn_setup, tmp_path):
+    manifest, ckpt, _ = csn_setup
+    m = read_manifest(manifest)
+    (tmp_path / "broken.jpg").write_bytes(b"not a JPEG")
+    rows = [f"{r.id},{m.image_path(r)}" for r in m.records[:3]] + [f"bad,{tmp_path / 'broken.jpg'}"]
+    (tmp_path / "m.csv").write_text("id,image\n" + "\n".join(rows) + "\n")
+    r = build_index(ckpt, tmp_path / "m.csv", tmp_path / "i", workers=0)
+    assert (r.count, r.errors, r.embedded) == (3, 1, 3)
+    skipped = json.loads((tmp_path / "i" / "skipped.json").read_text())
+    assert [s["id"] for s in skipped] == ["bad"] and "not a readable image" in skipped[0]["error"]
+    with CatalogIndex.open(tmp_path / "i") as index:
+        assert index.items.ids == [x.id for x in m.records[:3]]
+        assert all(lab is None for lab in index.items.labels["colour"])  # an image list has no labels
+
+
+def test_query_images_go_through_the_decoders_pixel_cap(csn_setup, idx, monkeypatch):
+    from PIL import Image
+
+    import vestis.retrieval.catalog_embed as catalog_embed
+
+    path = csn_setup[0].parent / idx.items.images[0]
+    monkeypatch.setattr(catalog_embed, "max_pixels", lambda _emb: 100)  # a 48 x 48 image is over it
+    with pytest.raises(VestisError, match="over the cap"):
+        idx.search(path)
+    with pytest.raises(VestisError, match="query image: 48x48 pixels, over the cap of 100"):
+        idx.search(Image.open(path))
+
+
+def test_a_crash_while_adding_is_detected_on_open(csn_setup, tmp_path, monkeypatch):
+    """The files of an interrupted update disagree on the count: opening refuses them instead of mixing rows up."""
+    import vestis.retrieval.catalog_store as store
+
+    path = tmp_path / "index"
+    shutil.copytree(csn_setup[2], path)
+    with CatalogIndex.open(path) as index:
+        index.remove(["000001"])
+
+    def crash(*_a, **_k):
+        raise OSError("disk gone")
+
+    m = read_manifest(csn_setup[0])
+    (tmp_path / "one.csv").write_text(f"id,image\n000001,{m.image_path(m.records[1])}\n")
+    with CatalogIndex.open(path) as index:
+        monkeypatch.setattr(store, "write_items", crash)
+        with pytest.raises(OSError, match="disk gone"):
+            index.add(tmp_path / "one.csv")
+    monkeypatch.undo()
+    with pytest.raises(VestisError, match=r"the index files disagree.*rebuild it with `vestis index --restart`"):
+        CatalogIndex.open(path)
+
+
+def test_a_foreign_journal_is_an_error_naming_the_row(csn_setup, tmp_path):
+    manifest, ckpt, _ = csn_setup
+    out = tmp_path / "i"
+    out.mkdir()
+    (out / JOURNAL).write_text(json.dumps({"id": "000000", "image": "x.jpg", "vector": "AAAAAA=="}) + "\n")
+    with pytest.raises(VestisError, match=r"build\.jsonl: row '000000': 'vector' has 1 numbers, expected 160"):
+        build_index(ckpt, manifest, out, workers=0)
+    (out / JOURNAL).write_text(json.dumps({"id": "000000", "image": "x.jpg", "vector": "a!"}) + "\n")
+    with pytest.raises(VestisError, match="row '000000': 'vector' is not base64 float32"):
+        build_index(ckpt, manifest, out, workers=0)

@@ -24,6 +24,7 @@ import torch
 
 from vestis.data.images import DEFAULT_MAX_PIXELS
 from vestis.data.taxonomy import Taxonomy
+from vestis.errors import VestisError
 from vestis.inference.embedder import Embedder
 from vestis.inference.tagging import ImageItem, decoded_batches
 from vestis.models.heads import uses_softmax
@@ -55,8 +56,6 @@ def encode_vector(v: np.ndarray) -> str:
 
 def decode_vector(text: str, dim: int, where: str) -> np.ndarray:
     """The inverse of :func:`encode_vector`, checked against the expected width."""
-    from vestis.errors import VestisError
-
     try:
         v = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype="<f4")
     except (ValueError, UnicodeEncodeError):
@@ -165,11 +164,13 @@ def nearest_prototype_predictions(
     return preds, scores
 
 
-def row_vectors(rows: Sequence[dict[str, Any]], dim: int) -> np.ndarray:
-    """The ``(N, dim)`` float32 vectors of journal rows."""
+def row_vectors(rows: Sequence[dict[str, Any]], dim: int, source: str = "journal") -> np.ndarray:
+    """The ``(N, dim)`` float32 vectors of journal rows; ``source`` names the file in messages."""
     out = np.zeros((len(rows), dim), np.float32)
     for i, r in enumerate(rows):
-        out[i] = decode_vector(r["vector"], dim, f"row {r['id']!r}")
+        if not isinstance(r.get("vector"), str):
+            raise VestisError(f"{source}: row {r['id']!r}: no 'vector'; not a vestis index journal?")
+        out[i] = decode_vector(r["vector"], dim, f"{source}: row {r['id']!r}")
     return out
 
 

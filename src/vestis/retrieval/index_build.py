@@ -259,7 +259,7 @@ def _finish(
     root = _catalog_root(sources)
     labels = manifest_labels(sources, tax)
     keys = np.arange(len(good), dtype=np.int64)
-    vectors = row_vectors(good, embedder.dim)  # (N, D)
+    vectors = row_vectors(good, embedder.dim, str(journal))  # (N, D)
     protos = _prototypes(prototypes_manifest, embedder, good, vectors, labels)
     table, _ = items_from_rows(
         good, keys, root=root, labels=labels, protos=protos, taxonomy=tax, layout=layout, vectors=vectors
