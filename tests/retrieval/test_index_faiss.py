@@ -107,12 +107,11 @@ def test_ivfpq_rerank_from_memory_map(tmp_path, data):
 
 
 def test_ivfpq_defaults_sized_from_n():
-    # sqrt(10000)=100 lists (<= 10000 // 39); 448 = 4 * 112; log2(10000 / 39) >= 8; nprobe max(8, 100 // 16)
-    assert ivfpq_defaults(10_000, 448) == {"nlist": 100, "m": 112, "nbits": 8, "nprobe": 8}
-    # 1M: 1000 lists, nprobe 1000 // 16 = 62
-    assert ivfpq_defaults(1_000_000, 448) == {"nlist": 1000, "m": 112, "nbits": 8, "nprobe": 62}
-    # 500 vectors: 500 // 39 = 12 lists, 2^floor(log2(12.8)) = 8 centroids; dim 30: largest divisor <= 7 is 6
-    assert ivfpq_defaults(500, 30) == {"nlist": 12, "m": 6, "nbits": 3, "nprobe": 8}
+    # sqrt(10000)=100 lists (<= 10000 // 39); 448 = 2 * 224 (4-bit fast-scan codes); nprobe 100 // 4
+    assert ivfpq_defaults(10_000, 448) == {"nlist": 100, "m": 224, "nbits": 4, "nprobe": 25}
+    assert ivfpq_defaults(1_000_000, 448) == {"nlist": 1000, "m": 224, "nbits": 4, "nprobe": 250}
+    # 500 vectors: 500 // 39 = 12 lists, nprobe at least 8; dim 30: the largest divisor <= 15 is 15
+    assert ivfpq_defaults(500, 30) == {"nlist": 12, "m": 15, "nbits": 4, "nprobe": 8}
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
@@ -215,7 +214,7 @@ def test_untrained_ivfpq_round_trip(tmp_path, data):
     back = open_index("faiss", path)
     assert len(back) == 0 and back.params == {"nlist": 8}
     back.add(ids, x)
-    assert len(back) == N and back.params["nlist"] == 8 and back.params["m"] == 8
+    assert len(back) == N and back.params["nlist"] == 8 and back.params["m"] == 16
 
 
 def test_crash_during_save_keeps_the_old_index(tmp_path, data, monkeypatch):
