@@ -55,6 +55,23 @@ def build(kind, path, ids, x, **params):
     return index
 
 
+def test_clustered_vectors_layout():
+    x, codes = clustered_vectors(60, LAYOUT, values=[2, 3, 4, 5], seed=1)
+    assert x.shape == (60, DIM) and x.dtype == np.float32 and codes.shape == (60, 4)
+    norms = np.linalg.norm(x.reshape(60, 4, 8), axis=2)  # (N, T): every sub-embedding is a unit vector
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    assert (codes.min(axis=0) >= 0).all() and (codes.max(axis=0) < [2, 3, 4, 5]).all()
+    again, again_codes = clustered_vectors(60, LAYOUT, values=[2, 3, 4, 5], seed=1)
+    np.testing.assert_array_equal(x, again)
+    np.testing.assert_array_equal(codes, again_codes)
+    # items sharing every value are nearer than items sharing none
+    x, codes = clustered_vectors(60, LAYOUT, values=2, seed=2)
+    same = [(i, j) for i in range(60) for j in range(i) if (codes[i] == codes[j]).all()]
+    diff = [(i, j) for i in range(60) for j in range(i) if (codes[i] != codes[j]).all()]
+    assert same and diff
+    assert min(x[i] @ x[j] for i, j in same) > max(x[i] @ x[j] for i, j in diff)
+
+
 def test_registry_and_unknown_backend():
     assert {"faiss", "milvus"} <= set(INDEXES)
     with pytest.raises(VestisError, match=r"unknown index backend 'annoy'.*faiss"):
@@ -147,6 +164,10 @@ def test_hnsw_tombstones_and_rebuild(tmp_path, data):
     assert index.info()["tombstones"] == dead.size
     before, _ = index.search(q, 10)
     assert not np.isin(before, dead).any() and (before >= 0).all()  # filtered inside the search: rows stay full
+    dead = np.union1d(dead, before[:, 0])  # more removals after a search: the tombstone filter must follow them
+    index.remove(before[:, 0])
+    before, _ = index.search(q, 10)
+    assert not np.isin(before, dead).any()
     index.rebuild()
     assert index.info()["tombstones"] == 0 and len(index) == N - dead.size
     assert index._index.ntotal == N - dead.size  # the graph itself no longer holds them

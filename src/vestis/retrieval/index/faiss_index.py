@@ -87,6 +87,7 @@ class FaissIndex(VectorIndex):
         self.params = params
         self._dead = dead  # sorted int64 tombstones (HNSW only)
         self._ids = self._live_ids()  # sorted int64 live ids
+        self._dead_sel: Any = None  # cached selector excluding the tombstones
         self._exact_rows: Any = None  # (rows, D) float32 indexed by id, for IVF-PQ re-ranking
         self._refine = 0
 
@@ -180,6 +181,11 @@ class FaissIndex(VectorIndex):
     def __len__(self) -> int:
         return int(self._ids.size)
 
+    def _contains(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` are live: a binary search in the sorted ids, O(M log N) for a query's allow list."""
+        pos = np.searchsorted(self._ids, ids)
+        return (pos < self._ids.size) & (self._ids[np.minimum(pos, self._ids.size - 1)] == ids)
+
     def add(self, ids: ArrayLike, vectors: ArrayLike) -> None:
         """Insert ``vectors`` under ``ids``; an IVF-PQ index is trained on the first batch."""
         ids = check_ids(ids)
@@ -224,11 +230,11 @@ class FaissIndex(VectorIndex):
     def remove(self, ids: ArrayLike) -> int:
         """Delete ``ids``: in place for flat / IVF-PQ, as tombstones for HNSW (see :meth:`rebuild`)."""
         ids = np.unique(check_ids(np.unique(np.asarray(ids)), "ids"))
-        hit = ids[np.isin(ids, self._ids, assume_unique=True)]
+        hit = ids[self._contains(ids)] if self._ids.size else ids[:0]
         if hit.size == 0:
             return 0
         if self.kind == "hnsw":
-            self._dead = np.union1d(self._dead, hit)
+            self._dead, self._dead_sel = np.union1d(self._dead, hit), None
         else:
             removed = self._index.remove_ids(self._faiss.IDSelectorBatch(hit))
             if removed != hit.size:  # the id bookkeeping and FAISS disagree: never go on silently
@@ -248,7 +254,7 @@ class FaissIndex(VectorIndex):
         faiss.downcast_index(fresh.index).hnsw.efConstruction = self.params["ef_construction"]
         if vectors.shape[0]:
             fresh.add_with_ids(np.ascontiguousarray(vectors), all_ids[keep])
-        self._index, self._dead = fresh, np.zeros(0, np.int64)
+        self._index, self._dead, self._dead_sel = fresh, np.zeros(0, np.int64), None
 
     def attach_vectors(self, vectors: Any, *, refine: int = 4) -> None:
         """Re-rank IVF-PQ results with exact inner products from ``vectors`` (row ``i`` is the vector of id ``i``).
@@ -300,14 +306,17 @@ class FaissIndex(VectorIndex):
             allowed = np.unique(np.asarray(allow))
             if allowed.size and not np.issubdtype(allowed.dtype, np.integer):
                 raise VestisError(f"allow: expected integer ids, got dtype {allowed.dtype}")
-            allowed = allowed.astype(np.int64)[np.isin(allowed, self._ids)]  # live ids only: tombstones drop out
+            allowed = allowed.astype(np.int64)[self._contains(allowed)]  # live ids only: tombstones drop out
             if allowed.size == 0:
                 return pad_results(*empty, k)
             if self.kind == "hnsw" and allowed.size <= _EXACT_ALLOW:
                 return self._exact(q, k, allowed)
             sel = faiss.IDSelectorBatch(allowed)
         elif self._dead.size:
-            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(self._dead))
+            if self._dead_sel is None:  # built once per set of tombstones, not per query
+                inner = faiss.IDSelectorBatch(self._dead)
+                self._dead_sel = (faiss.IDSelectorNot(inner), inner)  # the Not does not own the inner selector
+            sel = self._dead_sel[0]
         if self.kind == "hnsw":
             ef = self.params["ef_search"] if ef_search is None else _positive(ef_search, "ef_search")
             params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef, k))
