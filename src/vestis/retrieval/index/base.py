@@ -29,7 +29,8 @@ class VectorIndex(ABC):
     """A mutable set of ``(id, vector)`` pairs searched by inner product.
 
     Subclasses implement one backend; they are registered in ``INDEXES`` by name (``"faiss"``, ``"milvus"``).
-    An index is used as a context manager or closed with :meth:`close`.
+    An index is used as a context manager or closed with :meth:`close`. Concurrent searches are safe; a caller
+    that adds or removes while other threads search serialises those writes against the searches itself.
     """
 
     backend: ClassVar[str]
