@@ -313,10 +313,11 @@ class FaissIndex(VectorIndex):
                 return self._exact(q, k, allowed)
             sel = faiss.IDSelectorBatch(allowed)
         elif self._dead.size:
-            if self._dead_sel is None:  # built once per set of tombstones, not per query
+            held = self._dead_sel  # a local reference keeps both selectors alive during this search
+            if held is None:  # built once per set of tombstones, not per query
                 inner = faiss.IDSelectorBatch(self._dead)
-                self._dead_sel = (faiss.IDSelectorNot(inner), inner)  # the Not does not own the inner selector
-            sel = self._dead_sel[0]
+                held = self._dead_sel = (faiss.IDSelectorNot(inner), inner)  # the Not does not own the inner one
+            sel = held[0]
         if self.kind == "hnsw":
             ef = self.params["ef_search"] if ef_search is None else _positive(ef_search, "ef_search")
             params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef, k))
