@@ -256,6 +256,25 @@ def test_a_search_flood_is_shed_with_retry_after(client, app):
     assert client.post("/v1/search", json={"id": "item1"}).status_code == 200
 
 
+def test_an_image_query_and_a_thumbnail_hold_their_decode_memory(client, app, index, built, monkeypatch):
+    """The decoded query is held in the service's decode budget while it is searched, and freed after."""
+    import vestis.service.search as search_module
+
+    budget = app.state.service.budget
+    held: list[int] = []
+    real_search, real_thumbnail = index.search, search_module._thumbnail_jpeg
+    monkeypatch.setattr(index, "search", lambda *a, **kw: held.append(budget.in_use) or real_search(*a, **kw))
+    monkeypatch.setattr(
+        search_module, "_thumbnail_jpeg", lambda *a, **kw: held.append(budget.in_use) or real_thumbnail(*a, **kw)
+    )
+    data = built["images"]["item3"].read_bytes()  # a 40 x 40 RGB PNG: 40 * 40 * 4 bytes decoded
+    assert client.post("/v1/search", files={"file": ("q.png", data, "image/png")}).status_code == 200
+    assert client.get(f"/v1/items/{BIG}/thumbnail").status_code == 200  # 600 x 300 RGB
+    assert held == [40 * 40 * 4, 600 * 300 * 4] and budget.in_use == 0
+    assert client.post("/v1/search", json={"id": "item3"}).status_code == 200  # an id query decodes nothing
+    assert held == [40 * 40 * 4, 600 * 300 * 4, 0]
+
+
 # --- items and thumbnails -----------------------------------------------------------------------------------------
 def test_item_is_what_the_index_holds(client, index):
     res = client.get("/v1/items/item4")
