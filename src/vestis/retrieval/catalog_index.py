@@ -426,7 +426,7 @@ class CatalogIndex:
             sub = manipulate(sub, codes, self.prototypes, mode="additive" if additive else "replace",
                              query_codes=query_codes)  # fmt: skip
         weighted = np.concatenate([sub[a] * (1.0 if a in kept else 0.0) for a, _ in self.layout]).astype(np.float32)
-        if allow is not None and len(allow) == 0:
+        if len(self) == 0 or (allow is not None and len(allow) == 0):
             return []
         exclude = int(self.items.keys[qrow]) if exclude_query and qrow is not None else None
         want = min(int(k) + (exclude is not None), len(self))
