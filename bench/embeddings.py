@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import SHARED_DATA, fmt, write_section
 from transfer import prepare, with_split_column
-from vestis.config import load_config
+from vestis.config import Config, load_config
 from vestis.data.catalog import load_catalog
 from vestis.data.dataset import AttributeDataset
 from vestis.data.manifest import read_manifest
@@ -66,6 +66,11 @@ def rows(size: int, ase_size: int) -> list[tuple[str, str, list[str]]]:
         ("standard triplet network", "csn", [*emb, "model.name=triplet", "model.columns=none"]),
         ("CSN, fixed masks", "csn", [*emb, "model.name=csn_fixed", "model.columns=none"]),
         ("CSN, learned masks", "csn", [*emb, "model.name=csn", "model.columns=none"]),
+        (
+            "CSN, learned masks, batch-hard mining",
+            "csn",
+            [*emb, "model.name=csn", "model.columns=none", "train.mining=batch_hard"],
+        ),
         ("multi-column + CSN (joint)", "csn", [*emb, "model.name=csn", "model.columns=multi"]),
         (f"DAtRNet, ASE trunk from scratch ({ase_size} px)", "datrnet", [f"data.image_size={ase_size}"]),
         (
@@ -131,7 +136,7 @@ def run_row(label: str, preset: str, overrides: list[str], catalog: Path, work: 
     run = work / _slug(label)
     done = run / "result.json"
     cfg = load_config(preset, [*overrides, f"train.cache_dir={work / 'cache'}"])
-    if done.is_file() and json.loads(done.read_text())["config"] == json.loads(json.dumps(cfg.to_dict())):
+    if done.is_file() and _same_config(json.loads(done.read_text())["config"], cfg):
         stored = json.loads(done.read_text())
         if stored.get("scoring") != SCORING:
             stored["test"], stored["scoring"] = score(run / "best.ckpt", catalog, work / "cache"), SCORING
@@ -153,6 +158,16 @@ def run_row(label: str, preset: str, overrides: list[str], catalog: Path, work: 
     }
     atomic_write_text(done, json.dumps(out, indent=2, default=float))
     return out
+
+
+def _same_config(old: dict[str, Any], cfg: Any) -> bool:
+    """Whether a stored run was trained with ``cfg`` (settings added since then hold their defaults)."""
+    new = json.loads(json.dumps(cfg.to_dict()))
+    defaults = json.loads(json.dumps(Config().to_dict()))
+    for section, values in defaults.items():
+        for k, v in values.items():
+            old.setdefault(section, {}).setdefault(k, v)
+    return old == new
 
 
 def table(results: list[dict[str, Any]]) -> str:

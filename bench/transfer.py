@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import SHARED_DATA, fmt, write_section
 from real import majority_metrics
-from vestis.config import load_config
+from vestis.config import Config, load_config
 from vestis.data.catalog import load_catalog
 from vestis.data.dataset import AttributeDataset
 from vestis.data.importers import import_dataset
@@ -232,7 +232,8 @@ def _same_config(ckpt: Path, cfg: Any) -> bool:
         c["train"].pop("cache_dir", None)
         if c["train"].get("early_stop_metric") is None:  # a classifier's own metric
             c["train"]["early_stop_metric"] = "mean_micro_f1"
-    for section, values in new.items():  # settings added since the run was trained hold their defaults
+    defaults = json.loads(json.dumps(Config().to_dict()))
+    for section, values in defaults.items():  # settings added since the run was trained hold their defaults
         for k, v in values.items():
             old.setdefault(section, {}).setdefault(k, v)
     return old == new

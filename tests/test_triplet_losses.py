@@ -6,7 +6,13 @@ import torch.nn.functional as F
 
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
-from vestis.losses import EmbeddingLoss, MaskedMultiTaskLoss, batch_hard_triplet, triplet_margin_loss
+from vestis.losses import (
+    EmbeddingLoss,
+    MaskedMultiTaskLoss,
+    batch_all_triplet,
+    batch_hard_triplet,
+    triplet_margin_loss,
+)
 
 TAX = Taxonomy.from_dict(
     {
@@ -223,3 +229,67 @@ def test_unknown_penalty_is_an_error():
     outputs["penalties"]["orthogonality"] = torch.tensor(1.0)
     with pytest.raises(VestisError, match="orthogonality"):
         EmbeddingLoss(TAX, **WEIGHTS)(outputs, targets, masks)
+
+
+def _naive_batch_all(emb, same, valid, margin, positive_ok=None):
+    """Three loops: every (anchor, positive, negative) of the batch, the hinge averaged over the positive ones."""
+    b = emb.shape[0]
+    hinges = []
+    for i in range(b):
+        for j in range(b):
+            if i == j or not (valid[i] and valid[j] and same[i, j]):
+                continue
+            if positive_ok is not None and not positive_ok[i, j]:
+                continue
+            for k in range(b):
+                if k in (i, j) or not valid[k] or same[i, k]:
+                    continue
+                h = float(emb[i] @ emb[k]) - float(emb[i] @ emb[j]) + margin
+                if h > 0:
+                    hinges.append(h)
+    return (sum(hinges) / len(hinges) if hinges else 0.0), len(hinges)
+
+
+def test_batch_all_three_points_by_hand():
+    emb = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6]], requires_grad=True)
+    codes = torch.tensor([0, 0, 1])
+    same = codes[:, None] == codes[None, :]
+    loss, n = batch_all_triplet(emb, same, torch.ones(3, dtype=torch.bool), 0.3)
+    # the same two triplets as batch-hard here: (0, 1, 2) costs 0.5 and (1, 0, 2) costs 0.66
+    assert int(n) == 2 and loss.item() == pytest.approx((0.5 + 0.66) / 2)
+    # a satisfied triplet is left out of the mean: with margin 0 only (0, 1, 2) (0.2) and (1, 0, 2) (0.36) are active
+    loss, n = batch_all_triplet(emb, same, torch.ones(3, dtype=torch.bool), 0.0)
+    assert int(n) == 2 and loss.item() == pytest.approx((0.2 + 0.36) / 2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batch_all_matches_naive_loops(seed):
+    g = torch.Generator().manual_seed(seed)
+    b = 10
+    emb = _unit(b, 4, seed)
+    codes = torch.randint(0, 3, (b,), generator=g)
+    same = codes[:, None] == codes[None, :]
+    valid = torch.rand(b, generator=g) > 0.2
+    cat = torch.randint(0, 2, (b,), generator=g)
+    for positive_ok in (None, cat[:, None] == cat[None, :]):
+        loss, n = batch_all_triplet(emb, same, valid, 0.2, positive_ok=positive_ok)
+        ref, n_ref = _naive_batch_all(emb.detach(), same, valid, 0.2, positive_ok)
+        assert int(n) == n_ref
+        assert loss.item() == pytest.approx(ref, abs=1e-6)
+    loss.backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
+
+
+def test_embedding_loss_mining_option():
+    full, targets, masks = _batch(1)
+    emb = full["embeddings"]
+    outputs = {"embeddings": emb, "logits": {}, "penalties": {}}
+    hard = EmbeddingLoss(TAX, **WEIGHTS)(outputs, targets, masks)
+    every = EmbeddingLoss(TAX, **WEIGHTS, mining="batch_all")(outputs, targets, masks)
+    for name in TAX.names:
+        e = emb[name].detach()
+        ref, _ = _naive_batch_all(e, _same(targets[name]), masks[name], WEIGHTS["margin"])
+        assert every[f"triplet/{name}"].item() == pytest.approx(WEIGHTS["retrieval_weight"] * ref, abs=1e-6)
+    assert any(abs(hard[k].item() - every[k].item()) > 1e-6 for k in hard)
+    with pytest.raises(VestisError, match=r"train\.mining"):
+        EmbeddingLoss(TAX, **WEIGHTS, mining="semi_hard")

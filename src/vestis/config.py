@@ -157,6 +157,9 @@ class TrainConfig:
     # Embedding models: triplet loss with online batch-hard mining (DAtRNet) over P values x K images batches,
     # and the multi-column paper's joint loss  alpha * recognition + beta * (triplet + l1 |f(x)| + l2 |masks|_1).
     triplet_margin: float = 0.3  # h
+    # batch_hard: the hardest positive and negative of each anchor (DAtRNet); batch_all: every triplet of the batch
+    # that the margin does not yet satisfy (steadier from a weak start, see vestis.losses.triplet)
+    mining: str = "batch_hard"
     embed_reg: float = 5e-3  # lambda1, on the L2 norm of f(x)
     mask_reg: float = 5e-4  # lambda2, on the L1 norm of the masks
     recognition_weight: float = 0.3  # alpha

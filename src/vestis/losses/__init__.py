@@ -2,12 +2,20 @@
 
 * :class:`MaskedMultiTaskLoss` and :func:`class_weights`: one masked CE/BCE per attribute (the classifiers);
 * :class:`EmbeddingLoss`: the attribute-aware embedding models' joint loss (batch-hard triplet per condition,
-  recognition columns, regularisers), built on the pure functions :func:`batch_hard_triplet` and
-  :func:`triplet_margin_loss`.
+  recognition columns, regularisers), built on the pure functions :func:`batch_hard_triplet`,
+  :func:`batch_all_triplet` and :func:`triplet_margin_loss`.
 """
 
 from vestis.losses.embedding import EmbeddingLoss
 from vestis.losses.multitask import MaskedMultiTaskLoss, class_weights
-from vestis.losses.triplet import batch_hard_triplet, triplet_margin_loss
+from vestis.losses.triplet import MINING, batch_all_triplet, batch_hard_triplet, triplet_margin_loss
 
-__all__ = ["EmbeddingLoss", "MaskedMultiTaskLoss", "batch_hard_triplet", "class_weights", "triplet_margin_loss"]
+__all__ = [
+    "MINING",
+    "EmbeddingLoss",
+    "MaskedMultiTaskLoss",
+    "batch_all_triplet",
+    "batch_hard_triplet",
+    "class_weights",
+    "triplet_margin_loss",
+]

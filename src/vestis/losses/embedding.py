@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
 from vestis.losses.multitask import MaskedMultiTaskLoss
-from vestis.losses.triplet import batch_hard_triplet
+from vestis.losses.triplet import MINING, batch_all_triplet, batch_hard_triplet
 
 __all__ = ["EmbeddingLoss"]
 
@@ -41,6 +41,8 @@ class EmbeddingLoss(nn.Module):
     Args:
         taxonomy: the conditions (every attribute) and their kinds.
         margin: triplet margin ``h``.
+        mining: ``batch_hard`` (DAtRNet's hard mining) or ``batch_all`` (every unsatisfied triplet of the batch),
+            see :mod:`vestis.losses.triplet`.
         embed_reg: ``lambda1``, weight of the penalty ``embed_norm``.
         mask_reg: ``lambda2``, weight of the penalty ``mask_l1``.
         recognition_weight: ``alpha``.
@@ -66,8 +68,12 @@ class EmbeddingLoss(nn.Module):
         same_category: str | None = None,
         class_weights: Mapping[str, Tensor] | None = None,
         label_smoothing: float = 0.0,
+        mining: str = "batch_hard",
     ) -> None:
         super().__init__()
+        if mining not in MINING:
+            raise VestisError(f"train.mining: expected one of {list(MINING)}, got {mining!r}")
+        self.mine = batch_hard_triplet if mining == "batch_hard" else batch_all_triplet
         if same_category is not None and same_category not in taxonomy:
             raise VestisError(f"same_category: unknown attribute {same_category!r}; expected one of {taxonomy.names}")
         self.names = taxonomy.names
@@ -112,7 +118,7 @@ class EmbeddingLoss(nn.Module):
             positive_ok = same_value(targets[self.same_category]) & cv[:, None] & cv[None, :]  # (B, B)
         losses: dict[str, Tensor] = {}
         for name in self.names:
-            loss, _ = batch_hard_triplet(
+            loss, _ = self.mine(
                 emb[name], same_value(targets[name]), masks[name].bool(), self.margin, positive_ok=positive_ok
             )
             losses[f"triplet/{name}"] = self.beta * loss

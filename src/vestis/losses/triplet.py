@@ -4,6 +4,10 @@ Similarity is the inner product of L2-normalised vectors (the conditional simila
 triplet ``(a, p, n)`` costs ``relu(s(a, n) - s(a, p) + h)``: the positive must be more similar to the anchor than the
 negative by the margin ``h``. Batch-hard mining (Hermans et al. 2017, DAtRNet's "triplet loss with hard mining")
 takes, for each anchor of a P x K batch, the least similar positive and the most similar negative in the batch.
+Batch-all (the same paper's "BA≠0") takes every valid triplet of the batch and averages the hinge over those that
+are not yet satisfied: it keeps a gradient on every wrongly ordered triplet, where batch-hard can settle in the
+collapsed state (every embedding alike, each hardest triplet costing exactly the margin) when the trunk gives it
+little to separate at the start.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["batch_hard_triplet", "triplet_margin_loss"]
+__all__ = ["MINING", "batch_all_triplet", "batch_hard_triplet", "triplet_margin_loss"]
+
+MINING = ("batch_hard", "batch_all")
 
 
 def _zero(*tensors: Tensor) -> Tensor:
@@ -83,3 +89,43 @@ def batch_hard_triplet(
     hardest_pos = sim.masked_fill(~pos, float("inf")).min(1).values  # (B,)
     hardest_neg = sim.masked_fill(~neg, float("-inf")).max(1).values  # (B,)
     return triplet_margin_loss(hardest_pos[anchors], hardest_neg[anchors], margin), n_valid
+
+
+def batch_all_triplet(
+    emb: Tensor, same: Tensor, valid: Tensor, margin: float, positive_ok: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Batch-all triplet loss of one condition: the mean hinge over the batch's triplets with a positive hinge.
+
+    Every ``(a, p, n)`` with ``a != p`` valid rows sharing the value (and ``positive_ok[a, p]`` when given) and
+    ``n`` a valid row with another value is a triplet; the loss averages ``relu(s(a, n) - s(a, p) + margin)`` over
+    the triplets where it is positive (Hermans et al. 2017, "BA≠0").
+
+    Args:
+        emb, same, valid, margin, positive_ok: as :func:`batch_hard_triplet`.
+
+    Returns:
+        ``(loss, n_active)``: the loss (0, attached to the graph, when no triplet is active) and the number of
+        active triplets.
+    """
+    b = emb.shape[0]
+    if same.shape != (b, b) or valid.shape != (b,):
+        raise ValueError(
+            f"batch_all_triplet: emb {tuple(emb.shape)} needs same ({b}, {b}) and valid ({b},), "
+            f"got {tuple(same.shape)} and {tuple(valid.shape)}"
+        )
+    e = emb.float()
+    sim = e @ e.T  # (B, B)
+    valid = valid.bool()
+    pair = valid[:, None] & valid[None, :]
+    not_self = ~torch.eye(b, dtype=torch.bool, device=emb.device)
+    pos = same.bool() & pair & not_self
+    if positive_ok is not None:
+        pos = pos & positive_ok.bool()
+    neg = ~same.bool() & pair & not_self
+    ok = pos[:, :, None] & neg[:, None, :]  # (B, B, B): anchor, positive, negative
+    hinge = torch.relu(sim[:, None, :] - sim[:, :, None] + margin)  # (B, B, B): s(a, n) - s(a, p) + h
+    active = ok & (hinge > 0)
+    n_active = active.sum()
+    if not bool(n_active):
+        return _zero(emb), n_active
+    return hinge[active].mean(), n_active

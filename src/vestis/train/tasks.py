@@ -156,6 +156,7 @@ class EmbeddingTask(Task):
         self.loss = EmbeddingLoss(
             taxonomy,
             margin=tc.triplet_margin,
+            mining=tc.mining,
             embed_reg=tc.embed_reg,
             mask_reg=tc.mask_reg,
             recognition_weight=tc.recognition_weight,
