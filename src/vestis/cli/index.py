@@ -17,6 +17,9 @@ def index_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="The index directory.")],
     backend: Annotated[str, typer.Option("--backend", help="faiss or milvus.")] = "faiss",
     index_type: Annotated[str, typer.Option("--index-type", help="flat (exact), hnsw or ivfpq.")] = "flat",
+    param: Annotated[
+        list[str], typer.Option("--param", help="KEY=N index parameter: M, ef_construction, nlist, m, nbits, nprobe.")
+    ] = [],  # noqa: B006
     prototypes: Annotated[
         Path | None, typer.Option("--prototypes", help="A labelled manifest for the prototypes (default: the catalog).")
     ] = None,
@@ -28,11 +31,18 @@ def index_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Index a catalog for substitute search; a rerun after a crash continues where it stopped."""
+    from vestis.errors import VestisError
     from vestis.retrieval.index_build import build_index
 
+    params: dict[str, int] = {}
+    for raw in param:
+        key, sep, value = raw.partition("=")
+        if not sep or not key.strip() or not value.strip().isdigit():
+            raise VestisError(f"--param {raw!r}: expected KEY=N with a whole number N")
+        params[key.strip()] = int(value)
     r = build_index(
-        model, catalog, out, backend=backend, kind=index_type, prototypes=prototypes, batch_size=batch_size,
-        workers=workers, engine=engine, device=device, restart=restart, progress=progress,
+        model, catalog, out, backend=backend, kind=index_type, params=params, prototypes=prototypes,
+        batch_size=batch_size, workers=workers, engine=engine, device=device, restart=restart, progress=progress,
     )  # fmt: skip
     if r.done_before:
         echo(f"{r.done_before} of {r.total} images were already embedded")
