@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from vestis.config import load_config
+from vestis.config import Config, load_config
 from vestis.data.manifest import read_manifest
 from vestis.data.synthetic import generate_catalog
 from vestis.errors import VestisError
@@ -494,3 +494,31 @@ def test_a_foreign_journal_is_an_error_naming_the_row(csn_setup, tmp_path):
     (out / JOURNAL).write_text(json.dumps({"id": "000000", "image": "x.jpg", "vector": "a!"}) + "\n")
     with pytest.raises(VestisError, match="row '000000': 'vector' is not base64 float32"):
         build_index(ckpt, manifest, out, workers=0)
+
+
+def test_an_interrupted_build_resumes_only_with_its_model(csn_setup, tmp_path):
+    from vestis.data.taxonomy import load_taxonomy
+    from vestis.models import create_model
+    from vestis.train.checkpoint import load_checkpoint, save_checkpoint
+
+    manifest, ckpt, _ = csn_setup
+    seen = []
+
+    def crash(n):
+        seen.append(n)
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # as a user's Ctrl-C after two batches
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(ckpt, manifest, tmp_path / "i", workers=0, batch_size=8, on_batch=crash)
+    assert _lines(tmp_path / "i" / JOURNAL) == 16 and not (tmp_path / "i" / "index.json").exists()
+    # another model of the same widths must not finish it: its vectors would not compare with the journalled ones
+    cfg = Config.from_dict(load_checkpoint(ckpt)["config"])
+    tax = load_taxonomy(manifest.parent / "taxonomy.yaml")
+    torch.manual_seed(7)
+    other = save_checkpoint(tmp_path / "other.ckpt", model=create_model(cfg.model, tax), config=cfg, taxonomy=tax)
+    with pytest.raises(VestisError, match=rf"the unfinished build there embeds with .*{ckpt.name}.*pass --restart"):
+        build_index(other, manifest, tmp_path / "i", workers=0)
+    r = build_index(ckpt, manifest, tmp_path / "i", workers=0)
+    assert (r.done_before, r.embedded, r.count) == (16, 24, 40)
+    assert not (tmp_path / "i" / "build.model.json").exists()

@@ -11,6 +11,7 @@ and the journal is removed; a kill during that step is finished by the next run 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -61,6 +62,7 @@ __all__ = ["BACKENDS", "JOURNAL", "BuildResult", "build_index"]
 
 BACKENDS = ("faiss", "milvus")
 JOURNAL = "build.jsonl"
+STAMP = "build.model.json"  # the model file that writes the journal, while a build is unfinished
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,16 @@ def _catalog_root(sources: Sequence[Path]) -> Path:
     return Path(os.path.commonpath([str(r) for r in roots]))
 
 
-def _ray_rows(embedder: Embedder, items: Sequence[ImageItem], batch_size: int, workers: int, device: str | None):
-    """The rows on Ray Data: decoding in parallel tasks (the predict engine's), embedding in one actor."""
+def _ray_rows(
+    embedder: Embedder, items: Sequence[ImageItem], batch_size: int, workers: int, device: str | None
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows on Ray Data: decoding in parallel tasks (the predict engine's), embedding in one actor.
+
+    The model file and the images must be readable at the same paths on every node, as for ``vestis predict``.
+    """
     from vestis.inference import ray_engine
 
     ray = ray_engine._require_ray()
-    import logging
-
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     ctx = ray.data.DataContext.get_current()
@@ -209,6 +214,7 @@ def build_index(
             (out / META).unlink(missing_ok=True)
         _repair(journal)
         done = set(_offsets(journal))
+        _check_stamp(out / STAMP, Path(model_path), fresh=not done)
         todo = [it for it in items if it.id not in done]
         embedded = errors = 0
         t0 = time.perf_counter()
@@ -233,6 +239,7 @@ def build_index(
     finally:
         writer.close()
     journal.unlink()
+    (out / STAMP).unlink(missing_ok=True)
     return BuildResult(out, len(items), len(items) - len(todo), embedded, errors, count, seconds)
 
 
@@ -298,6 +305,22 @@ def _finish(
         "prototypes": str(Path(prototypes_manifest).absolute()) if prototypes_manifest else "catalog labels",
     })  # fmt: skip
     return len(good)
+
+
+def _check_stamp(stamp: Path, model: Path, *, fresh: bool) -> None:
+    """Record which model file writes the journal; a resumed build with another one would mix two embeddings."""
+    sha = file_sha256(model)
+    if not fresh and stamp.is_file():
+        try:
+            before = json.loads(stamp.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            before = {}
+        if isinstance(before, dict) and before.get("sha256") not in (None, sha):
+            raise VestisError(
+                f"{stamp.parent}: the unfinished build there embeds with {before.get('path')}, not {model} "
+                "(a different file); resume it with that model, or pass --restart"
+            )
+    atomic_write_text(stamp, json.dumps({"path": str(model.absolute()), "sha256": sha}) + "\n")
 
 
 def _remove_tree(path: Path) -> None:
