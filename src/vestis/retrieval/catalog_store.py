@@ -4,15 +4,19 @@
 
     index.json               format, version, model (absolute path, sha256, name), layout [[attr, d], ...],
                              taxonomy, preprocessing, backend {name, kind, params, file}, count, next_key,
-                             catalog_root, skipped (images that could not be decoded)
+                             catalog_root, skipped (how many images could not be decoded)
+    skipped.json             those images: [{id, image, error}]
     items.parquet            key (int64, dense at build, stable after), id, image (relative to catalog_root
                              when inside it), label.<attr>, pred.<attr>, score.<attr> per attribute
     vectors.npy              (N, D) float32, rows in items order, sub-embeddings in layout order
     prototypes.safetensors   per attribute a (V, d_t) tensor of unit prototypes; the value names in the metadata
     vectors.faiss | milvus.db  the backend's own file
+    build.jsonl, build.model.json  only while a build is unfinished: its journal and the model writing it
 
 Every file is written atomically (temporary file + ``os.replace``), and ``index.json`` last: it is what makes a
-directory an index. Several values of a multi-label attribute are joined by ``|`` as in a manifest.
+directory an index. Images outside the catalog root (the folder of the catalog's sources) are indexed under
+their absolute path, and :meth:`~vestis.retrieval.catalog_index.CatalogIndex.image_path` refuses them. Several
+values of a multi-label attribute are joined by ``|`` as in a manifest.
 """
 
 from __future__ import annotations
