@@ -34,14 +34,14 @@ __all__ = [
 
 _LAZY = {
     "Embedder": "embedder",
-    "ExportResult": "export",
-    "ParityReport": "export",
-    "compare_predictors": "export",
+    "ExportResult": "exporter",
+    "ParityReport": "parity",
+    "compare_predictors": "parity",
     "export_onnx": "export",
     "Predictor": "predictor",
-    "ImageItem": "tagging",
+    "ImageItem": "items",
     "TagResult": "tagging",
-    "collect_inputs": "tagging",
+    "collect_inputs": "items",
     "tag_catalog": "tagging",
 }
 

@@ -3,7 +3,7 @@
 An :class:`Embedder` is built from an embedding checkpoint (PyTorch backend), from a classifier checkpoint (its
 attribute-based embedder, :func:`vestis.models.embedding.as_embedder`) or from an ONNX file written by
 ``vestis export`` for either (ONNX Runtime backend); both backends run
-:class:`~vestis.inference.export_embedding.EmbeddingInferenceModule`::
+:class:`~vestis.inference.onnx_format.EmbeddingInferenceModule`::
 
     e = Embedder.from_path("best.ckpt")            # or "model.onnx"
     e.layout                                       # [("category", 64), ("colour", 64), ...]
@@ -30,9 +30,15 @@ from torch import nn
 from vestis.data.taxonomy import Taxonomy
 from vestis.data.transforms import letterbox_array
 from vestis.errors import VestisError
-from vestis.inference.export import INPUT_NAME, ONNX_FORMAT, ONNX_VERSION
-from vestis.inference.export_embedding import EMBEDDING_OUTPUT, TASK, EmbeddingInferenceModule
-from vestis.inference.predictor import _check_threads, _onnx_providers, _torch_device
+from vestis.inference.onnx_format import (
+    EMBEDDING_OUTPUT,
+    INPUT_NAME,
+    ONNX_FORMAT,
+    ONNX_VERSION,
+    TASK,
+    EmbeddingInferenceModule,
+)
+from vestis.inference.runtime import check_threads, onnx_providers, torch_device
 
 __all__ = ["DEFAULT_MAX_BATCH", "Embedder"]
 
@@ -148,9 +154,9 @@ class Embedder:
 
         path = Path(path)
         if threads is not None:
-            torch.set_num_threads(_check_threads(threads))
+            torch.set_num_threads(check_threads(threads))
         state = load_checkpoint(path, trust=trust)
-        dev = _torch_device(device)
+        dev = torch_device(device)
         model = rebuild_model(state, source=str(path), map_location=dev)
         embedder = cls.from_model(model, preprocessing=state["preprocessing"], device=str(dev))
         embedder.path = path
@@ -187,7 +193,7 @@ class Embedder:
             preprocessing = {"image_size": d.image_size, "mean": list(d.mean), "std": list(d.std)}
             preprocessing |= {"pad_value": d.pad_value, "resize": "letterbox"}
         emb = as_embedder(model)
-        dev = _torch_device(device)
+        dev = torch_device(device)
         module = EmbeddingInferenceModule(emb, preprocessing["mean"], preprocessing["std"])
         return cls(
             _TorchBackend(module, dev),
@@ -211,11 +217,11 @@ class Embedder:
         except ImportError:
             raise VestisError("ONNX models need onnxruntime: pip install 'vestis[onnx]'") from None
         path = Path(path)
-        providers = _onnx_providers(device, ort.get_available_providers())
+        providers = onnx_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: the provider notes are not for users
         if threads is not None:
-            options.intra_op_num_threads = _check_threads(threads)
+            options.intra_op_num_threads = check_threads(threads)
         try:
             session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad files

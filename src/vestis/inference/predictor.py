@@ -2,7 +2,7 @@
 
 A :class:`Predictor` is built from a checkpoint (PyTorch backend) or from an ONNX file written by
 ``vestis export`` (ONNX Runtime backend); both carry the taxonomy, the preprocessing and the calibrated
-thresholds, and both run the same graph (:class:`~vestis.inference.export.InferenceModule`)::
+thresholds, and both run the same graph (:class:`~vestis.inference.onnx_format.InferenceModule`)::
 
     p = Predictor.from_path("best.ckpt")           # or "model.onnx"
     p.predict([Image.open("shirt.jpg")])
@@ -37,7 +37,8 @@ from vestis.data.taxonomy import Taxonomy
 from vestis.data.transforms import letterbox_array, letterbox_box
 from vestis.errors import VestisError
 from vestis.eval.metrics import DEFAULT_THRESHOLD
-from vestis.inference.export import HEATMAP_OUTPUT, INPUT_NAME, ONNX_FORMAT, ONNX_VERSION, InferenceModule
+from vestis.inference.onnx_format import HEATMAP_OUTPUT, INPUT_NAME, ONNX_FORMAT, ONNX_VERSION, InferenceModule
+from vestis.inference.runtime import check_threads, onnx_providers, torch_device
 
 __all__ = ["DEFAULT_THRESHOLD", "Predictor", "project_heatmap"]
 
@@ -83,38 +84,6 @@ _EMBEDDING_HINT = (
     "a {} embedding model: it embeds images for substitute search and predicts no attributes here; "
     "use vestis.inference.Embedder (or `vestis evaluate` for its retrieval metrics)"
 )
-
-
-def _torch_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise VestisError(f"device: expected cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise VestisError(f"device: {device!r} requested but CUDA is not available")
-    return dev
-
-
-def _onnx_providers(device: str | None, available: Sequence[str]) -> list[Any]:
-    cuda = "CUDAExecutionProvider" in available
-    if device is None:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device == "cuda" or device.startswith("cuda:"):
-        if not cuda:
-            raise VestisError(f"device: {device!r} requested but onnxruntime has no CUDAExecutionProvider")
-        index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-    raise VestisError(f"device: expected cpu, cuda or cuda:N, got {device!r}")
-
-
-def _check_threads(threads: int) -> int:
-    if threads < 1:
-        raise VestisError(f"threads: expected a positive number of threads, got {threads}")
-    return threads
 
 
 def project_heatmap(
@@ -241,11 +210,11 @@ class Predictor:
 
         path = Path(path)
         if threads is not None:
-            torch.set_num_threads(_check_threads(threads))
+            torch.set_num_threads(check_threads(threads))
         state = load_checkpoint(path, trust=trust_checkpoint)
         if state.get("embedding"):
             raise VestisError(f"{path}: {_EMBEDDING_HINT.format(state['embedding'].get('model', 'embedding'))}")
-        dev = _torch_device(device)
+        dev = torch_device(device)
         model = rebuild_model(state, source=str(path), map_location=dev)
         predictor = cls.from_model(
             model, preprocessing=state.get("preprocessing"), thresholds=state.get("thresholds"), device=str(dev)
@@ -289,7 +258,7 @@ class Predictor:
             preprocessing |= {"pad_value": d.pad_value, "resize": "letterbox"}
         if thresholds is None:
             thresholds = getattr(model, "thresholds", None)
-        dev = _torch_device(device)
+        dev = torch_device(device)
         module = InferenceModule(model, taxonomy, preprocessing["mean"], preprocessing["std"])
         return cls(
             _TorchBackend(module, dev),
@@ -311,11 +280,11 @@ class Predictor:
         except ImportError:
             raise VestisError("ONNX models need onnxruntime: pip install 'vestis[onnx]'") from None
         path = Path(path)
-        providers = _onnx_providers(device, ort.get_available_providers())
+        providers = onnx_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: the provider notes are not for users
         if threads is not None:
-            options.intra_op_num_threads = _check_threads(threads)
+            options.intra_op_num_threads = check_threads(threads)
         try:
             session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad files

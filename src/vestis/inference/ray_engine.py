@@ -1,6 +1,6 @@
 """``vestis predict --engine ray``: the tagging pipeline on Ray Data, for catalogs beyond one machine.
 
-Two stages, as in the local engine: decoding (:func:`~vestis.inference.tagging.decode_image`) in parallel
+Two stages, as in the local engine: decoding (:func:`~vestis.inference.items.decode_image`) in parallel
 Ray tasks, then the model in an actor that builds the same :class:`~vestis.inference.predictor.Predictor`
 from the model file (a GPU actor when the cluster has GPUs). The driver receives the finished rows in
 input order and journals them exactly as the local engine does, so a killed run resumes the same way.
@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from vestis.errors import VestisError
-from vestis.inference.tagging import ImageItem, decode_image, make_rows
+from vestis.inference.items import ImageItem, decode_image, make_rows
+from vestis.inference.predictor import Predictor
 
 __all__ = ["ray_available", "ray_batches"]
 
@@ -70,8 +71,6 @@ class _PredictStage:
     """Ray actor: one :class:`Predictor` per actor, decoded batches -> JSON rows."""
 
     def __init__(self, model_path: str, device: str | None, calibrated: bool) -> None:
-        from vestis.inference.predictor import Predictor
-
         self.predictor = Predictor.from_path(model_path, device=device)
         self.calibrated = calibrated
 
@@ -108,8 +107,6 @@ def ray_batches(
         VestisError: Ray is not installed.
     """
     ray = _require_ray()
-    from vestis.inference.predictor import Predictor
-
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     # the driver reads size and padding from the model itself, so both stages agree with it

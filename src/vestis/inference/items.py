@@ -1,0 +1,225 @@
+"""The images to tag and the stages every engine runs on them: inputs, decoding, rows.
+
+Inputs (:func:`collect_inputs`). A folder gives every image file below it (ids are paths relative to the
+folder); a ``.csv``/``.jsonl``/``.parquet`` file is a manifest (its ids and image paths); any other file is
+an image (its id is the path as given). Ids must be unique: they are how a rerun knows what is done.
+
+Decoding (:func:`decode_image`) never raises: an unreadable image becomes the reason of an error row.
+:func:`decoded_batches` decodes in DataLoader worker processes (``workers``; 0 decodes in the main process); a
+worker ends when the process that started it dies, even by ``SIGKILL`` (:func:`_worker_init`), instead of
+lingering with its memory.
+
+Rows (:func:`make_rows`). ``{"id", "image", "attributes": {...}}`` with the :meth:`Predictor.decode` result
+(scores rounded to 6 decimals), or ``{"id", "image", "error": reason}`` for an image that could not be decoded.
+
+The local engine (:mod:`vestis.inference.tagging`), the Ray engine (:mod:`vestis.inference.ray_engine`) and
+index building (:mod:`vestis.retrieval.index_build`) share these stages; this module imports none of them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from vestis.data.images import ImageError, load_image
+from vestis.data.manifest import FORMATS as MANIFEST_FORMATS
+from vestis.data.manifest import read_manifest
+from vestis.data.transforms import letterbox_array
+from vestis.errors import VestisError
+from vestis.inference.predictor import Predictor
+
+__all__ = ["IMAGE_SUFFIXES", "ImageItem", "collect_inputs", "decode_image", "decoded_batches", "make_rows"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+_DIGITS = 6  # decimals kept for scores in the output files
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_WATCH_S = 0.5  # how often a worker checks, where the kernel cannot tell it, that its parent is gone
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to tag: its output id and where it is."""
+
+    id: str
+    path: Path
+
+
+# --- inputs -------------------------------------------------------------------------------------------------
+def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[ImageItem]:
+    """The images named by ``inputs``: folders, manifests and image files (rules in the module docstring).
+
+    Raises:
+        VestisError: a path that does not exist (other than an image path, which becomes an error row), a
+            manifest with structural problems, duplicate ids for different images, or no image at all.
+    """
+    items: list[ImageItem] = []
+    sources = [Path(p) for p in inputs]
+    for src in sources:
+        suffix = src.suffix.lower()
+        if src.is_dir():
+            files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            items += [ImageItem(p.relative_to(src).as_posix(), p) for p in files]
+        elif suffix in MANIFEST_FORMATS:
+            m = read_manifest(src)
+            if m.problems:
+                shown = "\n".join(f"  {p}" for p in m.problems[:5])
+                more = f"\n  ... and {len(m.problems) - 5} more" if len(m.problems) > 5 else ""
+                raise VestisError(f"{src}: {len(m.problems)} problem(s) in the manifest:\n{shown}{more}")
+            items += [ImageItem(r.id, m.image_path(r)) for r in m.records]
+        elif src.is_file() or suffix in IMAGE_SUFFIXES:
+            items.append(ImageItem(str(src), src))
+        else:
+            raise VestisError(f"{src}: no such folder, manifest or image")
+    unique: dict[str, ImageItem] = {}
+    clashes: list[str] = []
+    for it in items:
+        seen = unique.setdefault(it.id, it)
+        if seen.path != it.path:
+            clashes.append(f"{it.id!r} ({seen.path} and {it.path})")
+    if clashes:
+        raise VestisError(f"duplicate image ids for different files: {', '.join(clashes[:5])}; ids must be unique")
+    if not unique:
+        raise VestisError(f"no images found in {', '.join(map(str, sources)) or '(no input)'}")
+    return list(unique.values())
+
+
+# --- decoding -----------------------------------------------------------------------------------------------
+def decode_image(path: Path, size: int, pad_value: int, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
+    """``(uint8 (3, size, size), None)`` for a readable image, else ``(None, reason)``; never raises."""
+    try:
+        img = load_image(path, max_pixels=max_pixels, min_side=size)
+        return letterbox_array(img, size, pad_value), None
+    except ImageError as e:
+        msg = str(e)
+        return None, msg[len(f"{path}: ") :] if msg.startswith(f"{path}: ") else msg
+    except Exception as e:  # a decoder bug on a hostile file must not stop a catalog run
+        return None, f"unreadable image ({type(e).__name__}: {e})"
+
+
+class _DecodeDataset(Dataset):
+    def __init__(self, items: Sequence[ImageItem], size: int, pad_value: int, max_pixels: int) -> None:
+        self.items = list(items)
+        self.size, self.pad_value, self.max_pixels = size, pad_value, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
+        arr, err = decode_image(self.items[i].path, self.size, self.pad_value, self.max_pixels)
+        return i, arr, err
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def _set_parent_death_signal() -> bool:
+    """Ask Linux to SIGKILL this process when its parent dies; ``False`` where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(ppid: int) -> None:
+    while True:
+        time.sleep(_WATCH_S)
+        if os.getppid() != ppid:  # re-parented: the process that started us is gone
+            os._exit(1)
+
+
+def _worker_init(parent: int | None, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: end this decoder when the process that started it dies.
+
+    Without it, a ``vestis predict`` killed by ``SIGKILL`` or ``SIGTERM`` leaves its decoders behind,
+    re-parented to PID 1, each blocked for ever writing to a result pipe that a sibling still holds open.
+    On Linux the kernel kills the worker with its parent (``PR_SET_PDEATHSIG``); a daemon thread that polls
+    the parent's pid covers the other systems and the parent's death itself while this ran. The kernel signal
+    follows the *thread* that started the worker: the loader is iterated from the thread that created it.
+
+    Args:
+        parent: the pid the worker must have as its parent (the main process with ``fork``); ``None`` when the
+            workers come from a fork server or ``spawn``, whose parent is that server.
+        worker_id: given by the DataLoader.
+    """
+    del worker_id
+    ppid = os.getppid()
+    _set_parent_death_signal()
+    if parent is not None and ppid != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(ppid,), name="vestis-parent-watch", daemon=True).start()
+
+
+def make_rows(
+    predictor: Predictor,
+    items: Sequence[ImageItem],
+    arrays: Sequence[np.ndarray | None],
+    errors: Sequence[str | None],
+    calibrated: bool = True,
+) -> list[dict[str, Any]]:
+    """Output rows for one decoded batch: predictions for the decoded images, error rows for the others."""
+    ok = [i for i, a in enumerate(arrays) if a is not None]
+    results: dict[int, dict[str, Any]] = {}
+    if ok:
+        batch = np.stack([arrays[i] for i in ok])  # (B_ok, 3, S, S)
+        decoded = predictor.decode(predictor.predict_arrays(batch), calibrated)
+        results = dict(zip(ok, decoded, strict=True))
+    rows = []
+    for i, it in enumerate(items):
+        row: dict[str, Any] = {"id": it.id, "image": str(it.path)}
+        if i in results:
+            row["attributes"] = _rounded(results[i])
+        else:
+            row["error"] = errors[i] or "not decoded"
+        rows.append(row)
+    return rows
+
+
+def _rounded(result: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, r in result.items():
+        r = dict(r)
+        r["scores"] = {v: round(s, _DIGITS) for v, s in r["scores"].items()}
+        if "score" in r:
+            r["score"] = round(r["score"], _DIGITS)
+        out[name] = r
+    return out
+
+
+def decoded_batches(
+    items: Sequence[ImageItem], size: int, pad_value: int, max_pixels: int, batch_size: int, workers: int
+) -> Iterator[tuple[list[ImageItem], list[np.ndarray | None], list[str | None]]]:
+    """``(items, arrays, errors)`` batch by batch in input order, decoded by ``workers`` processes (0: here).
+
+    The local engine's decoding stage, shared by tagging and index building (:mod:`vestis.retrieval.index_build`):
+    an array is ``uint8 (3, size, size)`` letterboxed pixels, or ``None`` with the reason in ``errors``.
+    """
+    ds = _DecodeDataset(items, size, pad_value, max_pixels)
+    forked = workers > 0 and multiprocessing.get_start_method() == "fork"
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_list,
+        prefetch_factor=4 if workers else None,
+        worker_init_fn=functools.partial(_worker_init, os.getpid() if forked else None) if workers else None,
+    )
+    for batch in loader:
+        yield [items[b[0]] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
