@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,8 +16,65 @@ _D = ServiceConfig()
 
 
 @command("serve")
+def _embedding_model(model: Path, trust: bool) -> str | None:
+    """The embedding model's name (``csn``, ...) when MODEL is one, else ``None`` (a classifier, or not a model)."""
+    if not model.is_file():
+        return None  # the Predictor names the missing file
+    if model.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            meta = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+        except Exception:  # not an ONNX file: the Predictor says so
+            return None
+        if meta.get("vestis.task") != "embedding":
+            return None
+        return str(json.loads(meta.get("vestis.embedding") or "{}").get("model") or "embedding")
+    import vestis.models  # noqa: F401 (registers the models)
+    from vestis.registry import MODELS
+    from vestis.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(model, trust=trust)
+    if state.get("embedding"):
+        return str(state["embedding"].get("model") or "embedding")
+    name = ((state.get("config") or {}).get("model") or {}).get("name")
+    is_embedding = isinstance(name, str) and name in MODELS and MODELS.meta(name).get("task") == "embedding"
+    return name if is_embedding else None
+
+
+@command("serve")
+def _embedding_model(model: Path, trust: bool) -> str | None:
+    """The embedding model's name (``csn``, ...) when MODEL is one, else ``None`` (a classifier, or not a model)."""
+    if not model.is_file():
+        return None  # the Predictor names the missing file
+    if model.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            meta = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+        except Exception:  # not an ONNX file: the Predictor says so
+            return None
+        if meta.get("vestis.task") != "embedding":
+            return None
+        return str(json.loads(meta.get("vestis.embedding") or "{}").get("model") or "embedding")
+    from vestis.inference.export_embedding import is_embedding_checkpoint
+    from vestis.train.checkpoint import load_checkpoint
+
+    if not is_embedding_checkpoint(model, trust=trust):
+        return None
+    return str(
+        ((load_checkpoint(model, trust=trust).get("config") or {}).get("model") or {}).get("name") or "embedding"
+    )
+
+
+@command("serve")
 def serve_cmd(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (.ckpt) or an ONNX file written by `vestis export`.")],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint (.ckpt) or an ONNX file written by `vestis export` (embedding models: with --index)."
+        ),
+    ],
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface; there is no authentication).")
     ] = "127.0.0.1",
@@ -61,6 +119,9 @@ def serve_cmd(
     """Serve MODEL over HTTP: /v1/attributes, /v1/heatmap, /v1/taxonomy, health, metrics and a web page at /.
 
     With --index, also substitute search: /v1/search, /v1/items/{id} and its thumbnail, and the page's panel.
+    An embedding model (csn, csn_fixed, triplet, datrnet) needs --index: /v1/attributes then answers from its
+    recognition columns, else from the index's nearest prototypes (marked "source": "prototype"), and there is
+    no /v1/heatmap.
     """
     try:
         import uvicorn
@@ -74,7 +135,13 @@ def serve_cmd(
         max_images=max_images, max_request_pixels=max_request_pixels, decode_budget_mb=decode_budget_mb,
         max_json_depth=max_json_depth, max_queue_wait_ms=max_queue_wait_ms,
     )  # fmt: skip
-    predictor = Predictor.from_path(model, device=device, trust_checkpoint=trust_checkpoint)
+    embedding = _embedding_model(model, trust_checkpoint)
+    if embedding and index is None:
+        raise VestisError(
+            f"{model}: an embedding model ({embedding}) needs --index INDEX: it serves substitute search over an "
+            f"index built from it (`vestis index {model} CATALOG --out INDEX`) and predicts no attributes alone"
+        )
+    predictor: Any = None if embedding else Predictor.from_path(model, device=device, trust_checkpoint=trust_checkpoint)
     catalog = None
     if index is not None:
         from vestis.retrieval.catalog_index import CatalogIndex
@@ -82,7 +149,13 @@ def serve_cmd(
 
         catalog = CatalogIndex.open(index)
         check_index_model(catalog, model)
-        catalog.embedder(device)  # image queries embed with it: a missing model file fails here, not per request
+        # image queries embed with it: a missing model file fails here, not per request
+        if embedding:
+            from vestis.service.embedding import EmbeddingAttributes
+
+            predictor = EmbeddingAttributes.from_index(catalog, device)
+        else:
+            catalog.embedder(device)
     app = create_app(predictor, config, index=catalog)
     shown = f"[{host}]" if ":" in host else host
     searching = f" · searching {len(catalog):,} items of {index}" if catalog is not None else ""

@@ -13,7 +13,9 @@ A request goes through stages, and the model code never sees HTTP::
 
 Endpoints: ``POST /v1/attributes``, ``POST /v1/heatmap``, ``GET /v1/taxonomy``, ``GET /healthz``,
 ``GET /readyz``, ``GET /metrics`` and the web page at ``/``; with a catalog index, the search endpoints of
-:mod:`vestis.service.search`. Every error is JSON
+:mod:`vestis.service.search`. An embedding model (:mod:`vestis.service.embedding`, served with its index) answers
+``/v1/attributes`` from its recognition columns, else from the index's nearest prototypes, and has no
+``/v1/heatmap``. Every error is JSON
 ``{"error": ..., "detail": ...}``; an exception in the model answers 500 and the next request is served.
 A client that goes away while its body is read is an ordinary event: counted, logged on one line, no 500.
 The service is self-contained: it fetches nothing (no URLs in requests, no CDN on the page), so the
@@ -28,21 +30,16 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, asynccontextmanager
-from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from vestis import __version__
 from vestis.data.taxonomy import Taxonomy
@@ -60,6 +57,7 @@ from vestis.service.decoding import (
     read_headers,
     read_images,
 )
+from vestis.service.handlers import add_error_handlers
 from vestis.service.heatmap import fit_size, render_heatmap
 from vestis.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from vestis.service.schemas import (
@@ -96,6 +94,10 @@ class AttributePredictor(Protocol):
         taxonomy: the attributes predicted.
         preprocessing: at least ``image_size`` (the side of the square input) and ``pad_value``.
         thresholds: calibrated per-value thresholds, attribute -> list (may be empty).
+
+    A predictor may also have ``heatmap(image, size=None) -> (height, width)`` in [0, 1] over the image (``size`` =
+    (width, height)), where the model looked: ``POST /v1/heatmap`` exists only then. An embedding model
+    (:class:`vestis.service.embedding.EmbeddingAttributes`) has none, and names itself in ``embedding``.
     """
 
     taxonomy: Taxonomy
@@ -112,10 +114,6 @@ class AttributePredictor(Protocol):
 
     def decode(self, probs: Mapping[str, np.ndarray], calibrated: bool = True) -> list[dict[str, dict[str, Any]]]:
         """Probabilities -> per-image results (see :mod:`vestis.service.schemas`)."""
-        ...
-
-    def heatmap(self, image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
-        """Where the model looked: ``(height, width)`` in [0, 1] over the image (``size`` = (width, height))."""
         ...
 
 
@@ -325,9 +323,10 @@ def create_app(
         registry: the Prometheus registry for the metrics; a fresh one by default.
     """
     if not isinstance(predictor, AttributePredictor):
-        members = ("taxonomy", "preprocessing", "thresholds", "preprocess", "predict_arrays", "decode", "heatmap")
+        members = ("taxonomy", "preprocessing", "thresholds", "preprocess", "predict_arrays", "decode")
         missing = [m for m in members if not hasattr(predictor, m)]
         raise VestisError(f"create_app: {type(predictor).__name__} is not a predictor; it lacks {', '.join(missing)}")
+    has_heatmap = callable(getattr(predictor, "heatmap", None))
     config = config or ServiceConfig()
     metrics = ServiceMetrics(registry)
     service = _Service(predictor, config, metrics)
@@ -363,7 +362,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=service.limits.max_upload_bytes)
     # outermost: it also counts the 413s above; app.routes is the live list the routes below are added to
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
-    _add_error_handlers(app, metrics)
+    add_error_handlers(app, metrics)
 
     @app.post(
         "/v1/attributes",
@@ -390,37 +389,39 @@ def create_app(
             await service.settle()
         return service.encode(raws, heads, rows, calibrated)
 
-    @app.post(
-        "/v1/heatmap",
-        response_class=Response,
-        responses={
-            200: {
-                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-                "description": "The heat-map as a PNG the size of the image (longer side capped).",
+    if has_heatmap:  # an embedding model has no class activation to show: no route, none in the OpenAPI
+
+        @app.post(
+            "/v1/heatmap",
+            response_class=Response,
+            responses={
+                200: {
+                    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                    "description": "The heat-map as a PNG the size of the image (longer side capped).",
+                },
+                **ERROR_RESPONSES,
             },
-            **ERROR_RESPONSES,
-        },
-        openapi_extra=IMAGE_REQUEST_BODY,
-        summary="Where the model looked, as a PNG",
-        tags=["predict"],
-    )
-    async def heatmap(
-        request: Request,
-        style: Literal["overlay", "gray"] = Query(
-            "overlay", description="overlay: RGBA colour map to lay over the image; gray: the map's values x 255."
-        ),
-    ) -> Response:
-        raws = await read_images(request, service.limits)
-        if len(raws) != 1:
-            raise ServiceError(422, "one image expected", f"the heat-map takes exactly one image, got {len(raws)}")
-        [head] = await service.headers(raws)
-        async with service.memory(head.decoded_bytes):
-            decoded = await run_in_threadpool(decode_image, raws[0], service.limits.max_pixels, service.input_size)
-            try:
-                png = await service.heatmap(decoded, style)
-            finally:
-                decoded.image.close()
-        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+            openapi_extra=IMAGE_REQUEST_BODY,
+            summary="Where the model looked, as a PNG",
+            tags=["predict"],
+        )
+        async def heatmap(
+            request: Request,
+            style: Literal["overlay", "gray"] = Query(
+                "overlay", description="overlay: RGBA colour map to lay over the image; gray: the map's values x 255."
+            ),
+        ) -> Response:
+            raws = await read_images(request, service.limits)
+            if len(raws) != 1:
+                raise ServiceError(422, "one image expected", f"the heat-map takes exactly one image, got {len(raws)}")
+            [head] = await service.headers(raws)
+            async with service.memory(head.decoded_bytes):
+                decoded = await run_in_threadpool(decode_image, raws[0], service.limits.max_pixels, service.input_size)
+                try:
+                    png = await service.heatmap(decoded, style)
+                finally:
+                    decoded.image.close()
+            return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.get(
         "/v1/taxonomy", response_model=TaxonomyResponse, summary="The attributes the model predicts", tags=["model"]
@@ -434,6 +435,8 @@ def create_app(
             attributes=t["attributes"],
             preprocessing=dict(predictor.preprocessing),
             thresholds={k: list(v) for k, v in predictor.thresholds.items()},
+            heatmap=has_heatmap,
+            embedding=getattr(predictor, "embedding", None),
         )
 
     @app.get("/healthz", response_model=Health, summary="The process is up", tags=["operations"])
@@ -472,39 +475,3 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
-    async def service_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
-        return exc.response()
-
-    async def client_disconnect(request: Request, exc: Exception) -> JSONResponse:
-        # nobody reads this answer; the status labels the request in the metrics (499 as in nginx)
-        metrics.client_disconnects.inc()
-        peer = f"{request.client.host}:{request.client.port}" if request.client else "a client"
-        log.info("%s went away while the body of %s %s was read", peer, request.method, request.url.path)
-        return JSONResponse({"error": "client disconnected", "detail": None}, status_code=499)
-
-    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        return JSONResponse({"error": "invalid request", "detail": jsonable_encoder(errors)}, status_code=422)
-
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        return JSONResponse(
-            {"error": HTTPStatus(exc.status_code).phrase.lower(), "detail": exc.detail},
-            status_code=exc.status_code,
-            headers=exc.headers,
-        )
-
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse({"error": "internal error", "detail": type(exc).__name__}, status_code=500)
-
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(ClientDisconnect, client_disconnect)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)

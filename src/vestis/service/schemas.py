@@ -6,7 +6,9 @@ An attribute result is exactly what :meth:`vestis.inference.predictor.Predictor.
 * a single-label attribute: ``value`` (the argmax), its ``score`` and every value's ``scores``;
 * a multi-label attribute: the ``values`` at or above their threshold (highest score first) and ``scores``.
 
-Attributes that do not apply to the predicted category are absent from ``attributes``.
+Attributes that do not apply to the predicted category are absent from ``attributes``. An embedding model
+(:mod:`vestis.service.embedding`) answers the same way from its recognition columns, and from the nearest
+prototype elsewhere, marked ``"source": "prototype"`` (its scores are cosine similarities).
 """
 
 from __future__ import annotations
@@ -61,7 +63,16 @@ class AttributeResult(BaseModel):
     values: list[str] | None = Field(
         None, description="Multi-label attributes: values at or above their threshold, highest score first."
     )
-    scores: dict[str, float] = Field(..., description="Probability of every value of the attribute.")
+    scores: dict[str, float] = Field(
+        ...,
+        description="Probability of every value of the attribute; with source=prototype, the cosine similarity "
+        "to each value's prototype instead (values without a prototype are absent).",
+    )
+    source: Literal["prototype"] | None = Field(
+        None,
+        description="Only from an embedding model without a recognition column for the attribute: the value is "
+        "the most similar prototype's, and score and scores are similarities in [-1, 1], not probabilities.",
+    )
 
 
 class ImageResult(BaseModel):
@@ -101,6 +112,10 @@ class TaxonomyResponse(BaseModel):
     attributes: list[AttributeInfo]
     preprocessing: dict[str, Any] = Field(..., description="image_size, mean, std, pad_value, resize.")
     thresholds: dict[str, list[float]] = Field(..., description="Calibrated per-value thresholds (may be empty).")
+    heatmap: bool = Field(True, description="Whether POST /v1/heatmap exists (an embedding model has none).")
+    embedding: str | None = Field(
+        None, description="The embedding model served (csn, triplet, datrnet, ...); null for a classifier."
+    )
 
 
 class Health(BaseModel):
