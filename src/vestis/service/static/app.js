@@ -18,6 +18,7 @@
   const state = {
     taxonomy: null, file: null, result: null, heatmapUrl: null, previewUrl: null, request: 0,
     index: null, search: 0, // the catalog index (GET /v1/index) when the server has one; the latest search
+    heatmap: true, // an embedding model has no POST /v1/heatmap
   };
 
   function setStatus(text, kind = "") {
@@ -45,11 +46,25 @@
       const t = state.taxonomy;
       $("model-name").textContent =
         `${t.name || "model"} · ${t.attributes.length} attributes · ${t.preprocessing.image_size}px`;
+      if (t.heatmap === false) noHeatmap(t.embedding);
     } catch (e) {
       $("model-name").textContent = `model unavailable (${e.message})`;
     }
     pollReady();
     loadIndex();
+  }
+
+  // an embedding model: no heat map, and attributes without a recognition column come from the nearest prototype
+  function noHeatmap(model) {
+    state.heatmap = false;
+    const toggle = $("heatmap-toggle");
+    toggle.disabled = true;
+    toggle.closest(".switch").title = "An embedding model has no heat map";
+    const note = $("model-note");
+    note.textContent = `${model || "This"} is an embedding model: it has no heat map, and an attribute marked ` +
+      "“nearest prototype” is the value of the most similar catalog prototype, scored by cosine similarity " +
+      "(not a probability).";
+    note.hidden = false;
   }
 
   async function loadIndex() {
@@ -127,7 +142,7 @@
     render(r.attributes);
     setStatus("");
     $("download").disabled = false;
-    $("heatmap-toggle").disabled = false;
+    $("heatmap-toggle").disabled = !state.heatmap;
     if (state.index) {
       renderChips(r.attributes);
       search();
@@ -260,6 +275,12 @@
       const head = el("div", "attribute-head");
       head.append(el("span", "attribute-name", name));
       if (info) head.append(el("span", `kind ${info.kind}`, info.kind === "multi" ? "multi-label" : "single"));
+      // scores of the nearest prototype are cosine similarities in [-1, 1]: shown as such, not as percentages
+      const similarity = got && got.source === "prototype";
+      if (similarity) {
+        card.classList.add("prototype");
+        head.append(el("span", "source", "nearest prototype"));
+      }
       card.append(head);
       if (!got) {
         card.classList.add("not-applicable");
@@ -283,7 +304,7 @@
         const fill = el("span", "bar-fill");
         fill.style.width = `${Math.max(0, Math.min(1, score)) * 100}%`;
         track.append(fill);
-        row.append(label, track, el("span", "bar-score", pct(score)));
+        row.append(label, track, el("span", "bar-score", similarity ? score.toFixed(3) : pct(score)));
         card.append(row);
       }
       if (ranked.length > shown.length) {
