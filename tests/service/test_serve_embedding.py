@@ -236,6 +236,16 @@ def test_serve_needs_an_index_for_an_embedding_model(built, monkeypatch):
     assert {"/v1/attributes", "/v1/search", "/v1/items/{item_id}", "/v1/items/{item_id}/thumbnail"} <= paths
     assert "/v1/heatmap" not in paths
 
+    # its ONNX export too (the embedding task in its metadata); a classifier checkpoint is not taken for one
+    from vestis.inference.export_embedding import export_embedding_onnx
+    from vestis.service.embedding import embedding_model_name
+
+    calls.clear()
+    onnx_file = export_embedding_onnx(ckpt, built["root"].parent / "csn.onnx", check_images=2).path
+    res = CliRunner().invoke(vestis.cli.app, ["serve", str(onnx_file)])
+    assert res.exit_code == 1 and "app" not in calls and "embedding model (csn) needs --index" in res.output
+    assert embedding_model_name(built["checkpoint"]) is None and embedding_model_name(ckpt) == "csn"
+
     # the index of another model is refused as for a classifier
     calls.clear()
     bad = CliRunner().invoke(vestis.cli.app, ["serve", str(ckpt), "--index", str(built["multi"]["index"])])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,58 +12,6 @@ from vestis.errors import VestisError
 from vestis.service.config import ServiceConfig
 
 _D = ServiceConfig()
-
-
-@command("serve")
-def _embedding_model(model: Path, trust: bool) -> str | None:
-    """The embedding model's name (``csn``, ...) when MODEL is one, else ``None`` (a classifier, or not a model)."""
-    if not model.is_file():
-        return None  # the Predictor names the missing file
-    if model.suffix.lower() == ".onnx":
-        import onnx
-
-        try:
-            meta = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
-        except Exception:  # not an ONNX file: the Predictor says so
-            return None
-        if meta.get("vestis.task") != "embedding":
-            return None
-        return str(json.loads(meta.get("vestis.embedding") or "{}").get("model") or "embedding")
-    import vestis.models  # noqa: F401 (registers the models)
-    from vestis.registry import MODELS
-    from vestis.train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(model, trust=trust)
-    if state.get("embedding"):
-        return str(state["embedding"].get("model") or "embedding")
-    name = ((state.get("config") or {}).get("model") or {}).get("name")
-    is_embedding = isinstance(name, str) and name in MODELS and MODELS.meta(name).get("task") == "embedding"
-    return name if is_embedding else None
-
-
-@command("serve")
-def _embedding_model(model: Path, trust: bool) -> str | None:
-    """The embedding model's name (``csn``, ...) when MODEL is one, else ``None`` (a classifier, or not a model)."""
-    if not model.is_file():
-        return None  # the Predictor names the missing file
-    if model.suffix.lower() == ".onnx":
-        import onnx
-
-        try:
-            meta = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
-        except Exception:  # not an ONNX file: the Predictor says so
-            return None
-        if meta.get("vestis.task") != "embedding":
-            return None
-        return str(json.loads(meta.get("vestis.embedding") or "{}").get("model") or "embedding")
-    from vestis.inference.export_embedding import is_embedding_checkpoint
-    from vestis.train.checkpoint import load_checkpoint
-
-    if not is_embedding_checkpoint(model, trust=trust):
-        return None
-    return str(
-        ((load_checkpoint(model, trust=trust).get("config") or {}).get("model") or {}).get("name") or "embedding"
-    )
 
 
 @command("serve")
@@ -135,7 +82,9 @@ def serve_cmd(
         max_images=max_images, max_request_pixels=max_request_pixels, decode_budget_mb=decode_budget_mb,
         max_json_depth=max_json_depth, max_queue_wait_ms=max_queue_wait_ms,
     )  # fmt: skip
-    embedding = _embedding_model(model, trust_checkpoint)
+    from vestis.service.embedding import embedding_model_name
+
+    embedding = embedding_model_name(model, trust=trust_checkpoint)
     if embedding and index is None:
         raise VestisError(
             f"{model}: an embedding model ({embedding}) needs --index INDEX: it serves substitute search over an "

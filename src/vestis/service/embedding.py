@@ -18,7 +18,10 @@ user why its heat-map switch is off).
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     from vestis.inference.embedder import Embedder
     from vestis.retrieval.catalog_index import CatalogIndex
 
-__all__ = ["COLUMNS", "PROTOTYPE", "EmbeddingAttributes"]
+__all__ = ["COLUMNS", "PROTOTYPE", "EmbeddingAttributes", "embedding_model_name"]
 
 COLUMNS = "columns"  # the attribute's scores are the probabilities of a recognition column
 PROTOTYPE = "prototype"  # the value is the nearest prototype's; the scores are cosine similarities
@@ -150,3 +153,40 @@ class EmbeddingAttributes:
         best = {"score": float(p[j]), "scores": scores, "source": PROTOTYPE}
         # a multi-label attribute gets the nearest prototype's value alone, as the index stores it
         return {"value": attr.values[j], **best} if attr.kind == "single" else {"values": [attr.values[j]], **best}
+
+
+def embedding_model_name(model: str | os.PathLike[str], *, trust: bool = False) -> str | None:
+    """The embedding model's name (``csn``, ...) when ``model`` is one, else ``None`` (a classifier, or no model).
+
+    A checkpoint says so in its ``embedding`` entry or by its model's registered task; an ONNX file by its
+    ``vestis.task`` metadata. A file that is missing or not a model gives ``None``: the Predictor names the problem.
+
+    Raises:
+        VestisError: a checkpoint that cannot be read.
+    """
+    model = Path(model)
+    if not model.is_file():
+        return None
+    if model.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            meta = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+        except Exception:  # not an ONNX file (onnx raises several types): the Predictor says what is wrong
+            return None
+        if meta.get("vestis.task") != "embedding":
+            return None
+        try:
+            return str(json.loads(meta.get("vestis.embedding") or "{}").get("model") or "embedding")
+        except (ValueError, AttributeError):
+            return "embedding"
+    import vestis.models  # noqa: F401 (registers the models)
+    from vestis.registry import MODELS
+    from vestis.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(model, trust=trust)
+    if state.get("embedding"):
+        return str(state["embedding"].get("model") or "embedding")
+    name = ((state.get("config") or {}).get("model") or {}).get("name")
+    is_embedding = isinstance(name, str) and name in MODELS and MODELS.meta(name).get("task") == "embedding"
+    return name if is_embedding else None
