@@ -218,6 +218,19 @@ def test_a_classifier_still_has_its_heatmap(built):
 
 
 # --- the command line ---------------------------------------------------------------------------------------------
+def _onnx_with_metadata(path: Path, meta: dict[str, str]) -> Path:
+    """A one-node ONNX graph (Identity) carrying ``meta`` as its metadata, as ``vestis export`` writes it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+    helper.set_model_props(model, meta)
+    onnx.save(model, str(path))
+    return path
+
+
 def test_serve_needs_an_index_for_an_embedding_model(built, monkeypatch):
     import uvicorn
 
@@ -236,14 +249,15 @@ def test_serve_needs_an_index_for_an_embedding_model(built, monkeypatch):
     assert {"/v1/attributes", "/v1/search", "/v1/items/{item_id}", "/v1/items/{item_id}/thumbnail"} <= paths
     assert "/v1/heatmap" not in paths
 
-    # its ONNX export too (the embedding task in its metadata); a classifier checkpoint is not taken for one
-    from vestis.inference.export_embedding import export_embedding_onnx
+    # an ONNX file is recognised by the task in its vestis metadata; a classifier checkpoint is not taken for one
     from vestis.service.embedding import embedding_model_name
 
     calls.clear()
-    onnx_file = export_embedding_onnx(ckpt, built["root"].parent / "csn.onnx", check_images=2).path
+    onnx_file = _onnx_with_metadata(built["root"].parent / "csn.onnx", {"vestis.task": "embedding",
+                                    "vestis.embedding": '{"model": "datrnet"}'})  # fmt: skip
     res = CliRunner().invoke(vestis.cli.app, ["serve", str(onnx_file)])
-    assert res.exit_code == 1 and "app" not in calls and "embedding model (csn) needs --index" in res.output
+    assert res.exit_code == 1 and "app" not in calls and "embedding model (datrnet) needs --index" in res.output
+    assert embedding_model_name(_onnx_with_metadata(onnx_file.with_name("c.onnx"), {"vestis.task": "classify"})) is None
     assert embedding_model_name(built["checkpoint"]) is None and embedding_model_name(ckpt) == "csn"
 
     # the index of another model is refused as for a classifier
@@ -309,3 +323,33 @@ def test_page_with_an_embedding_model(built, browser):
         page.wait_for_function("() => document.getElementById('hits').dataset.state === 'done'")
         assert grid() == [h.id for h in index.search(query, set={"colour": target}, k=12)]
         page.close()
+
+
+def test_no_input_is_a_server_error_on_an_embedding_model(built):
+    """schemathesis on /v1/attributes and the search operations of an embedding model's app (driven by hand)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+    from vestis.retrieval.catalog_index import CatalogIndex
+    from vestis.service import ServiceConfig, create_app
+    from vestis.service.embedding import EmbeddingAttributes
+
+    config = ServiceConfig(max_wait_ms=0, max_upload_mb=1, max_pixels=100_000, max_images=4, warmup=False)
+    with CatalogIndex.open(built["none"]["index"]) as index:
+        app = create_app(EmbeddingAttributes.from_index(index, "cpu"), config, index=index)
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app).include(path_regex="^/v1/(attributes|search)")
+        ran = []
+        for result in schema.get_all_operations():
+            operation = result.ok()
+
+            @given(case=operation.as_strategy())
+            @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            def exercise(case) -> None:
+                checks = [not_a_server_error, status_code_conformance, response_schema_conformance]
+                case.call_and_validate(checks=checks)
+
+            exercise()
+            ran.append(operation.label)
+    assert sorted(ran) == ["POST /v1/attributes", "POST /v1/search"]
