@@ -353,3 +353,28 @@ def test_no_input_is_a_server_error_on_an_embedding_model(built):
             exercise()
             ran.append(operation.label)
     assert sorted(ran) == ["POST /v1/attributes", "POST /v1/search"]
+
+
+@pytest.mark.slow
+def test_an_onnx_embedding_model_answers_from_the_prototypes(built, tmp_path):
+    """ONNX Runtime gives embeddings only: every attribute is the nearest prototype's, as the index stored it."""
+    from vestis.inference.export_embedding import export_embedding_onnx
+    from vestis.retrieval.catalog_index import CatalogIndex
+    from vestis.retrieval.index_build import build_index
+    from vestis.service import ServiceConfig, create_app
+    from vestis.service.embedding import EmbeddingAttributes
+
+    onnx_file = export_embedding_onnx(built["multi"]["checkpoint"], tmp_path / "csn.onnx", check_images=2).path
+    build_index(onnx_file, built["root"] / "manifest.csv", tmp_path / "index", workers=0, batch_size=8)
+    with CatalogIndex.open(tmp_path / "index") as index:
+        predictor = EmbeddingAttributes.from_index(index, "cpu")
+        assert predictor.backend == "onnx" and set(predictor.sources.values()) == {"prototype"}
+        with TestClient(create_app(predictor, ServiceConfig(max_wait_ms=1), index=index)) as client:
+            wait_ready(client)
+            got = _upload(client, built["images"]["item4"])
+            stored = index.item("item4")
+            for attr, res in got.items():
+                assert res["source"] == "prototype"
+                if stored["predictions"][attr] is not None:
+                    assert res.get("value", (res.get("values") or [None])[0]) == stored["predictions"][attr]
+            assert "/v1/heatmap" not in client.get("/openapi.json").json()["paths"]
