@@ -228,14 +228,14 @@ def _same_config(ckpt: Path, cfg: Any) -> bool:
         return False
     # through JSON: the checkpoint keeps tuples, the config may hold lists
     old, new = (json.loads(json.dumps(c)) for c in (load_checkpoint(ckpt)["config"], cfg.to_dict()))
-    for c in (old, new):
-        c["train"].pop("cache_dir", None)
-        if c["train"].get("early_stop_metric") is None:  # a classifier's own metric
-            c["train"]["early_stop_metric"] = "mean_micro_f1"
     defaults = json.loads(json.dumps(Config().to_dict()))
     for section, values in defaults.items():  # settings added since the run was trained hold their defaults
         for k, v in values.items():
             old.setdefault(section, {}).setdefault(k, v)
+    for c in (old, new):
+        c["train"].pop("cache_dir", None)
+        if c["train"].get("early_stop_metric") is None:  # a classifier's own metric
+            c["train"]["early_stop_metric"] = "mean_micro_f1"
     return old == new
 
 
