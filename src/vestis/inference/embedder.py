@@ -33,12 +33,10 @@ from vestis.errors import VestisError
 from vestis.inference.onnx_format import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
-    ONNX_FORMAT,
-    ONNX_VERSION,
     TASK,
     EmbeddingInferenceModule,
 )
-from vestis.inference.runtime import check_threads, onnx_providers, torch_device
+from vestis.inference.runtime import check_threads, open_onnx, torch_device
 
 __all__ = ["DEFAULT_MAX_BATCH", "Embedder"]
 
@@ -212,27 +210,8 @@ class Embedder:
         cls, path: str | os.PathLike[str], device: str | None = None, *, threads: int | None = None
     ) -> Embedder:
         """The ONNX Runtime backend on an embedding file written by ``vestis export`` (see :meth:`from_path`)."""
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise VestisError("ONNX models need onnxruntime: pip install 'vestis[onnx]'") from None
         path = Path(path)
-        providers = onnx_providers(device, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: the provider notes are not for users
-        if threads is not None:
-            options.intra_op_num_threads = check_threads(threads)
-        try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise VestisError(f"{path}: not a loadable ONNX model ({str(e).strip()[:300]})") from None
-        meta = session.get_modelmeta().custom_metadata_map
-        if meta.get("vestis.format") != ONNX_FORMAT:
-            raise VestisError(f"{path}: no vestis metadata; write the model with `vestis export`")
-        if not meta.get("vestis.version", "0").isdigit() or int(meta["vestis.version"]) > ONNX_VERSION:
-            raise VestisError(
-                f"{path}: model format version {meta.get('vestis.version')!r} is not one this vestis reads"
-            )
+        session, meta = open_onnx(path, device, threads)
         if meta.get("vestis.task") != TASK:
             raise VestisError(
                 f"{path}: a classifier export, not an embedding one; embed from its checkpoint, or export it with "

@@ -37,8 +37,8 @@ from vestis.data.taxonomy import Taxonomy
 from vestis.data.transforms import letterbox_array, letterbox_box
 from vestis.errors import VestisError
 from vestis.eval.metrics import DEFAULT_THRESHOLD
-from vestis.inference.onnx_format import HEATMAP_OUTPUT, INPUT_NAME, ONNX_FORMAT, ONNX_VERSION, InferenceModule
-from vestis.inference.runtime import check_threads, onnx_providers, torch_device
+from vestis.inference.onnx_format import HEATMAP_OUTPUT, INPUT_NAME, InferenceModule
+from vestis.inference.runtime import check_threads, open_onnx, torch_device
 
 __all__ = ["DEFAULT_THRESHOLD", "Predictor", "project_heatmap"]
 
@@ -275,31 +275,14 @@ class Predictor:
         cls, path: str | os.PathLike[str], device: str | None = None, *, threads: int | None = None
     ) -> Predictor:
         """The ONNX Runtime backend on a file written by ``vestis export`` (see :meth:`from_path`)."""
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise VestisError("ONNX models need onnxruntime: pip install 'vestis[onnx]'") from None
         path = Path(path)
-        providers = onnx_providers(device, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: the provider notes are not for users
-        if threads is not None:
-            options.intra_op_num_threads = check_threads(threads)
-        try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise VestisError(f"{path}: not a loadable ONNX model ({str(e).strip()[:300]})") from None
-        meta = session.get_modelmeta().custom_metadata_map
-        if meta.get("vestis.format") != ONNX_FORMAT:
-            raise VestisError(f"{path}: no vestis metadata; write the model with `vestis export`")
+        session, meta = open_onnx(path, device, threads)
         if meta.get("vestis.task") == "embedding":
             try:
                 name = json.loads(meta.get("vestis.embedding", "{}")).get("model", "embedding")
             except (json.JSONDecodeError, AttributeError):
                 name = "embedding"
             raise VestisError(f"{path}: {_EMBEDDING_HINT.format(name)}")
-        if int(meta.get("vestis.version", "0")) > ONNX_VERSION:
-            raise VestisError(f"{path}: model format version {meta['vestis.version']} is newer than this vestis")
         src = f"{path} (metadata)"
         try:
             taxonomy = Taxonomy.from_dict(json.loads(meta["vestis.taxonomy"]), source=src)

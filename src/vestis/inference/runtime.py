@@ -8,14 +8,17 @@ PyTorch and for ONNX Runtime alike; these helpers turn them into what each runti
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from vestis.errors import VestisError
+from vestis.inference.onnx_format import ONNX_FORMAT, ONNX_VERSION
 
-__all__ = ["check_threads", "onnx_providers", "torch_device"]
+__all__ = ["check_threads", "onnx_providers", "open_onnx", "torch_device"]
 
 
 def torch_device(device: str | None) -> torch.device:
@@ -65,3 +68,35 @@ def check_threads(threads: int) -> int:
     if threads < 1:
         raise VestisError(f"threads: expected a positive number of threads, got {threads}")
     return threads
+
+
+def open_onnx(
+    path: str | os.PathLike[str], device: str | None = None, threads: int | None = None
+) -> tuple[Any, dict[str, str]]:
+    """An ONNX Runtime session on a file written by ``vestis export``, and its vestis metadata.
+
+    Raises:
+        VestisError: onnxruntime missing, a file it cannot load, no vestis metadata, or a format version this
+            vestis does not read.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise VestisError("ONNX models need onnxruntime: pip install 'vestis[onnx]'") from None
+    path = Path(path)
+    providers = onnx_providers(device, ort.get_available_providers())
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the provider notes are not for users
+    if threads is not None:
+        options.intra_op_num_threads = check_threads(threads)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types for bad files
+        raise VestisError(f"{path}: not a loadable ONNX model ({str(e).strip()[:300]})") from None
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if meta.get("vestis.format") != ONNX_FORMAT:
+        raise VestisError(f"{path}: no vestis metadata; write the model with `vestis export`")
+    version = meta.get("vestis.version", "0")
+    if not version.isdigit() or int(version) > ONNX_VERSION:
+        raise VestisError(f"{path}: model format version {version!r} is not one this vestis reads")
+    return session, meta
