@@ -11,7 +11,7 @@ DDP, the frozen-trunk cache, checkpoints, resuming and early stopping. A task ha
 
 A classifier trains on shuffled batches of the whole split. An embedding model (``csn``, ``triplet``, ``datrnet``,
 see :mod:`vestis.models.embedding`) trains on P values x K images batches
-(:class:`~vestis.data.triplets.PKBatchSampler`) with online batch-hard triplet mining, and is validated by
+(:class:`~vestis.data.triplets.PKBatchSampler`) with online triplet mining (`train.mining`), and is validated by
 triplet accuracy on triplets built once from the validation split (the multi-column paper's validation accuracy)
 and R@K.
 """
@@ -135,7 +135,7 @@ def _targets_2d(attr: Attribute, targets: np.ndarray) -> np.ndarray:
 
 
 class EmbeddingTask(Task):
-    """Attribute-aware embeddings: batch-hard triplet loss per attribute (+ recognition columns), P x K batches."""
+    """Attribute-aware embeddings: a triplet loss per attribute mined in P x K batches (+ recognition columns)."""
 
     default_metric = "triplet_accuracy"
 
