@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import kornia.augmentation as K
@@ -33,6 +34,7 @@ __all__ = [
     "RandomDegrade",
     "letterbox",
     "letterbox_array",
+    "letterbox_batch",
     "letterbox_box",
     "normalize",
     "prepare_batch",
@@ -74,6 +76,14 @@ class LetterboxResize:
 
     def __call__(self, img: Image.Image) -> Tensor:
         return torch.from_numpy(letterbox_array(img, self.size, self.pad_value))
+
+
+def letterbox_batch(images: Sequence[Image.Image], size: int, pad_value: int = 255) -> np.ndarray:
+    """:func:`letterbox_array` of each image, stacked: ``uint8`` ``(B, 3, size, size)``."""
+    out = np.empty((len(images), 3, size, size), dtype=np.uint8)
+    for i, img in enumerate(images):
+        out[i] = letterbox_array(img, size, pad_value)
+    return out
 
 
 def normalize(images: Tensor, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> Tensor:

@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from vestis.data.taxonomy import Taxonomy
-from vestis.data.transforms import letterbox_array
+from vestis.data.transforms import letterbox_batch
 from vestis.errors import VestisError
 from vestis.inference.onnx_format import (
     EMBEDDING_OUTPUT,
@@ -284,11 +284,7 @@ class Embedder:
     # --- stages ---------------------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Letterbox PIL images to the model's input: ``uint8`` ``(B, 3, S, S)``, as the Predictor does."""
-        s, pad = self.image_size, int(self.preprocessing["pad_value"])
-        out = np.empty((len(images), 3, s, s), dtype=np.uint8)
-        for i, img in enumerate(images):
-            out[i] = letterbox_array(img, s, pad)
-        return out
+        return letterbox_batch(images, self.image_size, int(self.preprocessing["pad_value"]))
 
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:
         s = self.image_size

@@ -34,7 +34,7 @@ from torch import nn
 
 from vestis.data.images import DEFAULT_MAX_PIXELS
 from vestis.data.taxonomy import Taxonomy
-from vestis.data.transforms import letterbox_array, letterbox_box
+from vestis.data.transforms import letterbox_batch, letterbox_box
 from vestis.errors import VestisError
 from vestis.eval.metrics import DEFAULT_THRESHOLD
 from vestis.inference.onnx_format import HEATMAP_OUTPUT, INPUT_NAME, InferenceModule
@@ -348,11 +348,7 @@ class Predictor:
     # --- stages ---------------------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Letterbox PIL images to the model's input: ``uint8`` ``(B, 3, S, S)``."""
-        s, pad = self.image_size, int(self.preprocessing["pad_value"])
-        out = np.empty((len(images), 3, s, s), dtype=np.uint8)
-        for i, img in enumerate(images):
-            out[i] = letterbox_array(img, s, pad)
-        return out
+        return letterbox_batch(images, self.image_size, int(self.preprocessing["pad_value"]))
 
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:
         s = self.image_size
