@@ -11,7 +11,8 @@ Conventions shared by every function:
   count, exactly as the multi-task loss ignores them. Their targets are never read, so a missing
   single label may be stored as ``-1``.
 * A value is predicted when ``prob >= threshold``; the multi-scale paper scores at 0.3. A threshold
-  is a float or a ``(K,)`` array of per-value thresholds (see :func:`calibrate_thresholds`).
+  is a float or a ``(K,)`` array of per-value thresholds (see
+  :func:`~vestis.eval.thresholds.calibrate_thresholds`).
 * Ranking ties go to the lower value index, so top-1 always agrees with ``argmax``.
 * A metric over zero rows is ``nan``. A ratio whose denominator is zero over a non-empty set of rows
   is 0, as scikit-learn's ``zero_division=0``.
@@ -25,6 +26,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from vestis.errors import VestisError
+from vestis.eval._inputs import check_mask as _mask
+from vestis.eval._inputs import check_probs as _probs
+from vestis.eval._inputs import labelled_multi as _multi
+from vestis.eval.thresholds import DEFAULT_THRESHOLD, calibrate_thresholds  # re-exported: its old home
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -45,8 +50,6 @@ __all__ = [
     "topk_accuracy",
     "weighted_f1",
 ]
-
-DEFAULT_THRESHOLD = 0.3  # the multi-scale paper's decision threshold (§5.3, Figure 6)
 
 
 @dataclass(frozen=True)
@@ -77,43 +80,6 @@ class PRCurve:
 
 
 # --- input checks ---------------------------------------------------------------------------------------------
-
-
-def _probs(probs: ArrayLike) -> np.ndarray:
-    p = np.asarray(probs)
-    if p.ndim != 2 or p.shape[1] == 0:
-        raise VestisError(f"probs: expected a 2-D array (items, values) with at least one value, got shape {p.shape}")
-    if not np.issubdtype(p.dtype, np.floating):
-        p = p.astype(np.float64)
-    if not np.isfinite(p).all():
-        raise VestisError("probs: expected finite numbers, found NaN or inf")
-    return p
-
-
-def _mask(mask: ArrayLike | None, n: int) -> np.ndarray:
-    if mask is None:
-        return np.ones(n, dtype=bool)
-    m = np.asarray(mask)
-    if m.shape != (n,):
-        raise VestisError(f"mask: expected shape ({n},) to match probs, got {m.shape}")
-    if m.dtype != bool:
-        if not np.isin(m, (0, 1)).all():
-            raise VestisError("mask: expected booleans (or 0/1)")
-        m = m.astype(bool)
-    return m
-
-
-def _multi(probs: ArrayLike, targets: ArrayLike, mask: ArrayLike | None) -> tuple[np.ndarray, np.ndarray]:
-    """The labelled rows of ``probs`` and of the multi-hot ``targets`` (as bool)."""
-    p = _probs(probs)
-    t = np.asarray(targets)
-    if t.shape != p.shape:
-        raise VestisError(f"targets: expected a multi-hot array of shape {p.shape} like probs, got {t.shape}")
-    m = _mask(mask, p.shape[0])
-    t = t[m]
-    if not np.isin(t, (0, 1)).all():
-        raise VestisError("targets: expected a multi-hot array of 0/1 on the labelled rows")
-    return p[m], t.astype(bool)
 
 
 def _single(probs: ArrayLike, labels: ArrayLike, mask: ArrayLike | None) -> tuple[np.ndarray, np.ndarray]:
@@ -473,59 +439,7 @@ def recall_at_k_mmfashion(
     return float(best.mean())
 
 
-# --- thresholds and curves ------------------------------------------------------------------------------------
-
-
-def calibrate_thresholds(
-    probs: ArrayLike,
-    targets: ArrayLike,
-    mask: ArrayLike | None = None,
-    *,
-    default: float = DEFAULT_THRESHOLD,
-) -> np.ndarray:
-    """Per-value thresholds that maximise each value's F1 on validation data.
-
-    For each value, the items are sorted by decreasing probability and every cut between two distinct
-    probabilities is scored (``F1 = 2 TP / (#predicted + #positives)``): an exact sweep, the same optimum
-    as a brute-force search over all thresholds. Among equally good cuts the one predicting the fewest
-    items wins. The threshold returned lies midway between the last probability kept and the next lower
-    one (0 when every item is kept), so ``probs >= threshold`` reproduces the chosen cut with a margin.
-    A value without any positive labelled item cannot be calibrated and keeps ``default``.
-
-    Args:
-        probs: ``(N, K)`` validation probabilities.
-        targets: ``(N, K)`` multi-hot truth (one-hot for a single-label attribute).
-        mask: ``(N,)`` labelled rows; ``None`` means all.
-        default: threshold of values with no positive item.
-
-    Returns:
-        Float ``(K,)`` thresholds.
-    """
-    p, t = _multi(probs, targets, mask)
-    n, k = p.shape
-    out = np.full(k, float(default))
-    if n == 0:
-        return out
-    order = np.argsort(-p, axis=0, kind="stable")  # (n, K), each column by decreasing probability
-    s = np.take_along_axis(p, order, axis=0).astype(np.float64)  # (n, K) sorted probabilities
-    tp = np.cumsum(np.take_along_axis(t, order, axis=0), axis=0)  # (n, K) TP when the first i+1 are kept
-    positives = tp[-1]  # (K,)
-    kept = np.arange(1, n + 1)[:, None]  # (n, 1)
-    f1 = 2.0 * tp / (kept + positives[None, :])
-    # a cut is only realisable by a threshold at the end of a run of tied probabilities
-    end = np.ones_like(s, dtype=bool)
-    end[:-1] = s[:-1] != s[1:]
-    f1 = np.where(end, f1, -1.0)
-    best = np.argmax(f1, axis=0)  # first maximum = highest threshold = fewest predictions
-    cols = np.arange(k)
-    last = s[best, cols]
-    nxt = np.where(best + 1 < n, s[np.minimum(best + 1, n - 1), cols], 0.0)
-    mid = np.where(best + 1 < n, (last + nxt) / 2.0, 0.0)
-    # (a + b) / 2 can round onto b for adjacent floats; the kept probability itself is then the cut
-    mid = np.where((best + 1 < n) & (mid <= nxt), last, mid)
-    calibrated = positives > 0
-    out[calibrated] = mid[calibrated]
-    return out
+# --- curves ---------------------------------------------------------------------------------------------------
 
 
 def precision_recall_curve_data(
