@@ -127,9 +127,17 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True
     threshold: float = 0.3  # decision threshold for micro-F1 (paper default)
-    # None: the model's own (classifiers: mean_micro_f1; embedding models: triplet_accuracy)
+    # The validation metric that picks best.ckpt and drives early stopping. "auto": mean_kind_score for classifiers
+    # (mean over attributes of accuracy for single-label, micro-F1 at train.threshold for multi-label ones: micro-F1
+    # on a softmax attribute rewards an unsure model, so a constant guess could win), triplet_accuracy for embedding
+    # models; or any summary key of the validation metrics (mean_micro_f1, mean_accuracy, mean_macro_f1, ...)
+    selection_metric: str = "auto"
+    # the older name of selection_metric, kept for old configs: when set it wins over selection_metric
     early_stop_metric: str | None = None
-    early_stop_mode: str = "max"
+    early_stop_mode: str = "max"  # max | min: whether a larger selection metric is better
+    # A value's decision threshold is calibrated on the validation split only when it has at least this many
+    # labelled positives there; the others keep train.threshold (a threshold fitted to a handful of items is noise)
+    calibration_min_positives: int = 10
     patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
     label_smoothing: float = 0.0
     class_weights: str = "none"  # none | inverse | effective

@@ -46,7 +46,12 @@ def test_loss_goes_down_and_checkpoint_rebuilds(catalog, tmp_path):
     assert model.taxonomy.names == trained.taxonomy.names
     best = vestis.load(result.best)
     assert set(best.thresholds) == set(best.taxonomy.names)
-    assert best.metrics["summary"]["mean_micro_f1"] == pytest.approx(result.best_metric)
+    assert result.metric == "mean_kind_score"  # train.selection_metric: auto, for a classifier
+    assert best.metrics["summary"]["mean_kind_score"] == pytest.approx(result.best_metric)
+    sel = best.metrics["selection"]
+    assert sel == {"metric": "mean_kind_score", "value": result.best_metric, "epoch": result.best_epoch, "mode": "max"}
+    vals = [h["val"]["mean_kind_score"] for h in result.history]
+    assert sel["epoch"] == vals.index(max(vals)) + 1  # the first epoch with the best value
 
 
 def test_resume_continues_exactly(catalog, tmp_path):
@@ -114,7 +119,7 @@ def test_cli_train_then_evaluate(catalog, tmp_path):
 def test_early_stopping_and_gradient_accumulation(catalog, tmp_path):
     # lr 0: only the BatchNorm statistics move, the metric settles and patience 2 ends the run early
     result = train(_cfg("train.epochs=10", "train.lr=0", "train.patience=2"), catalog, tmp_path / "es", **QUIET)
-    vals = [h["val"]["mean_micro_f1"] for h in result.history]
+    vals = [h["val"][result.metric] for h in result.history]
     assert len(vals) < 10
     best = vals.index(max(vals))
     assert len(vals) == best + 1 + 2  # stopped exactly 2 epochs without improvement after the best

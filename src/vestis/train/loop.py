@@ -45,6 +45,14 @@ from vestis.train.finetune import (
     init_from_checkpoint,
 )
 from vestis.train.optim import build_optimizer, build_scheduler
+from vestis.train.selection import (
+    SELECTION_KEYS,
+    check_resume_selection,
+    check_selection,
+    selection_key,
+    selection_metric,
+    selection_record,
+)
 from vestis.train.tasks import make_task
 
 __all__ = ["TrainResult", "train"]
@@ -58,6 +66,8 @@ _RESUMABLE = {
     "train.cache_dir",
     "data.num_workers",
 }
+# settings an older run's config does not hold, with the value that reproduces what that run did
+_ABSENT_MEANS = {"train.calibration_min_positives": 1}
 
 
 @dataclass
@@ -71,6 +81,7 @@ class TrainResult:
     steps: int
     history: list[dict[str, Any]] = field(default_factory=list)
     model: nn.Module | None = None  # the trained (unwrapped) model, last state
+    best_epoch: int | None = None  # 1-based epoch of best.ckpt
 
 
 def _seed_all(seed: int) -> None:
@@ -106,8 +117,9 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_resume_config(saved: dict[str, Any], cfg: Config, path: Path) -> None:
-    a, b = _flat(saved), _flat(cfg.to_dict())
-    diff = sorted(k for k in set(a) | set(b) if k not in _RESUMABLE and _norm(a.get(k)) != _norm(b.get(k)))
+    a, b = {**_ABSENT_MEANS, **_flat(saved)}, _flat(cfg.to_dict())
+    skip = _RESUMABLE | SELECTION_KEYS  # those two are compared by the metric they resolve to
+    diff = sorted(k for k in set(a) | set(b) if k not in skip and _norm(a.get(k)) != _norm(b.get(k)))
     if diff:
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:8])
         raise VestisError(f"{path}: cannot resume with a different configuration ({shown}); use a new --out")
@@ -294,14 +306,20 @@ def _train(
     use_amp = tc.amp and cuda
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
+    metric_name = selection_metric(tc, task)
+    mode = tc.early_stop_mode
+    check_selection(tc, metric_name, task)
     start_epoch, step, best, bad_epochs, history = 0, 0, None, 0, []
+    best_epoch: int | None = None
     if saved is not None:
+        check_resume_selection(saved, metric_name, task, last_path)
         core.load_state_dict(saved["model"])
         ts = saved["train_state"]
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
         scaler.load_state_dict(ts["scaler"])
         start_epoch, step, best, bad_epochs = ts["epoch"] + 1, ts["step"], ts["best"], ts["bad_epochs"]
+        best_epoch = ts.get("best_epoch")  # absent in runs from before it was recorded
         history = ts["history"]
         _set_rng_state(ts["rng"][info.rank] if info.rank < len(ts["rng"]) else ts["rng"][0])
         say(f"resumed from {last_path} at epoch {start_epoch + 1}")
@@ -319,8 +337,7 @@ def _train(
                 core, val_loader, val_ds.encoded, cut, dc, dev, name="val", autocast=amp_ctx, log=say, store=store
             )
 
-    metric_name = tc.early_stop_metric or task.default_metric
-    sign = 1.0 if tc.early_stop_mode == "max" else -1.0
+    sign = 1.0 if mode == "max" else -1.0
     stop = step >= tc.max_steps > 0 or start_epoch >= tc.epochs
     epoch = start_epoch - 1
     freeze_state: FreezeState | None = None
@@ -393,28 +410,33 @@ def _train(
 
             # validation on the main process; the others wait for the verdict
             improved, metrics, thresholds = False, {}, {}
+            best_metrics: dict[str, Any] = {}  # best.ckpt's: the epoch's metrics, how it was selected, thresholds
             if main and len(val_ds):
                 validation = task.validate(core, net, val_loader, val_cache, dev)
                 metrics = validation.metrics
                 if metric_name not in metrics["summary"]:
                     known = sorted(metrics["summary"])
-                    raise VestisError(f"train.early_stop_metric: {metric_name!r} is not one of {known}")
+                    raise VestisError(f"{selection_key(tc)}: {metric_name!r} is not one of {known}")
                 value = metrics["summary"][metric_name]  # None when no validation row is labelled
                 record["val"] = metrics["summary"]
                 if value is not None and (best is None or sign * value > sign * best):
-                    best, bad_epochs, improved = float(value), 0, True
-                    thresholds = validation.thresholds()
+                    best, best_epoch, bad_epochs, improved = float(value), epoch + 1, 0, True
+                    best_metrics = {**metrics, "selection": selection_record(metric_name, best, epoch + 1, mode)}
+                    calibration = validation.calibrate()
+                    if calibration is not None:
+                        thresholds = calibration.thresholds
+                        best_metrics["threshold_choice"] = calibration.choice
                 else:
                     bad_epochs += 1
                 say(
-                    f"epoch {epoch + 1}: loss {record['train']['loss']:.4f}, "
-                    f"val {metric_name} {value if value is None else round(value, 4)}"
-                    f"{' (best)' if improved else ''}, "
-                    f"{record['images_per_s']:.0f} img/s"
+                    f"epoch {epoch + 1}: loss {_fmt(record['train']['loss'])}, val {metric_name} {_fmt(value)}"
+                    f"{' (best)' if improved else ''}, {record['images_per_s']:.0f} img/s"
                 )
             elif main:
-                improved = True
-                say(f"epoch {epoch + 1}: loss {record['train']['loss']:.4f} (no validation rows)")
+                improved, best_epoch = True, epoch + 1
+                # nothing to select on: best.ckpt is the latest epoch
+                best_metrics = {"selection": selection_record(metric_name, None, epoch + 1, mode)}
+                say(f"epoch {epoch + 1}: loss {_fmt(record['train']['loss'])} (no validation rows)")
             history.append(record)
             if tc.patience and bad_epochs >= tc.patience:
                 stop = True
@@ -437,6 +459,8 @@ def _train(
                     "epoch": epoch,
                     "step": step,
                     "best": best,
+                    "best_epoch": best_epoch,
+                    "selection_metric": metric_name,
                     "bad_epochs": bad_epochs,
                     "history": history,
                     "rng": rng,
@@ -447,7 +471,7 @@ def _train(
                         model=core,
                         config=cfg,
                         taxonomy=taxonomy,
-                        metrics=metrics,
+                        metrics=best_metrics,
                         thresholds=thresholds,
                         train_state=None,
                     )
@@ -467,7 +491,13 @@ def _train(
         steps=step,
         history=history,
         model=core,
+        best_epoch=best_epoch,
     )
+
+
+def _fmt(x: float | None) -> str:
+    """A logged number: 4 significant digits (``None`` for an undefined metric)."""
+    return "None" if x is None else f"{x:.4g}"
 
 
 def _average_buffers(model: nn.Module, info: DistInfo) -> None:

@@ -6,8 +6,13 @@ DDP, the frozen-trunk cache, checkpoints, resuming and early stopping. A task ha
 - ``loss``: a module mapping ``(model outputs, targets, masks)`` to a dict of named losses (the loop sums them);
 - ``batches(epoch, ...)``: the epoch's batches, each a dict with ``index``, ``targets``, ``masks`` (and ``image``
   when the trunk is not cached);
-- ``validate(...)``: the validation metrics (``summary`` holds the early-stopping candidates) and, for classifiers,
-  the per-value decision thresholds calibrated on them.
+- ``validate(...)``: the validation metrics (``summary`` holds the candidates for ``train.selection_metric``) and,
+  for classifiers, the per-value decision thresholds calibrated on them (see :func:`calibrate_split`).
+
+A classifier is selected by default on :func:`mean_kind_score`, the score that fits each attribute's kind: the
+thresholded micro-F1 of the multi-scale paper rewards an unsure softmax attribute (every probability under the
+threshold predicts nothing, which costs less than a wrong answer), so a model calling every item "t-shirt" can beat
+one that tells the categories apart.
 
 A classifier trains on shuffled batches of the whole split. An embedding model (``csn``, ``triplet``, ``datrnet``,
 see :mod:`vestis.models.embedding`) trains on P values x K images batches
@@ -19,7 +24,7 @@ and R@K.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,22 +39,100 @@ from vestis.data.taxonomy import Attribute, Taxonomy
 from vestis.data.triplets import PKBatchSampler, build_condition_triplets, default_batches, value_codes
 from vestis.errors import VestisError
 from vestis.eval.evaluator import evaluate_predictions
-from vestis.eval.metrics import calibrate_thresholds, one_hot
+from vestis.eval.metrics import one_hot
 from vestis.eval.retrieval import recall_at_k, triplet_accuracy
+from vestis.eval.thresholds import choose_thresholds
 from vestis.inference.batch import collect_embeddings, embed_loader, predict_loader
 from vestis.losses import EmbeddingLoss, MaskedMultiTaskLoss, class_weights
 from vestis.registry import MODELS
 from vestis.train.cache import FeatureCache, predict_cache
 
-__all__ = ["ClassifierTask", "EmbeddingTask", "Task", "Validation", "embed_split", "make_task", "model_task"]
+__all__ = [
+    "Calibration",
+    "ClassifierTask",
+    "EmbeddingTask",
+    "Task",
+    "Validation",
+    "calibrate_split",
+    "embed_split",
+    "make_task",
+    "mean_kind_score",
+    "model_task",
+]
+
+
+@dataclass
+class Calibration:
+    """Per-value decision thresholds of every attribute and how each was chosen.
+
+    Attributes:
+        thresholds: attribute -> ``K`` floats (the checkpoint's ``thresholds`` field): calibrated where the
+            validation split had enough positives of the value, ``train.threshold`` elsewhere.
+        choice: attribute -> value -> ``{"threshold", "source": "calibrated" | "default", "positives"}`` (the
+            checkpoint's ``metrics["threshold_choice"]``).
+    """
+
+    thresholds: dict[str, list[float]]
+    choice: dict[str, dict[str, dict[str, Any]]]
 
 
 @dataclass
 class Validation:
-    """One validation pass: ``metrics["summary"]`` holds the scalar candidates for early stopping."""
+    """One validation pass: ``metrics["summary"]`` holds the scalar candidates for the selection metric.
+
+    ``calibrate()`` computes the thresholds only when asked (the loop asks when the epoch is the best so far);
+    ``None`` for a model without decision thresholds.
+    """
 
     metrics: dict[str, Any]
-    thresholds: Callable[[], dict[str, list[float]]] = field(default=lambda: {})
+    calibrate: Callable[[], Calibration | None] = field(default=lambda: None)
+
+
+def mean_kind_score(attributes: Mapping[str, Mapping[str, Any]]) -> float | None:
+    """Mean over attributes of the score that fits each one's kind: ``accuracy`` for single-label attributes,
+    ``micro_f1`` (at the evaluation threshold) for multi-label ones.
+
+    Args:
+        attributes: ``metrics["attributes"]`` of :func:`~vestis.eval.evaluator.evaluate_predictions`.
+
+    Returns:
+        The mean over the attributes whose score is defined (not ``None``); ``None`` when none is.
+    """
+    scores = [r["accuracy"] if r["kind"] == "single" else r["micro_f1"] for r in attributes.values()]
+    defined = [float(x) for x in scores if x is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def calibrate_split(
+    taxonomy: Taxonomy,
+    probs: Mapping[str, np.ndarray],
+    encoded: EncodedTargets,
+    *,
+    default: float,
+    min_positives: int,
+) -> Calibration:
+    """Per-value thresholds from a split's probabilities, for single- and multi-label attributes alike.
+
+    Args:
+        taxonomy: the attributes (each one in ``probs``).
+        probs: attribute -> ``(N, K)`` probabilities of the split's items.
+        encoded: the split's targets and masks.
+        default: the threshold of values with fewer than ``min_positives`` labelled positives.
+        min_positives: ``train.calibration_min_positives``.
+    """
+    thresholds: dict[str, list[float]] = {}
+    choice: dict[str, dict[str, dict[str, Any]]] = {}
+    for a in taxonomy:
+        c = choose_thresholds(
+            probs[a.name],
+            _targets_2d(a, encoded.targets[a.name]),
+            encoded.masks[a.name],
+            default=default,
+            min_positives=min_positives,
+        )
+        thresholds[a.name] = [float(t) for t in c.thresholds]
+        choice[a.name] = c.to_dict(a.values)
+    return Calibration(thresholds, choice)
 
 
 def model_task(name: str) -> str:
@@ -65,9 +148,11 @@ def _weights(cfg: Config, taxonomy: Taxonomy, enc: EncodedTargets) -> dict[str, 
 
 
 class Task:
-    """The common part: the splits, the device, the default early-stopping metric."""
+    """The common part: the splits, the device, the metric ``train.selection_metric: auto`` stands for."""
 
-    default_metric = "mean_micro_f1"
+    default_metric = "mean_kind_score"
+    # what ``auto`` stood for before train.selection_metric existed: what a resumed older run was selected on
+    legacy_metric = "mean_micro_f1"
 
     def __init__(self, cfg: Config, taxonomy: Taxonomy, train_ds: AttributeDataset, val_ds: AttributeDataset) -> None:
         self.cfg, self.taxonomy, self.train_ds, self.val_ds = cfg, taxonomy, train_ds, val_ds
@@ -75,6 +160,10 @@ class Task:
 
     def batches_per_epoch(self, loader: DataLoader) -> int:
         return len(loader)
+
+    def metric_names(self) -> list[str] | None:
+        """The keys validation's ``summary`` will hold, when known before training; ``None`` otherwise."""
+        return None
 
     def batches(self, epoch: int, sampler: DistributedSampler, loader: DataLoader, cache: FeatureCache | None):
         raise NotImplementedError
@@ -116,17 +205,26 @@ class ClassifierTask(Task):
             probs = predict_cache(net, cache, taxonomy, cfg.train.batch_size, dev)
         enc = self.val_ds.encoded
         metrics = evaluate_predictions(taxonomy, probs, enc.targets, enc.masks, threshold=cfg.train.threshold)
+        metrics["summary"]["mean_kind_score"] = mean_kind_score(metrics["attributes"])
 
-        def thresholds() -> dict[str, list[float]]:
-            return {
-                a.name: [
-                    float(t)
-                    for t in calibrate_thresholds(probs[a.name], _targets_2d(a, enc.targets[a.name]), enc.masks[a.name])
-                ]
-                for a in taxonomy
-            }
+        def calibrate() -> Calibration:
+            tc = cfg.train
+            return calibrate_split(
+                taxonomy, probs, enc, default=tc.threshold, min_positives=tc.calibration_min_positives
+            )
 
-        return Validation(metrics, thresholds)
+        return Validation(metrics, calibrate)
+
+    def metric_names(self) -> list[str]:
+        # the summary of one made-up labelled row has every key a real validation summary has
+        probs = {a.name: np.full((1, a.num_values), 1.0 / a.num_values) for a in self.taxonomy}
+        targets = {
+            a.name: np.zeros(1, dtype=np.int64) if a.kind == "single" else np.zeros((1, a.num_values))
+            for a in self.taxonomy
+        }
+        masks = {a.name: np.ones(1, dtype=bool) for a in self.taxonomy}
+        summary = evaluate_predictions(self.taxonomy, probs, targets, masks)["summary"]
+        return sorted({*summary, "mean_kind_score"})
 
 
 def _targets_2d(attr: Attribute, targets: np.ndarray) -> np.ndarray:
@@ -137,7 +235,7 @@ def _targets_2d(attr: Attribute, targets: np.ndarray) -> np.ndarray:
 class EmbeddingTask(Task):
     """Attribute-aware embeddings: a triplet loss per attribute mined in P x K batches (+ recognition columns)."""
 
-    default_metric = "triplet_accuracy"
+    default_metric = legacy_metric = "triplet_accuracy"
 
     def __init__(
         self,
@@ -223,6 +321,7 @@ class EmbeddingTask(Task):
             rec = evaluate_predictions(self.taxonomy, probs, enc.targets, enc.masks, threshold=self.cfg.train.threshold)
             metrics["attributes"] = rec["attributes"]
             summary.update({k: v for k, v in rec["summary"].items() if k not in summary})
+            summary["mean_kind_score"] = mean_kind_score(rec["attributes"])
         return Validation(metrics)
 
 
