@@ -237,7 +237,7 @@ def test_resume_keeps_the_selection_metric(catalog, tmp_path, scripted) -> None:
     scripted([better])
     run = tmp_path / "run"
     train(_cfg("train.epochs=1"), catalog, run, **QUIET)
-    with pytest.raises(VestisError, match="chose best.ckpt on mean_kind_score, this configuration on mean_micro_f1"):
+    with pytest.raises(VestisError, match=r"chose best\.ckpt on mean_kind_score, this configuration on mean_micro_f1"):
         train(_cfg("train.epochs=2", "train.selection_metric=mean_micro_f1"), catalog, run, resume=True, **QUIET)
     # another spelling of the same metric resumes
     result = train(_cfg("train.epochs=2", "train.early_stop_metric=mean_kind_score"), catalog, run, resume=True,
