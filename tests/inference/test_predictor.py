@@ -1,4 +1,4 @@
-"""Predictor: construction from both file kinds, the stages, decoding rules, heat-maps and errors."""
+"""Predictor: construction from both file kinds, the stages, decoding rules, typed results, heat-maps and errors."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from PIL import Image
 
 import vestis
 from tests.inference.conftest import IMAGE_SIZE, THRESHOLDS, small_taxonomy
+from vestis.data.images import ImageNotFound, ImageTooLarge, load_image
 from vestis.data.transforms import letterbox, letterbox_box, normalize
 from vestis.errors import VestisError
 from vestis.inference.batch import probabilities
 from vestis.inference.predictor import Predictor, project_heatmap
+from vestis.inference.results import MultiLabelResult, Prediction, SingleLabelResult
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +111,13 @@ def test_decode_single_label_and_calibrated_thresholds(torch_predictor):
     # calibrated thresholds 0.2 / 0.6 / 0.9: casual 0.25 passes, formal 0.5 does not, sport 0.95 does; by score
     assert res["occasion"]["values"] == ["sport", "casual"]
     assert res["occasion"]["scores"] == pytest.approx({"casual": 0.25, "formal": 0.5, "sport": 0.95})
+    # every value's decision records the threshold it was taken at
+    assert res["occasion"]["thresholds"] == {"casual": 0.2, "formal": 0.6, "sport": 0.9}
+    assert "thresholds" not in res["category"]  # single-label: the argmax, no threshold
     # the default 0.3 everywhere: casual 0.25 fails, formal 0.5 passes
     (raw,) = torch_predictor.decode(probs, calibrated=False)
     assert raw["occasion"]["values"] == ["sport", "formal"]
+    assert raw["occasion"]["thresholds"] == {"casual": 0.3, "formal": 0.3, "sport": 0.3}
 
 
 def test_decode_threshold_is_inclusive():
@@ -144,8 +150,98 @@ def test_predict_is_the_three_stages(torch_predictor, image_dir):
     images = _images(image_dir)
     got = torch_predictor.predict(images)
     expected = torch_predictor.decode(torch_predictor.predict_arrays(torch_predictor.preprocess(images)))
-    assert got == expected and len(got) == len(images)
-    json.dumps(got)  # plain Python types only
+    assert len(got) == len(images) and all(isinstance(g, Prediction) for g in got)
+    assert [g.to_dict() for g in got] == expected
+    assert got == expected  # the typed results also compare (and read) as the dicts
+    assert json.loads(json.dumps([g.to_dict() for g in got])) == expected  # plain Python types only
+
+
+def test_one_image_in_one_typed_result_out(torch_predictor, image_dir):
+    img = _images(image_dir)[0]
+    pred = torch_predictor.predict(img)
+    assert isinstance(pred, Prediction)
+    [as_list] = torch_predictor.predict([img])
+    assert pred == as_list
+    probs = torch_predictor.predict_arrays(torch_predictor.preprocess([img]))
+    cat = pred["category"]
+    assert isinstance(cat, SingleLabelResult) and cat.kind == "single"
+    j = int(np.argmax(probs["category"][0]))
+    assert cat.value == ["t-shirt", "trousers", "dress"][j] and cat.score == pytest.approx(probs["category"][0, j])
+    occ = pred["occasion"]
+    assert isinstance(occ, MultiLabelResult) and occ.kind == "multi"
+    assert occ.thresholds == {"casual": 0.2, "formal": 0.6, "sport": 0.9}
+    chosen = [v for v, s in sorted(occ.scores.items(), key=lambda kv: -kv[1]) if s >= occ.thresholds[v]]
+    assert occ.values == chosen
+    assert occ.to_dict() == {"values": occ.values, "scores": occ.scores, "thresholds": occ.thresholds}
+    # dict-style reading, for code written against the list-of-dicts results
+    assert occ["values"] == occ.values and occ.get("value") is None and cat.get("values", "absent") == "absent"
+    assert list(pred) == list(pred.to_dict()) and "scores" in cat and set(cat.keys()) == {"value", "score", "scores"}
+
+
+def _same(got: Prediction, want: Prediction) -> None:
+    """Equal decisions and scores equal up to float noise (a convolution's sums depend on the batch size)."""
+    assert list(got) == list(want)
+    for name, w in want.items():
+        g = got[name]
+        assert type(g) is type(w) and g.get("value") == w.get("value") and g.get("values") == w.get("values"), name
+        assert g.scores == pytest.approx(w.scores, abs=1e-6) and g.get("thresholds") == w.get("thresholds"), name
+
+
+def test_paths_and_arrays_are_images_too(torch_predictor, image_dir):
+    paths = sorted(image_dir.rglob("*.*"))
+    # a path is decoded by the bounded loader as batch tagging decodes it (JPEG at a reduced DCT scale)
+    want = torch_predictor.predict([load_image(p, min_side=IMAGE_SIZE) for p in paths])
+    assert torch_predictor.predict(paths) == want
+    _same(torch_predictor.predict(str(paths[1])), want[1])
+    rgb = Image.open(paths[2]).convert("RGB")
+    array = np.asarray(rgb)  # (H, W, 3) uint8
+    assert torch_predictor.predict(array) == torch_predictor.predict(rgb)
+    mixed = torch_predictor.predict((rgb, paths[1], array))  # a tuple is a list of images too
+    assert len(mixed) == 3 and mixed[0] == mixed[2]
+    _same(mixed[0], torch_predictor.predict(rgb))
+    _same(mixed[1], want[1])
+    np.testing.assert_allclose(torch_predictor.heatmap(array), torch_predictor.heatmap(rgb), atol=1e-6)
+    # a path's heat-map covers the file's own pixels (decoded at full size)
+    full = load_image(paths[2])
+    np.testing.assert_allclose(torch_predictor.heatmap(paths[2]), torch_predictor.heatmap(full), atol=1e-6)
+    assert torch_predictor.heatmap(str(paths[0])).shape == (30, 40)
+
+
+def test_bad_inputs_are_vestis_errors(torch_predictor, tmp_path):
+    with pytest.raises(ImageNotFound, match=r"missing\.jpg: image file not found"):
+        torch_predictor.predict(tmp_path / "missing.jpg")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(VestisError, match="not a readable image"):
+        torch_predictor.predict([str(text)])
+    with pytest.raises(VestisError, match=r"image: expected a uint8 \(H, W, 3\) RGB array, got float32 \(8, 8, 3\)"):
+        torch_predictor.predict(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(VestisError, match=r"images\[1\]: expected a uint8 \(H, W, 3\) RGB array, got uint8 \(8, 8\)"):
+        torch_predictor.predict([Image.new("RGB", (8, 8)), np.zeros((8, 8), np.uint8)])
+    with pytest.raises(VestisError, match=r"image: expected a PIL image, a path or a uint8 .* got int"):
+        torch_predictor.predict(3)
+    with pytest.raises(VestisError, match=r"image: expected a PIL image.* got bytes"):
+        torch_predictor.heatmap(b"\xff\xd8")
+
+
+def test_the_pixel_cap_applies_to_paths_and_arrays(ckpt, image_dir):
+    p = Predictor.from_path(ckpt, device="cpu")
+    p.max_pixels = 40 * 30 - 1  # a.jpg is 40 x 30
+    with pytest.raises(ImageTooLarge, match="over the cap of 1,199"):
+        p.predict(image_dir / "a.jpg")
+    with pytest.raises(VestisError, match="40x30 pixels, over the cap of 1,199"):
+        p.predict(np.zeros((30, 40, 3), np.uint8))
+    assert isinstance(p.predict(np.zeros((29, 40, 3), np.uint8)), Prediction)
+
+
+def test_fingerprint_of_a_model(ckpt):
+    model = _tiny_model()
+    assert Predictor.from_model(model).fingerprint is None  # a model without one
+    model.fingerprint = "sha256:" + "ab" * 32
+    p = Predictor.from_model(model)
+    assert p.fingerprint == p.info["fingerprint"] == "sha256:" + "ab" * 32
+    # from a checkpoint: the loaded model's own
+    assert Predictor.from_path(ckpt).fingerprint == getattr(vestis.load(ckpt), "fingerprint", None)
 
 
 def test_letterbox_box_matches_letterbox():

@@ -1,22 +1,32 @@
-"""The predictor shared by ``vestis predict`` and the HTTP service: images in, catalog attributes out.
+"""The predictor shared by ``vestis predict``, the HTTP service and Python users: images in, catalog attributes out.
 
 A :class:`Predictor` is built from a checkpoint (PyTorch backend) or from an ONNX file written by
 ``vestis export`` (ONNX Runtime backend); both carry the taxonomy, the preprocessing and the calibrated
 thresholds, and both run the same graph (:class:`~vestis.inference.onnx_format.InferenceModule`)::
 
     p = Predictor.from_path("best.ckpt")           # or "model.onnx"
-    p.predict([Image.open("shirt.jpg")])
-    # [{"category": {"value": "shirt", "score": 0.91, "scores": {"t-shirt": 0.05, "shirt": 0.91, ...}},
-    #   "occasion": {"values": ["casual"], "scores": {"casual": 0.82, "formal": 0.11, ...}}, ...}]
+    pred = p.predict("shirt.jpg")                  # a path, a PIL image or a uint8 (H, W, 3) array
+    pred["category"].value, pred["category"].score # "shirt", 0.91
+    pred["occasion"].values                        # ["casual"], with .scores and .thresholds per value
+    p.predict([img1, "b.jpg"])                     # a list in, a list of results out
+    pred.to_dict()                                 # the JSON-able dict of decode() below
 
-The work is split in stages so callers can run them where they fit (decoding in worker processes,
-batching across requests): :meth:`Predictor.preprocess` (PIL images -> ``uint8`` ``(B, 3, S, S)``),
-:meth:`Predictor.predict_arrays` (batch -> probabilities per attribute) and :meth:`Predictor.decode`
-(probabilities -> per-image results). In a result, a single-label attribute gives its argmax ``value``,
-that value's ``score`` and every value's ``scores``; a multi-label attribute gives the ``values`` whose
-score reaches the threshold (highest score first) and ``scores``. The threshold is the checkpoint's
-calibrated per-value threshold when it has one and ``calibrated=True``, else :data:`DEFAULT_THRESHOLD`.
-Attributes that do not apply to the predicted category (``applies_to`` in the taxonomy) are left out.
+:meth:`Predictor.predict` returns :class:`~vestis.inference.results.Prediction` objects. The work is also split
+in stages so callers can run them where they fit (decoding in worker processes, batching across requests):
+:meth:`Predictor.preprocess` (PIL images -> ``uint8`` ``(B, 3, S, S)``), :meth:`Predictor.predict_arrays`
+(batch -> probabilities per attribute) and :meth:`Predictor.decode` (probabilities -> per-image dicts)::
+
+    p.decode(p.predict_arrays(p.preprocess([img])))
+    # [{"category": {"value": "shirt", "score": 0.91, "scores": {"t-shirt": 0.05, "shirt": 0.91, ...}},
+    #   "occasion": {"values": ["casual"], "scores": {"casual": 0.82, "formal": 0.11, ...},
+    #                "thresholds": {"casual": 0.3, "formal": 0.42, ...}}, ...}]
+
+In a result, a single-label attribute gives its argmax ``value``, that value's ``score`` and every value's
+``scores``; a multi-label attribute gives the ``values`` whose score reaches the threshold (highest score first),
+``scores`` and ``thresholds``: the threshold every value's decision used, so a reader sees why a value was left
+out as well as why one was chosen. The threshold is the checkpoint's calibrated per-value threshold when it has
+one and ``calibrated=True``, else :data:`DEFAULT_THRESHOLD`. Attributes that do not apply to the predicted
+category (``applies_to`` in the taxonomy) are left out.
 """
 
 from __future__ import annotations
@@ -32,17 +42,21 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vestis.data.images import DEFAULT_MAX_PIXELS
+from vestis.data.images import DEFAULT_MAX_PIXELS, load_image
 from vestis.data.taxonomy import Taxonomy
 from vestis.data.transforms import letterbox_batch, letterbox_box
 from vestis.errors import VestisError
 from vestis.eval.metrics import DEFAULT_THRESHOLD
 from vestis.inference.onnx_format import HEATMAP_OUTPUT, INPUT_NAME, InferenceModule
+from vestis.inference.results import Prediction
 from vestis.inference.runtime import check_threads, open_onnx, torch_device
 
-__all__ = ["DEFAULT_THRESHOLD", "Predictor", "project_heatmap"]
+__all__ = ["DEFAULT_THRESHOLD", "ImageInput", "Predictor", "project_heatmap"]
 
 _PREPROCESSING_KEYS = ("image_size", "mean", "std", "pad_value")
+
+ImageInput = Image.Image | str | os.PathLike[str] | np.ndarray
+"""What :meth:`Predictor.predict` and :meth:`Predictor.heatmap` take for one image."""
 
 
 class _Backend(Protocol):
@@ -130,6 +144,7 @@ class Predictor:
         config: the training configuration as a dict, when known.
         path: the file the predictor was built from, if any.
         max_pixels: larger images are refused when decoding (decompression-bomb guard).
+        fingerprint: the model's fingerprint (see :attr:`fingerprint`).
     """
 
     def __init__(
@@ -143,6 +158,7 @@ class Predictor:
         config: Mapping[str, Any] | None = None,
         path: Path | None = None,
         info: Mapping[str, Any] | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         missing = [k for k in _PREPROCESSING_KEYS if k not in preprocessing]
         if missing:
@@ -162,6 +178,7 @@ class Predictor:
         self.path = path
         self.max_pixels = int(((config or {}).get("data") or {}).get("max_pixels", DEFAULT_MAX_PIXELS))
         self._info = dict(info or {})
+        self._fingerprint = fingerprint
 
     # --- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -220,6 +237,8 @@ class Predictor:
             model, preprocessing=state.get("preprocessing"), thresholds=state.get("thresholds"), device=str(dev)
         )
         predictor.path = path
+        # the rebuilt model carries it when the checkpoint layer sets one; the stored field otherwise
+        predictor._fingerprint = predictor._fingerprint or state.get("fingerprint")
         return predictor
 
     @classmethod
@@ -239,7 +258,7 @@ class Predictor:
 
         Args:
             model: an attribute model; its ``taxonomy``, ``config`` and ``thresholds`` attributes are used
-                when the arguments are not given.
+                when the arguments are not given, and its ``fingerprint`` when it has one.
             taxonomy: the model's taxonomy.
             preprocessing: ``image_size``, ``mean``, ``std``, ``pad_value``; default: from ``model.config.data``.
             thresholds: calibrated per-value thresholds.
@@ -268,6 +287,7 @@ class Predictor:
             threshold=threshold,
             config=cfg.to_dict() if cfg is not None else None,
             info={"quantization": "none"},
+            fingerprint=getattr(model, "fingerprint", None),
         )
 
     @classmethod
@@ -305,6 +325,7 @@ class Predictor:
             config=config,
             path=path,
             info={"quantization": quant.get("mode", "none")},
+            fingerprint=meta.get("vestis.fingerprint") or None,
         )
 
     # --- properties -----------------------------------------------------------------------------------------
@@ -327,14 +348,25 @@ class Predictor:
         return getattr(self._backend, "module", None)
 
     @property
+    def fingerprint(self) -> str | None:
+        """The model's fingerprint (``sha256:...`` over weights, taxonomy and preprocessing), ``None`` if unknown.
+
+        From the checkpoint (the loaded model's ``fingerprint``) or the ONNX metadata key ``vestis.fingerprint``.
+        An int8 export keeps the fingerprint of the model it was quantised from (its ``quantization`` in
+        :attr:`info` tells them apart).
+        """
+        return self._fingerprint
+
+    @property
     def info(self) -> dict[str, Any]:
-        """A JSON-able summary: backend, device, source file, input size, quantisation, taxonomy name."""
+        """A JSON-able summary: backend, device, source file, input size, quantisation, taxonomy, fingerprint."""
         return {
             "backend": self.backend,
             "device": self.device,
             "path": str(self.path) if self.path else None,
             "image_size": self.image_size,
             "taxonomy": self.taxonomy.name,
+            "fingerprint": self.fingerprint,
             **self._info,
         }
 
@@ -391,25 +423,74 @@ class Predictor:
                     j = int(np.argmax(p))
                     res[a.name] = {"value": a.values[j], "score": float(p[j]), "scores": scores}
                 else:
+                    t = cuts[a.name]
                     order = np.argsort(-p, kind="stable")
-                    chosen = [a.values[j] for j in order if p[j] >= cuts[a.name][j]]
-                    res[a.name] = {"values": chosen, "scores": scores}
+                    chosen = [a.values[j] for j in order if p[j] >= t[j]]
+                    used = {v: float(x) for v, x in zip(a.values, t, strict=True)}
+                    res[a.name] = {"values": chosen, "scores": scores, "thresholds": used}
             results.append(res)
         return results
 
-    def predict(self, images: Sequence[Image.Image], calibrated: bool = True) -> list[dict[str, dict[str, Any]]]:
-        """Attributes of each image: :meth:`preprocess`, :meth:`predict_arrays`, :meth:`decode`."""
-        return self.decode(self.predict_arrays(self.preprocess(images)), calibrated)
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], calibrated: bool = True
+    ) -> Prediction | list[Prediction]:
+        """Attributes of one image, or of each image of a list.
 
-    def heatmap(self, image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
+        Paths are decoded by vestis' bounded image loader (the formats and the pixel cap of ``vestis predict``,
+        JPEGs at a reduced DCT scale when that still covers the model input); arrays are ``uint8`` RGB
+        ``(H, W, 3)``. Runs :meth:`preprocess`, :meth:`predict_arrays` and :meth:`decode` on them as one batch.
+
+        Args:
+            images: a PIL image, a path (``str`` or ``os.PathLike``), a ``uint8`` ``(H, W, 3)`` array, or a list
+                (or tuple) of those.
+            calibrated: use the calibrated per-value thresholds where the model has them.
+
+        Returns:
+            One :class:`~vestis.inference.results.Prediction` for one image, a list of them for a list.
+
+        Raises:
+            VestisError: an input of another type or shape, or a path that is not a readable image (an
+                :class:`~vestis.data.images.ImageError` naming it).
+        """
+        one = not isinstance(images, list | tuple)
+        items = [images] if one else list(images)
+        pils = [self._as_image(x, f"images[{i}]" if not one else "image", reduce=True) for i, x in enumerate(items)]
+        if not pils:
+            return []
+        results = [Prediction.from_dict(r) for r in self.decode(self.predict_arrays(self.preprocess(pils)), calibrated)]
+        return results[0] if one else results
+
+    def heatmap(self, image: ImageInput, size: tuple[int, int] | None = None) -> np.ndarray:
         """Where the model looked, over the original image (see :func:`project_heatmap`).
 
         Args:
-            image: a PIL image.
+            image: a PIL image, a path or a ``uint8`` ``(H, W, 3)`` array, as in :meth:`predict`; a path is
+                decoded at full size, so the map covers the file's pixels.
             size: ``(width, height)`` of the map; default the image's size.
 
         Returns:
             ``float32`` ``(height, width)`` in [0, 1].
+
+        Raises:
+            VestisError: as in :meth:`predict`.
         """
-        _, heat = self.run(self.preprocess([image]))
-        return project_heatmap(heat[0], image.size, self.image_size, size)
+        img = self._as_image(image, "image", reduce=False)
+        _, heat = self.run(self.preprocess([img]))
+        return project_heatmap(heat[0], img.size, self.image_size, size)
+
+    def _as_image(self, x: Any, where: str, *, reduce: bool) -> Image.Image:
+        """One input of :meth:`predict` as a PIL image; ``reduce`` lets a JPEG decode at a smaller DCT scale."""
+        if isinstance(x, Image.Image):
+            return x
+        if isinstance(x, str | os.PathLike):
+            return load_image(x, max_pixels=self.max_pixels, min_side=self.image_size if reduce else None)
+        if isinstance(x, np.ndarray):
+            if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
+                raise VestisError(f"{where}: expected a uint8 (H, W, 3) RGB array, got {x.dtype} {x.shape}")
+            if x.shape[0] * x.shape[1] > self.max_pixels:
+                raise VestisError(f"{where}: {x.shape[1]}x{x.shape[0]} pixels, over the cap of {self.max_pixels:,}")
+            return Image.fromarray(np.ascontiguousarray(x))  # (H, W, 3) uint8 -> RGB
+        raise VestisError(
+            f"{where}: expected a PIL image, a path or a uint8 (H, W, 3) array (or a list of them), "
+            f"got {type(x).__name__}"
+        )

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from vestis.data.taxonomy import Taxonomy
 from vestis.models.backbones.base import Backbone, FeatureInfo
 from vestis.models.heads import AttributeHeads
+from vestis.models.inputs import require_tensor
 from vestis.registry import ATTENTION, MODELS, NECKS
 
 __all__ = ["VARIANTS", "AttributeModel", "Variant", "build_attribute_model"]
@@ -109,6 +110,7 @@ class AttributeModel(nn.Module):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Attribute name -> logits (B, num_values); no softmax or sigmoid is applied."""
+        require_tensor(images, self)
         return self.forward_head(self.backbone(images))
 
     def attention_maps(self, images: Tensor) -> dict[str, Tensor]:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
+from vestis.models.inputs import EMBED_HINT, require_tensor
 
 __all__ = ["EmbeddingModel", "l2_normalize"]
 
@@ -68,6 +69,7 @@ class EmbeddingModel(nn.Module):
 
     def forward(self, images: Tensor) -> dict[str, Any]:
         """The outputs dict of :meth:`forward_head` for normalised images (B, 3, H, W)."""
+        require_tensor(images, self, EMBED_HINT)
         return self.forward_head(self.backbone(images))
 
     def embed(self, images: Tensor) -> dict[str, Tensor]:
