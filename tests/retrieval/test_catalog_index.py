@@ -350,9 +350,29 @@ def test_milvus_backend_gives_the_faiss_results(csn_setup, idx, tmp_path):
     build_index(ckpt, manifest, tmp_path / "m", backend="milvus", workers=0)
     assert (tmp_path / "m" / "milvus.db").exists()
     with CatalogIndex.open(tmp_path / "m") as mil:
-        for q in ("000000", "000013"):
-            where = {"category": ["shirt", "sneaker", "t-shirt"]}
-            assert [h.id for h in mil.search(q, k=8, where=where)] == [h.id for h in idx.search(q, k=8, where=where)]
+        calls = []
+        search = mil.backend.search
+
+        def spy(*a, **kw):
+            calls.append(kw)
+            return search(*a, **kw)
+
+        mil.backend.search = spy
+        occasions = idx.taxonomy["occasion"].values
+        for q, where in (
+            ("000000", {"category": ["shirt", "sneaker", "t-shirt"]}),
+            ("000013", {"category": ["shirt", "sneaker", "t-shirt"]}),
+            ("000013", {"occasion": list(occasions[:2])}),  # multi-label: any of the item's values
+            ("000007", {"occasion": [occasions[0]], "category": ["shirt", "t-shirt", "dress"]}),
+        ):
+            got = [h.id for h in mil.search(q, k=8, where=where)]
+            assert got == [h.id for h in idx.search(q, k=8, where=where)]
+            assert set(got) <= {
+                idx.items.ids[r] for r in np.flatnonzero(np.isin(idx.items.keys, idx.allowed_keys(where)))
+            }
+        # the filter ran inside Milvus, as an expression on the attribute fields, not as an id list
+        assert all(kw.get("allow") is None and "array_contains_any(attr_" in kw["expr"] for kw in calls)
+        mil.backend.search = search
         assert mil.remove(["000001"]) == 1 and len(mil.backend) == 39
         assert "000001" not in {h.id for h in mil.search("000000", k=39)}
 
@@ -522,3 +542,21 @@ def test_an_interrupted_build_resumes_only_with_its_model(csn_setup, tmp_path):
     r = build_index(ckpt, manifest, tmp_path / "i", workers=0)
     assert (r.done_before, r.embedded, r.count) == (16, 24, 40)
     assert not (tmp_path / "i" / "build.model.json").exists()
+
+
+def test_ivfpq_candidates_are_re_ranked_exactly(csn_setup, idx, tmp_path):
+    """An IVF-PQ index returns IVFPQ_REFINE x k candidates; their exact scores order the hits as a flat index does."""
+    from vestis.retrieval.catalog_index import IVFPQ_REFINE
+
+    manifest, ckpt, _ = csn_setup
+    build_index(ckpt, manifest, tmp_path / "pq", kind="ivfpq", params={"nlist": 2, "nprobe": 2, "nbits": 4}, workers=0)
+    with CatalogIndex.open(tmp_path / "pq") as pq:
+        asked = []
+        search = pq.backend.search
+        pq.backend.search = lambda q, k, **kw: asked.append(k) or search(q, k, **kw)
+        for q in ("000000", "000013", "000021"):
+            got = pq.search(q, k=5)
+            want = idx.search(q, k=5)
+            assert [h.id for h in got] == [h.id for h in want]
+            assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+        assert asked == [(5 + 1) * IVFPQ_REFINE] * 3  # k + the query itself, times the refine factor

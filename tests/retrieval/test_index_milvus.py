@@ -87,6 +87,24 @@ def test_native_filters_and_allow(index, data):
     assert set(few[0, :2]) == set(ids[:2]) and (few[:, 2:] == -1).all() and np.isneginf(scores[:, 2:]).all()
 
 
+def test_str_list_fields_filter_with_any_of(tmp_path, data):
+    """A multi-valued field (a multi-label attribute) matches an item holding any of the wanted values."""
+    from vestis.retrieval.index.milvus_index import any_of
+
+    ids, x, q, _ = data
+    tags = [["formal", 'say "hi"'] if i % 3 == 0 else (["casual"] if i % 3 == 1 else []) for i in range(N)]
+    tags[5] = None  # null: matches nothing
+    with create_index("milvus", "flat", DIM, path=tmp_path / "t.db", fields={"tags": "str_list"}) as ix:
+        ix.add(ids, x, fields={"tags": tags})
+        for wanted in (["casual"], ['say "hi"'], ["casual", "formal"], ["party"]):
+            got, _ = ix.search(q, 10, expr=any_of("tags", wanted))
+            keep = np.array([t is not None and bool(set(t) & set(wanted)) for t in tags])
+            want = brute(ids, x, q, 10, keep=keep)[0] if keep.any() else np.full((q.shape[0], 10), -1)
+            np.testing.assert_array_equal(got, want)
+        with pytest.raises(VestisError, match="list of strings"):
+            ix.add(np.array([10**6]), x[:1], fields={"tags": ["casual"]})
+
+
 def test_add_remove_in_place(index, data):
     ids, x, q, _ = data
     first, _ = index.search(q, 3)

@@ -11,11 +11,14 @@ The query is an image (a path or a PIL image, decoded by the bounded decoder of 
 (its stored vector). Its sub-embeddings ``q_t`` are unit vectors; ``set`` replaces ``q_t`` by the prototype of the
 value (``additive=True``: ADDE-M's ``q_t + p(new) - p(old)``, see :func:`vestis.retrieval.prototypes.manipulate`);
 ``only`` keeps the attributes ``S`` (weight 1) and drops the others (weight 0). The backend searches with the
-weighted concatenation, so its inner product is ``sum_{t in S} s_t`` with ``s_t = <q_t, g_t>``; each hit's
-``s_t`` are then recomputed from ``vectors.npy`` (exact even for an approximate backend) and the hits ordered by
-their sum, ties to the lower key, as :func:`vestis.retrieval.search.rank` does. ``distance`` is the squared L2
-distance over the kept parts, ``sum_{t in S} (2 - 2 s_t)``. ``where`` is a pre-filter: an item matches an
-attribute when its label, else its prediction, is one of the values.
+weighted concatenation, so its inner product is ``sum_{t in S} s_t`` with ``s_t = <q_t, g_t>``; each hit's ``s_t``
+are then recomputed from ``vectors.npy`` (exact even for an approximate backend; an IVF-PQ backend is asked for
+``IVFPQ_REFINE`` x ``k`` candidates, so this is its exact re-ranking) and the hits ordered by their sum, ties to the
+lower key, as :func:`vestis.retrieval.search.rank` does. ``distance`` is the squared L2 distance over the kept
+parts, ``sum_{t in S} (2 - 2 s_t)``. ``where`` is a pre-filter: an item matches an attribute when its label, else
+its prediction, is one of the values. FAISS receives it as the ids of the matching items (an id selector); a Milvus
+index built by ``vestis index`` runs it natively, as a filter expression on the per-attribute fields stored with the
+vectors (``array_contains_any(attr_0, ["Shirts"]) and ...``).
 """
 
 from __future__ import annotations
@@ -38,14 +41,20 @@ from vestis.retrieval.catalog_store import (
     PROTOTYPES,
     VECTORS,
     Items,
+    field_values,
     file_sha256,
     load_prototypes,
     read_items,
     read_meta,
 )
+from vestis.retrieval.index.milvus_index import any_of
 from vestis.retrieval.prototypes import manipulate
 
-__all__ = ["CatalogIndex", "Hit", "open_backend"]
+__all__ = ["IVFPQ_REFINE", "CatalogIndex", "Hit", "open_backend"]
+
+# an IVF-PQ backend returns this many x k candidates, re-ranked by exact inner products from vectors.npy
+# (recall@30 0.83 -> 0.98 at 1M vectors, docs/benchmarks.md "Vector indexes")
+IVFPQ_REFINE = 4
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,8 @@ class CatalogIndex:
         self.vectors = vectors
         self.prototypes = protos
         self.backend = backend
+        # attribute -> Milvus scalar field holding its values: where then runs inside Milvus (empty for FAISS)
+        self._fields: dict[str, str] = dict(meta["backend"].get("fields") or {})
         self._embedder: Any = None
         self._reindex()
 
@@ -318,7 +329,7 @@ class CatalogIndex:
             layout=self.layout,
         )  # fmt: skip
         if len(good):
-            self.backend.add(keys, vectors)
+            self.backend.add(keys, vectors, **({"fields": field_values(items, self._fields)} if self._fields else {}))
         self._commit(self.items.concat(items), np.concatenate([np.asarray(self.vectors), vectors]), start + len(good))
         return len(good)
 
@@ -356,20 +367,34 @@ class CatalogIndex:
         if value not in values:
             raise VestisError(f"{what}: {attr}={value!r} is not a value of {attr}; expected one of {_choices(values)}")
 
-    def allowed_keys(self, where: Mapping[str, Sequence[str] | str]) -> np.ndarray:
-        """The keys of the items matching every ``attr: [values]`` (label, else prediction, among the values)."""
-        keep = np.ones(len(self), dtype=bool)
+    def _where(self, where: Mapping[str, Sequence[str] | str]) -> dict[str, list[str]]:
+        """``where`` checked: attribute -> its wanted values, sorted."""
+        out = {}
         for attr, vals in where.items():
             self._check_attr(attr, "where")
             wanted = {vals} if isinstance(vals, str) else set(vals)
             if not wanted:
                 raise VestisError(f"where: {attr}: expected at least one value")
-            either = np.zeros(len(self), dtype=bool)
             for v in wanted:
                 self._check_value(attr, v, "where")
+            out[attr] = sorted(wanted)
+        return out
+
+    def allowed_keys(self, where: Mapping[str, Sequence[str] | str]) -> np.ndarray:
+        """The keys of the items matching every ``attr: [values]`` (label, else prediction, among the values)."""
+        keep = np.ones(len(self), dtype=bool)
+        for attr, wanted in self._where(where).items():
+            either = np.zeros(len(self), dtype=bool)
+            for v in wanted:
                 either |= self._mask(attr, v)
             keep &= either
         return self.items.keys[keep]
+
+    def filter_expression(self, where: Mapping[str, Sequence[str] | str]) -> str | None:
+        """``where`` as a Milvus filter expression on the stored attribute fields; ``None`` for a FAISS index."""
+        if not self._fields:
+            return None
+        return " and ".join(any_of(self._fields[a], vals) for a, vals in self._where(where).items())
 
     def search(
         self,
@@ -409,7 +434,10 @@ class CatalogIndex:
             raise VestisError("only: expected at least one attribute")
         for attr in kept:
             self._check_attr(attr, "only")
-        allow = None if not where else self.allowed_keys(where)
+        expr = self.filter_expression(where) if where else None
+        allow = self.allowed_keys(where) if where and expr is None else None
+        if expr is not None:
+            search_params["expr"] = expr
         vec, qrow = self.query_vector(query)
         sub = {a: vec[sl] for a, sl in self._slices.items()}
         if changes:
@@ -429,7 +457,10 @@ class CatalogIndex:
         if len(self) == 0 or (allow is not None and len(allow) == 0):
             return []
         exclude = int(self.items.keys[qrow]) if exclude_query and qrow is not None else None
-        want = min(int(k) + (exclude is not None), len(self))
+        want = int(k) + (exclude is not None)
+        if self.meta["backend"].get("kind") == "ivfpq":
+            want *= IVFPQ_REFINE  # product-quantised scores are coarse: re-rank more candidates exactly below
+        want = min(want, len(self))
         keys, _ = self.backend.search(weighted[None], want, allow=allow, **search_params)  # (1, want)
         keys = [int(x) for x in keys[0] if x >= 0 and int(x) != exclude]
         rows = np.asarray([self._row_of_key[x] for x in keys], dtype=np.int64)

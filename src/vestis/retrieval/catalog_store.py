@@ -10,7 +10,10 @@
                              when inside it), label.<attr>, pred.<attr>, score.<attr> per attribute
     vectors.npy              (N, D) float32, rows in items order, sub-embeddings in layout order
     prototypes.safetensors   per attribute a (V, d_t) tensor of unit prototypes; the value names in the metadata
-    vectors.faiss | milvus.db  the backend's own file
+    vectors.faiss | milvus.db  the backend's own file; a Milvus collection also holds, per attribute, the item's
+                             values (label, else prediction) as a ``str_list`` field named ``attr_<i>`` (taxonomy
+                             order; ``backend.fields`` of index.json maps the attributes to them), so ``where``
+                             filters run inside Milvus
     build.jsonl, build.model.json  only while a build is unfinished: its journal and the model writing it
 
 Every file is written atomically (temporary file + ``os.replace``), and ``index.json`` last: it is what makes a
@@ -45,6 +48,8 @@ __all__ = [
     "VECTORS",
     "VERSION",
     "Items",
+    "attribute_fields",
+    "field_values",
     "file_sha256",
     "labelled_prototypes",
     "load_prototypes",
@@ -119,6 +124,20 @@ class Items:
         """The label when the manifest has one, else the prediction."""
         label = self.labels[attr][row]
         return label if label is not None else self.preds[attr][row]
+
+
+def attribute_fields(taxonomy: Taxonomy) -> dict[str, str]:
+    """Attribute -> the name of its Milvus scalar field (attribute names need not be valid field names)."""
+    return {a: f"attr_{i}" for i, a in enumerate(taxonomy.names)}
+
+
+def field_values(items: Items, fields: Mapping[str, str]) -> dict[str, list[list[str]]]:
+    """Per Milvus field, each item's values of its attribute (label, else prediction; ``[]`` when neither)."""
+    out = {}
+    for attr, field in fields.items():
+        vals = (items.value(attr, r) for r in range(len(items)))
+        out[field] = [v.split("|") if v else [] for v in vals]
+    return out
 
 
 def write_items(path: Path, items: Items, attrs: Sequence[str]) -> None:

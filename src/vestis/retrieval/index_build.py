@@ -50,6 +50,8 @@ from vestis.retrieval.catalog_store import (
     PROTOTYPES,
     VECTORS,
     VERSION,
+    attribute_fields,
+    field_values,
     file_sha256,
     labelled_prototypes,
     save_prototypes,
@@ -277,10 +279,12 @@ def _finish(
         (out / file).unlink(missing_ok=True)
     else:
         _remove_tree(out / file)
-    index = create_index(backend, kind, embedder.dim, path=out / file, **params)
+    fields = attribute_fields(tax) if backend == "milvus" else {}
+    extra = {"fields": dict.fromkeys(fields.values(), "str_list")} if fields else {}
+    index = create_index(backend, kind, embedder.dim, path=out / file, **extra, **params)
     try:
         if len(good):
-            index.add(keys, vectors)
+            index.add(keys, vectors, **({"fields": field_values(table, fields)} if fields else {}))
         index.save()
         info = index.info()
     finally:
@@ -297,7 +301,8 @@ def _finish(
         "layout": [[a, d] for a, d in layout],
         "taxonomy": tax.to_dict(),
         "preprocessing": embedder.preprocessing,
-        "backend": {"name": backend, "kind": kind, "params": info.get("params", params), "file": file},
+        "backend": {"name": backend, "kind": kind, "params": info.get("params", params), "file": file,
+                    **({"fields": fields} if fields else {})},
         "count": len(good),
         "next_key": len(good),
         "catalog_root": str(root),

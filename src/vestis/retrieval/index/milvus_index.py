@@ -10,10 +10,11 @@ start; its server threads are stopped by :meth:`MilvusIndex.close`), or the URI 
 
 One collection holds ``id`` (INT64 primary key), ``vector`` (FLOAT_VECTOR, inner product) and the scalar
 ``fields`` declared at creation (nullable), so attribute filters run natively: ``search(..., expr='category ==
-"Shirts"')``. The index kind maps to Milvus's ``FLAT``, ``HNSW`` (``M``, ``ef_construction``; ``ef_search`` at
-query time) and ``IVF_PQ`` (``nlist``, ``m``, ``nbits``; ``nprobe``); milvus-lite has no IVF_PQ, so ``ivfpq`` needs
-a Milvus server. The kind and its parameters are kept in the collection's properties, so :meth:`open` needs
-only the path (and the collection name when it is not the default).
+"Shirts"')``; a ``str_list`` field holds several values per item (a multi-label attribute) and is filtered with
+:func:`any_of` (``array_contains_any``). The index kind maps to Milvus's ``FLAT``, ``HNSW`` (``M``,
+``ef_construction``; ``ef_search`` at query time) and ``IVF_PQ`` (``nlist``, ``m``, ``nbits``; ``nprobe``);
+milvus-lite has no IVF_PQ, so ``ivfpq`` needs a Milvus server. The kind and its parameters are kept in the
+collection's properties, so :meth:`open` needs only the path (and the collection name when it is not the default).
 """
 
 from __future__ import annotations
@@ -42,14 +43,15 @@ from vestis.retrieval.index.base import (
     pad_results,
 )
 
-__all__ = ["FIELD_TYPES", "MilvusIndex"]
+__all__ = ["FIELD_TYPES", "MilvusIndex", "any_of"]
 
-FIELD_TYPES = ("str", "int", "float", "bool")
+FIELD_TYPES = ("str", "int", "float", "bool", "str_list")
 _META_KEY = "vestis.index"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _RESERVED = {"id", "vector"}
 _INSERT_ROWS = 4096  # rows per insert request: well under gRPC's message limit at a few thousand dimensions
 _VARCHAR_MAX = 1024
+_LIST_MAX = 256  # values per str_list field and item (a multi-label attribute's values)
 _KIND_PARAMS = {"flat": {}, "hnsw": {"M": 32, "ef_construction": 80, "ef_search": 128}}
 _IVFPQ_PARAMS = {"nlist", "m", "nbits", "nprobe"}
 
@@ -208,9 +210,11 @@ class MilvusIndex(VectorIndex):
             schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", dt.INT64, is_primary=True)
             schema.add_field("vector", dt.FLOAT_VECTOR, dim=meta["dim"])
-            types = {"str": dt.VARCHAR, "int": dt.INT64, "float": dt.DOUBLE, "bool": dt.BOOL}
+            types = {"str": dt.VARCHAR, "int": dt.INT64, "float": dt.DOUBLE, "bool": dt.BOOL, "str_list": dt.ARRAY}
             for name, type_ in meta["fields"].items():
-                extra = {"max_length": _VARCHAR_MAX} if type_ == "str" else {}
+                extra: dict[str, Any] = {"max_length": _VARCHAR_MAX} if type_ == "str" else {}
+                if type_ == "str_list":
+                    extra = {"element_type": dt.VARCHAR, "max_capacity": _LIST_MAX, "max_length": _VARCHAR_MAX}
                 schema.add_field(name, types[type_], nullable=True, **extra)
             p = meta["params"]
             index_type, build = {
@@ -409,10 +413,25 @@ class MilvusIndex(VectorIndex):
         }
 
 
+def any_of(field: str, values: Sequence[str]) -> str:
+    """A filter expression: the ``str_list`` ``field`` holds at least one of ``values``."""
+    if not _NAME.match(field):
+        raise VestisError(f"field {field!r}: not a Milvus field name")
+    literal = json.dumps([str(v) for v in values], ensure_ascii=False)  # quotes and backslashes escaped
+    return f"array_contains_any({field}, {literal})"
+
+
 def _scalar(value: Any, type_: str, name: str) -> Any:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     try:
+        if type_ == "str_list":
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                raise ValueError("expected a list of strings")
+            texts = [_scalar(v, "str", name) for v in value]
+            if any(t is None for t in texts) or len(texts) > _LIST_MAX:
+                raise ValueError(f"expected at most {_LIST_MAX} strings, none of them null")
+            return texts
         if type_ == "str":
             text = str(value)
             if len(text.encode("utf-8")) > _VARCHAR_MAX:
