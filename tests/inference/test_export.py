@@ -1,4 +1,5 @@
-"""ONNX export: output naming, the inference graph against the model, metadata, fp32 parity and int8 agreement."""
+"""ONNX export: output naming, the inference graph against the model, metadata, fp32 parity, int8 agreement (and its
+warnings and progress) and the model fingerprint in the metadata."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from vestis.data.transforms import letterbox, normalize
 from vestis.errors import VestisError
 from vestis.inference.batch import probabilities
 from vestis.inference.export import InferenceModule, export_onnx, load_sample_images, output_names
+from vestis.inference.predictor import Predictor
 
 
 def _letterboxed(paths: list[Path], size: int = IMAGE_SIZE) -> np.ndarray:
@@ -143,9 +145,19 @@ def test_sample_images_from_a_folder_are_letterboxed(image_dir):
 
 
 @pytest.fixture(scope="module")
-def int8_export(ckpt, tmp_path_factory):
+def int8_calls(ckpt, tmp_path_factory):
+    """The int8 export and the ``progress`` calls it made."""
     out = tmp_path_factory.mktemp("int8") / "tiny-int8.onnx"
-    return export_onnx(ckpt, out, int8=True, calibration_images=16, check_images=32)
+    calls: list[tuple[int, int]] = []
+    result = export_onnx(
+        ckpt, out, int8=True, calibration_images=16, check_images=32, progress=lambda d, t: calls.append((d, t))
+    )
+    return result, calls
+
+
+@pytest.fixture(scope="module")
+def int8_export(int8_calls):
+    return int8_calls[0]
 
 
 def test_int8_graph_is_quantised(int8_export):
@@ -239,3 +251,73 @@ def test_efficientnet_lite_with_paper_outputs_exports_with_parity(tmp_path, imag
         want = logits[name].sigmoid().numpy()  # sigmoid for single-label attributes too
         assert np.abs(got - want).max() <= 1e-4, name
     assert not np.allclose(outs[0].sum(1), 1.0)  # not a softmax
+
+
+def test_int8_reports_progress_and_agreement_on_the_calibration_images(int8_calls, ckpt):
+    result, calls = int8_calls
+    assert calls == [(i, 16) for i in range(1, 17)]  # once per calibration image run, in order
+    calib = load_sample_images(None, 16, IMAGE_SIZE, seed=0)  # the images the export calibrated on
+    outs = _session(result.path).run(None, {"images": calib})
+    ref, _ = _reference(ckpt, calib)
+    t = np.array(THRESHOLDS["occasion"])
+    want = {
+        name: float(((got >= t) == (ref[name] >= t)).mean())
+        if name == "occasion"
+        else float((got.argmax(1) == ref[name].argmax(1)).mean())
+        for name, got in zip(["category", "colour", "sleeve.length", "occasion"], outs[:4], strict=True)
+    }
+    assert result.calibration_agreement == pytest.approx(want)
+    low = [name for name, v in want.items() if v < 0.9]  # the default --min-agreement
+    assert [w.split(" on ")[1].split(" for ")[0] for w in result.warnings] == low
+
+
+def test_agreement_warnings_name_each_attribute_below_the_minimum():
+    from vestis.inference.export import _agreement_warnings
+
+    notes = _agreement_warnings({"category": 0.95, "colour": 0.5, "occasion": 0.9}, 0.9, 32)
+    assert notes == [
+        "int8 agrees with fp32 on colour for 50.0% of the 32 calibration images, below --min-agreement 0.9; "
+        "calibrate on more of your own images (--calibration) or ship the fp32 model"
+    ]  # 0.9 itself is enough
+    assert _agreement_warnings({"colour": 0.5}, 0.0, 32) == []
+
+
+def test_min_agreement_must_be_a_fraction(ckpt, tmp_path):
+    with pytest.raises(VestisError, match=r"min_agreement: expected a fraction in \[0, 1\], got 1.5"):
+        export_onnx(ckpt, tmp_path / "m.onnx", int8=True, min_agreement=1.5)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def _with_fingerprint(monkeypatch, value: str) -> None:
+    """Loaded models carry ``value`` as their fingerprint, as the checkpoint layer sets one."""
+    from vestis.train import checkpoint
+
+    rebuild = checkpoint.rebuild_model
+
+    def rebuild_with_fingerprint(*args, **kwargs):
+        model = rebuild(*args, **kwargs)
+        model.fingerprint = value
+        return model
+
+    monkeypatch.setattr(checkpoint, "rebuild_model", rebuild_with_fingerprint)
+
+
+def test_the_fingerprint_travels_into_the_metadata(ckpt, tmp_path, monkeypatch):
+    fp = "sha256:" + "0f" * 32
+    _with_fingerprint(monkeypatch, fp)
+    out = export_onnx(ckpt, tmp_path / "m.onnx", opset=17, check_images=0)
+    assert out.metadata["vestis.fingerprint"] == fp
+    meta = _session(out.path).get_modelmeta().custom_metadata_map
+    assert meta["vestis.fingerprint"] == fp
+    p = Predictor.from_path(out.path)
+    assert p.fingerprint == p.info["fingerprint"] == fp
+
+
+def test_the_fingerprint_of_an_embedding_model_travels_too(tmp_path, monkeypatch):
+    from tests.inference.test_export_embedding import make_embedding_checkpoint
+
+    fp = "sha256:" + "e1" * 32
+    _with_fingerprint(monkeypatch, fp)
+    ckpt = make_embedding_checkpoint(tmp_path / "csn.ckpt", "csn")
+    out = export_onnx(ckpt, tmp_path / "csn.onnx", opset=17, check_images=0)
+    assert _session(out.path).get_modelmeta().custom_metadata_map["vestis.fingerprint"] == fp

@@ -13,8 +13,10 @@ The exported graph is :class:`InferenceModule`:
   :class:`InferenceModule`).
 * **metadata_props** (JSON strings): ``vestis.format``, ``vestis.version``, ``vestis.taxonomy``,
   ``vestis.preprocessing``, ``vestis.thresholds`` (calibrated per-value thresholds), ``vestis.config``,
-  ``vestis.outputs`` (attribute -> output name), ``vestis.heatmap`` and ``vestis.quantization``. A model file
-  is enough to run and decode predictions, as a checkpoint is.
+  ``vestis.outputs`` (attribute -> output name), ``vestis.heatmap``, ``vestis.quantization`` and, when the
+  checkpoint's model has one, ``vestis.fingerprint`` (a plain ``sha256:...`` string; an int8 file keeps the
+  fingerprint of the model it was quantised from). A model file is enough to run and decode predictions, as a
+  checkpoint is.
 
 Exporter: ``torch.onnx.export(dynamo=True)`` at its default opset or at ``opset >= 18``, the TorchScript
 exporter below (:func:`vestis.inference.exporter.torch_export`, shared with the embedding export).
@@ -26,7 +28,10 @@ well and computes activation ranges at run time; static quantisation lets ONNX R
 integer convolutions. The normalisation at the input and the softmax/sigmoid at the outputs stay in float.
 Calibration images come from ``calibration`` (a folder, a manifest or image paths) or, by default, from a
 small synthetic catalog (:func:`vestis.data.synthetic.generate_catalog`); calibrate on your own catalog's
-images for a model trained on them.
+images for a model trained on them. After quantising, the int8 model's decisions (argmax for single-label
+attributes, each value's threshold decision for multi-label ones) are compared with the fp32 model's on the
+calibration images; an attribute agreeing on fewer than ``min_agreement`` of them is named in the result's
+``warnings``: the int8 file would change that attribute's answers too often to replace the fp32 one unchecked.
 
 Embedding checkpoints (and, on request, a classifier's attribute-based embedder) export through
 :mod:`vestis.inference.export_embedding` instead: one ``embedding`` output, see there.
@@ -41,7 +46,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +68,7 @@ from vestis.inference.predictor import Predictor
 from vestis.io import atomic_write_bytes
 
 __all__ = [
+    "DEFAULT_MIN_AGREEMENT",
     "HEATMAP_OUTPUT",
     "INPUT_NAME",
     "ONNX_FORMAT",
@@ -77,9 +83,13 @@ __all__ = [
 ]
 
 _QUANT_OPS = ("Conv", "Gemm", "MatMul")
+DEFAULT_MIN_AGREEMENT = 0.9  # int8 vs fp32 decisions on the calibration images, per attribute
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: called as calibration images are run through the fp32 model."""
 
 
-def _quantize(fp32: Any, calib: np.ndarray, workdir: Path) -> Any:
+def _quantize(fp32: Any, calib: np.ndarray, workdir: Path, progress: Progress | None = None) -> Any:
     """Static QDQ int8 quantisation of ``fp32`` (a ModelProto) calibrated on ``calib``."""
     import onnx
 
@@ -98,9 +108,15 @@ def _quantize(fp32: Any, calib: np.ndarray, workdir: Path) -> Any:
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._it = iter(calib[i : i + 1] for i in range(len(calib)))
+            self._done = 0
 
         def get_next(self) -> dict[str, np.ndarray] | None:
+            # the calibrator asks for the next image once it has run the previous one
+            if progress is not None and self._done:
+                progress(self._done, len(calib))
             x = next(self._it, None)
+            if x is not None:
+                self._done += 1
             return None if x is None else {INPUT_NAME: x}
 
     src, pre, dst = workdir / "fp32.onnx", workdir / "pre.onnx", workdir / "int8.onnx"
@@ -133,6 +149,8 @@ def export_onnx(
     check_images: int = 16,
     trust_checkpoint: bool = False,
     embedding: bool = False,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    progress: Progress | None = None,
 ) -> ExportResult:
     """Export a checkpoint to ONNX (graph and metadata in the module docstring).
 
@@ -151,14 +169,21 @@ def export_onnx(
             the calibration images.
         trust_checkpoint: also load an old pickle checkpoint, which runs any code the file holds.
         embedding: export a classifier's attribute-based embedder instead of its probabilities.
+        min_agreement: int8: warn about each attribute whose decisions agree with fp32 on fewer than this share
+            of the calibration images.
+        progress: int8: called with ``(done, total)`` as the calibration images are run.
 
     Returns:
-        The path, opset, exporter, and the parity of the written model against the checkpoint.
+        The path, opset, exporter, the parity of the written model against the checkpoint and, for int8, the
+        agreement on the calibration images and any warnings.
 
     Raises:
-        VestisError: unreadable checkpoint, an opset the exporter cannot produce, or missing ``onnx``.
+        VestisError: unreadable checkpoint, an opset the exporter cannot produce, missing ``onnx``, a
+            ``min_agreement`` outside [0, 1].
     """
     t0 = time.perf_counter()
+    if not 0.0 <= min_agreement <= 1.0:
+        raise VestisError(f"min_agreement: expected a fraction in [0, 1], got {min_agreement}")
     try:
         import onnx
     except ImportError:
@@ -182,7 +207,7 @@ def export_onnx(
     if int8:
         calib = load_sample_images(calibration, calibration_images, size, pad, seed=0)
         with tempfile.TemporaryDirectory(prefix="vestis-quant-") as tmp:
-            proto = _quantize(proto, calib, Path(tmp))
+            proto = _quantize(proto, calib, Path(tmp), progress)
         quant = {
             "mode": "static-int8",
             "format": "QDQ",
@@ -211,17 +236,23 @@ def export_onnx(
         "vestis.quantization": json.dumps(quant),
         "vestis.source": Path(checkpoint).name,
     }
+    if reference.fingerprint:
+        metadata["vestis.fingerprint"] = reference.fingerprint
     onnx.helper.set_model_props(proto, metadata)
     proto.producer_name = "vestis"
     proto.doc_string = f"vestis attribute model exported from {Path(checkpoint).name}"
     out = atomic_write_bytes(out, proto.SerializeToString())
 
-    parity = None
-    if check_images > 0:
+    parity, agreement, notes = None, None, []
+    if check_images > 0 or int8:
         candidate = Predictor.from_path(out, device="cpu")
+    if check_images > 0:
         # seed 1: other images than the calibration ones (a different sample of a folder or manifest)
         sample = load_sample_images(calibration, check_images, size, pad, seed=1)
         parity = compare_predictors(reference, candidate, sample)
+    if int8:
+        agreement = compare_predictors(reference, candidate, calib).agreement
+        notes = _agreement_warnings(agreement, min_agreement, len(calib))
     return ExportResult(
         path=out,
         opset=opset_of(proto),
@@ -230,4 +261,16 @@ def export_onnx(
         parity=parity,
         seconds=time.perf_counter() - t0,
         metadata=metadata,
+        calibration_agreement=agreement,
+        warnings=tuple(notes),
     )
+
+
+def _agreement_warnings(agreement: dict[str, float], minimum: float, n: int) -> list[str]:
+    """One warning per attribute whose int8 decisions agree with fp32 less often than ``minimum``."""
+    low = {k: v for k, v in agreement.items() if v < minimum}
+    return [
+        f"int8 agrees with fp32 on {name} for {v:.1%} of the {n} calibration images, below --min-agreement "
+        f"{minimum:g}; calibrate on more of your own images (--calibration) or ship the fp32 model"
+        for name, v in low.items()
+    ]

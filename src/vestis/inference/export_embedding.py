@@ -13,8 +13,8 @@ a classifier checkpoint seen through its attribute-based embedder, exports as
 * **metadata_props**: ``vestis.format`` / ``vestis.version`` as for the classifiers, ``vestis.task`` =
   ``embedding``, ``vestis.embedding`` (JSON: ``model``, ``backbone``, ``layout`` ``[[attribute, width], ...]``,
   ``similarity``, ``output``), ``vestis.taxonomy``, ``vestis.preprocessing``, ``vestis.config``,
-  ``vestis.quantization`` and ``vestis.source``. :class:`~vestis.inference.embedder.Embedder` rebuilds everything
-  from them.
+  ``vestis.quantization``, ``vestis.source`` and, when the checkpoint's model has one, ``vestis.fingerprint``.
+  :class:`~vestis.inference.embedder.Embedder` rebuilds everything from them.
 
 int8 is refused for embedding models: the classifier's check (decisions that agree) has no counterpart here that
 says when a quantised embedding is still good enough for retrieval, so a quantised file would ship unchecked.
@@ -114,7 +114,14 @@ def export_embedding_onnx(
         raise VestisError("ONNX export needs the onnx extra: pip install 'vestis[onnx]'") from None
     if Path(checkpoint).suffix.lower() == ".onnx":
         raise VestisError(f"{checkpoint}: expected a checkpoint to export, got an ONNX file")
-    reference = Embedder.from_checkpoint(checkpoint, device="cpu", trust=trust_checkpoint)
+    from vestis.train.checkpoint import load_checkpoint, rebuild_model
+
+    # Embedder.from_checkpoint's steps, keeping the model: its fingerprint goes into the metadata
+    state = load_checkpoint(checkpoint, trust=trust_checkpoint)
+    model = rebuild_model(state, source=str(checkpoint), map_location="cpu")
+    reference = Embedder.from_model(model, preprocessing=state["preprocessing"], device="cpu")
+    reference.path = Path(checkpoint)
+    fingerprint = getattr(model, "fingerprint", None) or state.get("fingerprint")
     prep = reference.preprocessing
     size, pad = int(prep["image_size"]), int(prep["pad_value"])
     module = reference.module
@@ -147,6 +154,8 @@ def export_embedding_onnx(
         "vestis.quantization": json.dumps({"mode": "none"}),
         "vestis.source": Path(checkpoint).name,
     }
+    if fingerprint:
+        metadata["vestis.fingerprint"] = fingerprint
     onnx.helper.set_model_props(proto, metadata)
     proto.producer_name = "vestis"
     proto.doc_string = f"vestis embedding model ({info['model']}) exported from {Path(checkpoint).name}"

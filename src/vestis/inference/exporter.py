@@ -53,6 +53,9 @@ class ExportResult:
             :class:`~vestis.inference.parity.EmbeddingParityReport` for an embedding export.
         seconds: wall time of the export.
         metadata: the ``metadata_props`` written (JSON strings).
+        calibration_agreement: int8 only: attribute -> fraction of the int8 model's decisions that agree with
+            the fp32 model's on the calibration images (see :class:`~vestis.inference.parity.ParityReport`).
+        warnings: what the user should know about the written model (an agreement below the minimum asked).
     """
 
     path: Path
@@ -62,6 +65,8 @@ class ExportResult:
     parity: ParityReport | EmbeddingParityReport | None = None
     seconds: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict, repr=False)
+    calibration_agreement: dict[str, float] | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def load_sample_images(
