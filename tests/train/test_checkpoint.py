@@ -105,7 +105,8 @@ def test_every_field_round_trips_exactly(tmp_path, tiny):
     )  # fmt: skip
     state = load_checkpoint(path)
     assert list(state) == [
-        "format", "version", "model", "config", "taxonomy", "preprocessing", "metrics", "thresholds", "train_state"
+        "format", "version", "model", "config", "taxonomy", "preprocessing", "metrics", "thresholds", "train_state",
+        "fingerprint",
     ]  # fmt: skip
     assert (state["format"], state["version"]) == (FORMAT, 2)
     assert_same(state["model"], dict(model.state_dict()), "model")

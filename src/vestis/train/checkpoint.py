@@ -4,8 +4,8 @@ training state and validation metrics, so that :func:`load` rebuilds the model f
 Format. A checkpoint is a `safetensors <https://huggingface.co/docs/safetensors>`_ file: every tensor
 (model weights, optimiser moments, RNG states, NumPy arrays) is a safetensors tensor, and everything else
 is JSON in the header's string metadata, one entry per field (``config``, ``taxonomy``, ``preprocessing``,
-``metrics``, ``thresholds``, ``train_state``, ``model``, and ``embedding`` for an embedding model) plus ``format``
-and ``version``. Reading it parses
+``metrics``, ``thresholds``, ``train_state``, ``model``, ``fingerprint``, and ``embedding`` for an embedding model)
+plus ``format`` and ``version``. Reading it parses
 JSON and raw tensor bytes only, so a downloaded or shared model file cannot run code, unlike the pickle
 that ``torch.save`` writes. Any safetensors reader sees the weights under ``model/<parameter name>``.
 
@@ -26,6 +26,10 @@ Embedding models (those with ``embedding_layout()``, :mod:`vestis.models.embeddi
 ``{"model": <registered name>, "layout": [[attribute, width], ...], "similarity": ...}``, the layout a search index
 built from the model relies on. :func:`load` rebuilds the model from the config as for a classifier and refuses it
 when its layout or name disagrees with the stored one. Classifier checkpoints have no ``embedding`` entry.
+
+Fingerprint. ``fingerprint`` is :func:`vestis.fingerprint.fingerprint` of the stored weights, taxonomy and
+preprocessing, written by :func:`save_checkpoint`. :func:`load` sets it as ``model.fingerprint``, computing it
+for a checkpoint written before the field existed, so every loaded model can be named.
 
 Old checkpoints (``torch.save`` pickles, version 1) are refused unless the caller trusts the file
 (``trust=True``, ``--trust-checkpoint`` on the command line): unpickling one runs whatever code it holds.
@@ -51,6 +55,7 @@ from torch import nn
 from vestis.config import Config
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
+from vestis.fingerprint import PREFIX, fingerprint
 from vestis.io import atomic_write_bytes
 
 __all__ = [
@@ -59,6 +64,7 @@ __all__ = [
     "SIMILARITY",
     "VERSION",
     "embedding_entry",
+    "fingerprint_of",
     "load",
     "load_checkpoint",
     "rebuild_model",
@@ -70,7 +76,17 @@ VERSION = 2  # 1: a torch.save pickle; 2: safetensors + JSON metadata
 # The JSON header is read into memory before anything is checked; a model's config, taxonomy, metrics and
 # tensor index are far below this, so a larger header is a damaged or hostile file.
 MAX_HEADER_BYTES = 64 * 2**20
-FIELDS = ("model", "config", "taxonomy", "preprocessing", "metrics", "thresholds", "train_state", "embedding")
+FIELDS = (
+    "model",
+    "config",
+    "taxonomy",
+    "preprocessing",
+    "metrics",
+    "thresholds",
+    "train_state",
+    "embedding",
+    "fingerprint",
+)
 # how two images compare under an embedding model's layout (see vestis.models.embedding.base)
 SIMILARITY = "inner product of L2-normalised sub-embeddings"
 # deeper trees than any checkpoint holds are refused instead of exhausting the recursion limit
@@ -124,6 +140,7 @@ def save_checkpoint(
     entry = embedding_entry(model, config.model.name)
     if entry is not None:
         state["embedding"] = entry
+    state["fingerprint"] = fingerprint(state["model"], state["taxonomy"], state["preprocessing"])
     return atomic_write_bytes(path, encode_checkpoint(state))
 
 
@@ -204,14 +221,23 @@ def rebuild_model(
     model.config = cfg
     model.thresholds = state.get("thresholds") or {}
     model.metrics = state.get("metrics") or {}
+    model.fingerprint = fingerprint_of(state)
     return model.to(map_location).eval()
+
+
+def fingerprint_of(state: dict[str, Any]) -> str:
+    """The fingerprint of a checkpoint dict: the stored one, or computed for a file written before it was stored."""
+    stored = state.get("fingerprint")
+    if isinstance(stored, str):
+        return stored
+    return fingerprint(state["model"], state["taxonomy"], state["preprocessing"])
 
 
 def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu", trust: bool = False) -> nn.Module:
     """Rebuild the trained model from a checkpoint alone, in eval mode.
 
     The model carries ``.config`` (:class:`Config`), ``.taxonomy`` and ``.thresholds`` (calibrated per-value
-    thresholds, possibly empty) for prediction.
+    thresholds, possibly empty) for prediction, and ``.fingerprint`` (``sha256:...``, :mod:`vestis.fingerprint`).
 
     Args:
         path: the checkpoint file.
@@ -328,6 +354,10 @@ def _validate(state: dict[str, Any], path: Path) -> None:
         if not isinstance(state[field], dict):
             raise VestisError(f"{path}: {field}: expected a table, got {type(state[field]).__name__}")
     _validate_embedding(state.get("embedding"), path)
+    fp = state.get("fingerprint")
+    digest = fp.removeprefix(PREFIX) if isinstance(fp, str) and fp.startswith(PREFIX) else ""
+    if fp is not None and not (len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise VestisError(f"{path}: fingerprint: expected '{PREFIX}' and 64 hex digits, got {str(fp)[:80]!r}")
     state.setdefault("train_state", None)
     if not isinstance(state["train_state"], dict | None):
         raise VestisError(f"{path}: train_state: expected a table, got {type(state['train_state']).__name__}")
