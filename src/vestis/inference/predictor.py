@@ -35,18 +35,19 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from vestis.data.images import DEFAULT_MAX_PIXELS, load_image
+from vestis.data.images import DEFAULT_MAX_PIXELS
 from vestis.data.taxonomy import Taxonomy
 from vestis.data.transforms import letterbox_batch, letterbox_box
 from vestis.errors import VestisError
 from vestis.eval.metrics import DEFAULT_THRESHOLD
+from vestis.inference.inputs import ImageInput, ImageList, as_image
 from vestis.inference.onnx_format import HEATMAP_OUTPUT, INPUT_NAME, InferenceModule
 from vestis.inference.results import Prediction
 from vestis.inference.runtime import check_threads, open_onnx, torch_device
@@ -54,9 +55,6 @@ from vestis.inference.runtime import check_threads, open_onnx, torch_device
 __all__ = ["DEFAULT_THRESHOLD", "ImageInput", "Predictor", "project_heatmap"]
 
 _PREPROCESSING_KEYS = ("image_size", "mean", "std", "pad_value")
-
-ImageInput = Image.Image | str | os.PathLike[str] | np.ndarray
-"""What :meth:`Predictor.predict` and :meth:`Predictor.heatmap` take for one image."""
 
 
 class _Backend(Protocol):
@@ -431,9 +429,13 @@ class Predictor:
             results.append(res)
         return results
 
-    def predict(
-        self, images: ImageInput | Sequence[ImageInput], calibrated: bool = True
-    ) -> Prediction | list[Prediction]:
+    @overload
+    def predict(self, images: ImageInput, calibrated: bool = True) -> Prediction: ...
+
+    @overload
+    def predict(self, images: ImageList, calibrated: bool = True) -> list[Prediction]: ...
+
+    def predict(self, images: ImageInput | ImageList, calibrated: bool = True) -> Prediction | list[Prediction]:
         """Attributes of one image, or of each image of a list.
 
         Paths are decoded by vestis' bounded image loader (the formats and the pixel cap of ``vestis predict``,
@@ -454,7 +456,8 @@ class Predictor:
         """
         one = not isinstance(images, list | tuple)
         items = [images] if one else list(images)
-        pils = [self._as_image(x, f"images[{i}]" if not one else "image", reduce=True) for i, x in enumerate(items)]
+        where = "image" if one else "images[{}]"
+        pils = [as_image(x, where.format(i), self.max_pixels, self.image_size) for i, x in enumerate(items)]
         if not pils:
             return []
         results = [Prediction.from_dict(r) for r in self.decode(self.predict_arrays(self.preprocess(pils)), calibrated)]
@@ -474,23 +477,6 @@ class Predictor:
         Raises:
             VestisError: as in :meth:`predict`.
         """
-        img = self._as_image(image, "image", reduce=False)
+        img = as_image(image, "image", self.max_pixels)
         _, heat = self.run(self.preprocess([img]))
         return project_heatmap(heat[0], img.size, self.image_size, size)
-
-    def _as_image(self, x: Any, where: str, *, reduce: bool) -> Image.Image:
-        """One input of :meth:`predict` as a PIL image; ``reduce`` lets a JPEG decode at a smaller DCT scale."""
-        if isinstance(x, Image.Image):
-            return x
-        if isinstance(x, str | os.PathLike):
-            return load_image(x, max_pixels=self.max_pixels, min_side=self.image_size if reduce else None)
-        if isinstance(x, np.ndarray):
-            if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
-                raise VestisError(f"{where}: expected a uint8 (H, W, 3) RGB array, got {x.dtype} {x.shape}")
-            if x.shape[0] * x.shape[1] > self.max_pixels:
-                raise VestisError(f"{where}: {x.shape[1]}x{x.shape[0]} pixels, over the cap of {self.max_pixels:,}")
-            return Image.fromarray(np.ascontiguousarray(x))  # (H, W, 3) uint8 -> RGB
-        raise VestisError(
-            f"{where}: expected a PIL image, a path or a uint8 (H, W, 3) array (or a list of them), "
-            f"got {type(x).__name__}"
-        )
