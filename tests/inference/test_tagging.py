@@ -103,9 +103,12 @@ def test_jsonl_rows_and_error_rows(predictor, catalog, tmp_path):
     assert rows[5] == {
         "id": "bad",
         "image": str(catalog / "images" / "broken.jpg"),
+        "model": predictor.fingerprint,
         "error": "not a readable image in an allowed format (JPEG, PNG, WEBP, GIF, BMP, TIFF)",
     }
     assert rows[6]["error"] == "image file not found"
+    assert predictor.fingerprint.startswith("sha256:")
+    assert {r["model"] for r in rows} == {predictor.fingerprint}
     expected = predictor.predict([Image.open(catalog / "images" / name) for name in IDS])
     for row, exp in zip(rows[:5], expected, strict=True):
         assert list(row["attributes"]) == list(exp)
@@ -130,8 +133,9 @@ def test_csv_and_parquet_flatten_the_rows(predictor, catalog, tmp_path):
         table = list(csv.DictReader(f))
     parquet = pq.read_table(tmp_path / "t.parquet").to_pylist()
     columns = list(table[0])
-    assert columns[:7] == ["id", "image", "error", "category", "colour", "sleeve.length", "occasion"]
-    assert columns[7:] == [
+    assert columns[:8] == ["id", "image", "error", "model", "category", "colour", "sleeve.length", "occasion"]
+    assert {c["model"] for c in table} == {p["model"] for p in parquet} == {predictor.fingerprint}
+    assert columns[8:] == [
         "category:t-shirt", "category:trousers", "category:dress", "colour:red", "colour:blue", "colour:green",
         "sleeve.length:short", "sleeve.length:long", "occasion:casual", "occasion:formal", "occasion:sport",
     ]  # fmt: skip
@@ -194,6 +198,44 @@ def test_rows_of_another_input_are_kept_and_restart_discards_them(predictor, cat
     assert result.extra_rows == 1 and [r["id"] for r in _jsonl(out)] == ["old", str(catalog / "images" / "a.jpg")]
     result = tag_catalog(predictor, [catalog / "images" / "a.jpg"], out, workers=0, restart=True)
     assert result.extra_rows == 0 and len(_jsonl(out)) == 1
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resuming_with_another_model_is_refused(predictor, catalog, tmp_path, suffix):
+    from tests.inference.conftest import make_checkpoint
+
+    other = Predictor.from_path(make_checkpoint(tmp_path / "other.ckpt", seed=1), device="cpu")
+    assert other.fingerprint != predictor.fingerprint
+    out = tmp_path / f"tags{suffix}"
+    journal = journal_path(out)
+    # the first model stops after one batch (a kill), leaving a journal to resume
+    with pytest.raises(KeyboardInterrupt):
+        tag_catalog(predictor, [catalog / "manifest.csv"], out, batch_size=2, workers=0, on_batch=_interrupt)
+    before = journal.read_bytes() + b'{"id": "torn'  # a torn line: even the repair must not run
+    journal.write_bytes(before)
+    with pytest.raises(VestisError) as e:
+        tag_catalog(other, [catalog / "manifest.csv"], out, batch_size=2, workers=0)
+    msg = str(e.value)
+    assert msg.startswith(f"{journal}: model: expected rows of {other.fingerprint}")
+    assert predictor.fingerprint in msg and "--restart" in msg
+    assert journal.read_bytes() == before and not (out != journal and out.exists())
+    # the same model resumes; another one may start over with restart
+    assert tag_catalog(predictor, [catalog / "manifest.csv"], out, workers=0).done_before == 2
+    r = tag_catalog(other, [catalog / "manifest.csv"], out, workers=0, restart=True)
+    assert r.done_before == 0 and r.predicted == 5
+    rows = read_journal(out) if suffix == ".jsonl" else list(csv.DictReader(out.open(newline="")))
+    assert {row["model"] for row in rows} == {other.fingerprint}
+
+
+def _interrupt(n: int) -> None:
+    raise KeyboardInterrupt
+
+
+def test_rows_without_a_model_are_accepted(predictor, catalog, tmp_path):
+    out = tmp_path / "old.jsonl"
+    out.write_text('{"id": "p0", "image": "x.jpg", "error": "image file not found"}\n')  # written before rows named it
+    r = tag_catalog(predictor, [catalog / "manifest.csv"], out, workers=0)
+    assert (r.done_before, r.predicted + r.errors) == (1, 6)
 
 
 def test_a_second_writer_is_refused(predictor, catalog, tmp_path):

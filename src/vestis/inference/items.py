@@ -173,16 +173,21 @@ def make_rows(
     errors: Sequence[str | None],
     calibrated: bool = True,
 ) -> list[dict[str, Any]]:
-    """Output rows for one decoded batch: predictions for the decoded images, error rows for the others."""
+    """Output rows for one decoded batch: predictions for the decoded images, error rows for the others.
+
+    Every row names the model that made it (``"model"``: the predictor's fingerprint, ``None`` for a model file
+    that does not carry one), so a resumed output can refuse rows from another model.
+    """
     ok = [i for i, a in enumerate(arrays) if a is not None]
     results: dict[int, dict[str, Any]] = {}
     if ok:
         batch = np.stack([arrays[i] for i in ok])  # (B_ok, 3, S, S)
         decoded = predictor.decode(predictor.predict_arrays(batch), calibrated)
         results = dict(zip(ok, decoded, strict=True))
+    model = getattr(predictor, "fingerprint", None)
     rows = []
     for i, it in enumerate(items):
-        row: dict[str, Any] = {"id": it.id, "image": str(it.path)}
+        row: dict[str, Any] = {"id": it.id, "image": str(it.path), "model": model}
         if i in results:
             row["attributes"] = _rounded(results[i])
         else:

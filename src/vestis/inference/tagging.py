@@ -8,11 +8,13 @@ is not in it yet, so after any number of kills and reruns the output holds every
 ``.jsonl`` output that is complete is left as it is by a rerun; ``restart=True`` starts over. Two runs on
 the same output at once are refused (an advisory lock on the journal).
 
-Rows (:func:`~vestis.inference.items.make_rows`). ``{"id", "image", "attributes": {...}}`` with the
-:meth:`Predictor.decode` result (scores rounded to 6 decimals), or ``{"id", "image", "error": reason}`` for an
-image that cannot be decoded: an unreadable image is a row, never a crash. CSV and Parquet flatten a row to
-``id``, ``image``, ``error``, one column per attribute (the value, or the values joined by ``|`` for multi-label
-attributes, as in a manifest) and one score column per attribute value, ``<attribute>:<value>``; the cells of
+Rows (:func:`~vestis.inference.items.make_rows`). ``{"id", "image", "model", "attributes": {...}}`` with the
+:meth:`Predictor.decode` result (scores rounded to 6 decimals), or ``{"id", "image", "model", "error": reason}`` for
+an image that cannot be decoded: an unreadable image is a row, never a crash. ``model`` is the fingerprint of the
+model that made the row (:mod:`vestis.fingerprint`): a rerun into an output holding rows of another model is
+refused, since one file would then mix two models' answers. CSV and Parquet flatten a row to ``id``, ``image``,
+``error``, ``model``, one column per attribute (the value, or the values joined by ``|`` for multi-label attributes,
+as in a manifest) and one score column per attribute value, ``<attribute>:<value>``; the cells of
 attributes that do not apply to the predicted category are empty.
 
 Inputs are folders, manifests and image files (:func:`~vestis.inference.items.collect_inputs`, rules there). Ids
@@ -187,12 +189,34 @@ def read_journal(path: str | os.PathLike[str], *, repair: bool = False) -> list[
     return [row for _, row in _iter_rows(path)]
 
 
-def _offsets(path: Path) -> dict[str, int]:
-    """Id -> byte offset of its row (the first, should an id appear twice); only ids are kept in memory."""
+def _offsets(path: Path, models: set[Any] | None = None) -> dict[str, int]:
+    """Id -> byte offset of its row (the first, should an id appear twice); only ids are kept in memory.
+
+    Args:
+        path: the journal.
+        models: when given, gets the ``model`` of every row that records one.
+    """
     out: dict[str, int] = {}
     for offset, row in _iter_rows(path):
         out.setdefault(row["id"], offset)
+        if models is not None and row.get("model") is not None:
+            models.add(row["model"])
     return out
+
+
+def _check_same_model(journal: Path, recorded: set[Any], fingerprint: str | None) -> None:
+    """Refuse to add rows of ``fingerprint`` to a journal holding rows of another model.
+
+    Rows without a ``model`` (written before rows recorded it) cannot be told apart and are accepted.
+    """
+    others = sorted(str(m) for m in recorded if m != fingerprint)
+    if not others:
+        return
+    mine = fingerprint or "a model without a fingerprint"
+    raise VestisError(
+        f"{journal}: model: expected rows of {mine}, but the output holds rows of {', '.join(others[:3])}; "
+        "pass --restart (restart=True) to discard them, or choose another --out"
+    )
 
 
 class _Journal:
@@ -227,7 +251,12 @@ class _Journal:
 
 def flatten_row(row: dict[str, Any], taxonomy: Taxonomy) -> dict[str, Any]:
     """A journal row as flat columns (see the module docstring); keys in output column order."""
-    flat: dict[str, Any] = {"id": row["id"], "image": row.get("image"), "error": row.get("error")}
+    flat: dict[str, Any] = {
+        "id": row["id"],
+        "image": row.get("image"),
+        "error": row.get("error"),
+        "model": row.get("model"),
+    }
     attrs = row.get("attributes") or {}
     for a in taxonomy:
         r = attrs.get(a.name)
@@ -271,7 +300,7 @@ def _write_table(out: Path, rows: Iterable[dict[str, Any]], taxonomy: Taxonomy, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    text_columns = {"id", "image", "error", *taxonomy.names}
+    text_columns = {"id", "image", "error", "model", *taxonomy.names}
     schema = pa.schema([(c, pa.string() if c in text_columns else pa.float32()) for c in columns])
 
     def write_parquet(f: IO[bytes]) -> None:
@@ -385,8 +414,11 @@ def tag_catalog(
             writer.truncate()
             if out != journal:
                 out.unlink(missing_ok=True)
+        recorded: set[Any] = set()
+        done = set(_offsets(journal, recorded))
+        # before _repair: a refused run leaves the file byte for byte as it was
+        _check_same_model(journal, recorded, getattr(predictor, "fingerprint", None))
         _repair(journal)
-        done = set(_offsets(journal))
         extra = len(done - {it.id for it in items})
         todo = [it for it in items if it.id not in done]
         predicted = errors = 0
