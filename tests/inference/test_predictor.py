@@ -241,7 +241,9 @@ def test_fingerprint_of_a_model(ckpt):
     p = Predictor.from_model(model)
     assert p.fingerprint == p.info["fingerprint"] == "sha256:" + "ab" * 32
     # from a checkpoint: the loaded model's own
-    assert Predictor.from_path(ckpt).fingerprint == getattr(vestis.load(ckpt), "fingerprint", None)
+    p = Predictor.from_path(ckpt)
+    assert p.fingerprint == p.info["fingerprint"] == vestis.load(ckpt).fingerprint
+    assert p.fingerprint.startswith("sha256:") and len(p.fingerprint) == 7 + 64
 
 
 def test_letterbox_box_matches_letterbox():
@@ -289,6 +291,7 @@ def test_onnx_backend_agrees_with_torch(onnx_fp32, torch_predictor, image_dir):
     p = Predictor.from_path(onnx_fp32, device="cpu")
     assert (p.backend, p.device, p.info["quantization"]) == ("onnx", "cpu", "none")
     assert p.taxonomy == torch_predictor.taxonomy and p.thresholds == THRESHOLDS
+    assert p.fingerprint == torch_predictor.fingerprint is not None  # the export carries the checkpoint's
     assert {k: p.preprocessing[k] for k in ("image_size", "pad_value", "resize")} == {
         "image_size": IMAGE_SIZE,
         "pad_value": 255,

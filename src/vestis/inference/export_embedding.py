@@ -121,7 +121,7 @@ def export_embedding_onnx(
     model = rebuild_model(state, source=str(checkpoint), map_location="cpu")
     reference = Embedder.from_model(model, preprocessing=state["preprocessing"], device="cpu")
     reference.path = Path(checkpoint)
-    fingerprint = getattr(model, "fingerprint", None) or state.get("fingerprint")
+    fingerprint = getattr(model, "fingerprint", None)
     prep = reference.preprocessing
     size, pad = int(prep["image_size"]), int(prep["pad_value"])
     module = reference.module

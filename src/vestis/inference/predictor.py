@@ -235,8 +235,6 @@ class Predictor:
             model, preprocessing=state.get("preprocessing"), thresholds=state.get("thresholds"), device=str(dev)
         )
         predictor.path = path
-        # the rebuilt model carries it when the checkpoint layer sets one; the stored field otherwise
-        predictor._fingerprint = predictor._fingerprint or state.get("fingerprint")
         return predictor
 
     @classmethod
