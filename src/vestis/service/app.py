@@ -18,6 +18,8 @@ Endpoints: ``POST /v1/attributes``, ``POST /v1/heatmap``, ``GET /v1/taxonomy``, 
 ``/v1/heatmap``. Every error is JSON
 ``{"error": ..., "detail": ...}``; an exception in the model answers 500 and the next request is served.
 A client that goes away while its body is read is an ordinary event: counted, logged on one line, no 500.
+Traceability: ``/v1/attributes`` and ``/v1/taxonomy`` answer with ``model``, the served model's fingerprint
+(:mod:`vestis.fingerprint`; absent for a model file without one), and ``/metrics`` has ``vestis_model_info``.
 The service is self-contained: it fetches nothing (no URLs in requests, no CDN on the page), so the
 interactive ``/docs`` pages (which load scripts from a CDN) are off; ``/openapi.json`` is there.
 """
@@ -243,7 +245,12 @@ class _Service:
         except Exception as e:
             log.exception("decoding the predictions failed")
             raise ServiceError(500, "prediction failed", f"{type(e).__name__}: {e}") from None
-        return {"results": [r.model_dump(exclude_none=True) for r in results]}
+        return {"results": [r.model_dump(exclude_none=True) for r in results], "model": self.fingerprint}
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The served model's fingerprint; ``None`` when the predictor does not know it."""
+        return getattr(self.predictor, "fingerprint", None)
 
     async def heatmap(self, decoded: DecodedImage, style: Literal["overlay", "gray"]) -> bytes:
         """The map as a PNG at the upload's aspect ratio, its longer side capped at ``heatmap_max_side``."""
@@ -330,6 +337,7 @@ def create_app(
     config = config or ServiceConfig()
     metrics = ServiceMetrics(registry)
     service = _Service(predictor, config, metrics)
+    metrics.set_model(service.fingerprint, _model_name(predictor), getattr(predictor, "backend", None))
     searcher: Searcher | None = None
 
     @asynccontextmanager
@@ -437,6 +445,7 @@ def create_app(
             thresholds={k: list(v) for k, v in predictor.thresholds.items()},
             heatmap=has_heatmap,
             embedding=getattr(predictor, "embedding", None),
+            model=service.fingerprint,
         )
 
     @app.get("/healthz", response_model=Health, summary="The process is up", tags=["operations"])
@@ -475,3 +484,10 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _model_name(predictor: AttributePredictor) -> str | None:
+    """The registered model name (``a3``, ``csn``...) from the predictor's config or its embedding name."""
+    cfg = getattr(predictor, "config", None)
+    name = ((cfg.get("model") or {}) if isinstance(cfg, Mapping) else {}).get("name")
+    return str(name) if name else getattr(predictor, "embedding", None)

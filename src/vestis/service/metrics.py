@@ -18,6 +18,10 @@ name                                       type       labels / meaning
 ``vestis_decode_bytes_in_flight``          gauge      decoded image bytes held by requests right now
 ``vestis_client_disconnects_total``        counter    clients that went away while their body was read
 ``vestis_ready``                           gauge      1 once the model is loaded and warmed up
+``vestis_model_info``                      gauge      always 1; ``fingerprint`` (``sha256:...``, ``unknown``
+                                                      for a file without one), ``name`` (the model, e.g.
+                                                      ``a3``), ``backend`` (``torch`` or ``onnx``): which
+                                                      model answered, to join with the other series
 =========================================  =========  =====================================================
 """
 
@@ -96,6 +100,17 @@ class ServiceMetrics:
             "vestis_client_disconnects", "Clients that went away while their request body was read.", registry=r
         )
         self.ready = Gauge("vestis_ready", "1 once the model is loaded and warmed up.", registry=r)
+        self.model_info = Gauge(
+            "vestis_model_info",
+            "The model served (always 1): its fingerprint, name and backend.",
+            ["fingerprint", "name", "backend"],
+            registry=r,
+        )
+
+    def set_model(self, fingerprint: str | None, name: str | None, backend: str | None) -> None:
+        """Name the model served in ``vestis_model_info`` (replacing any earlier one: one model per app)."""
+        self.model_info.clear()
+        self.model_info.labels(fingerprint or "unknown", name or "unknown", backend or "unknown").set(1)
 
     def observe_batch(self, stats: BatchStats) -> None:
         """Record one model call (the micro-batcher's ``on_batch``)."""

@@ -90,6 +90,9 @@ class AttributesResponse(BaseModel):
     """One result per image, in request order."""
 
     results: list[ImageResult]
+    model: str | None = Field(
+        None, description="Fingerprint (sha256:...) of the model that answered; absent when the model file has none."
+    )
 
 
 class AttributeInfo(BaseModel):
@@ -116,6 +119,7 @@ class TaxonomyResponse(BaseModel):
     embedding: str | None = Field(
         None, description="The embedding model served (csn, triplet, datrnet, ...); null for a classifier."
     )
+    model: str | None = Field(None, description="Fingerprint (sha256:...) of the model served; null when unknown.")
 
 
 class Health(BaseModel):
