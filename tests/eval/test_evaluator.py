@@ -76,9 +76,17 @@ def test_hand_case_exact_values() -> None:
     assert (neck["kind"], neck["roi"], neck["num_values"], neck["n"]) == ("single", "small", 4, 3)
     assert neck["micro_f1"] == pytest.approx(0.75)  # TP 3, FP 2, FN 0
     assert neck["macro_f1"] == pytest.approx(2 / 3)  # round 1, v 0, collar 1; boat never occurs
-    assert neck["per_value"]["round"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
-    assert neck["per_value"]["v"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    assert neck["per_value"]["collar"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
+    assert neck["per_value"]["round"] == {
+        "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1, "average_precision": 1.0
+    }  # fmt: skip
+    assert neck["per_value"]["v"] == {
+        "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0, "average_precision": None
+    }  # fmt: skip
+    # collar scores 0.1 (no), 0.3 (yes), 0.6 (yes): both positives ranked first
+    assert neck["per_value"]["collar"]["average_precision"] == 1.0
+    assert neck["mean_average_precision"] == 1.0  # over round and collar; v and boat have no positive
+    # top-1 confidences 0.5 (right), 0.4 (wrong), 0.6 (right), each alone in its bin of 1/15
+    assert neck["ece"] == pytest.approx((0.5 + 0.4 + 0.4) / 3)
     assert neck["accuracy"] == pytest.approx(2 / 3)
     assert neck["top1"] == pytest.approx(2 / 3)
     assert neck["top3"] == 1.0
@@ -98,9 +106,12 @@ def test_hand_case_exact_values() -> None:
     assert pattern["micro_f1"] == pytest.approx(0.8)  # TP 4, FP 1, FN 1
     assert pattern["macro_f1"] == pytest.approx((2 / 3 + 1 + 2 / 3 + 1) / 4)
     assert pattern["per_value"]["stripes"] == pytest.approx(
-        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2, "average_precision": 1.0}
     )
-    assert pattern["per_value"]["floral"] == pytest.approx({"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1})
+    assert pattern["per_value"]["floral"] == pytest.approx(
+        {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1, "average_precision": 1.0}
+    )
+    assert "ece" not in pattern
     assert pattern["recall_at_1"] == pytest.approx(0.6)
     assert pattern["recall_at_3"] == 1.0
     assert pattern["mmfashion_recall_at_1"] == pytest.approx(0.625)
@@ -110,7 +121,10 @@ def test_hand_case_exact_values() -> None:
     fit = m["attributes"]["fit"]
     assert fit["n"] == 0
     assert fit["micro_f1"] is None and fit["accuracy"] is None and fit["top1"] is None
-    assert fit["per_value"]["slim"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert fit["per_value"]["slim"] == {
+        "precision": None, "recall": None, "f1": None, "support": 0, "average_precision": None
+    }  # fmt: skip
+    assert fit["ece"] is None and fit["mean_average_precision"] is None
 
     assert m["summary"] == pytest.approx(
         {
@@ -122,6 +136,9 @@ def test_hand_case_exact_values() -> None:
             "mean_accuracy": 2 / 3,
             "mean_weighted_f1": 7 / 9,
             "mean_average_per_class_accuracy": 0.75,
+            "mean_average_precision": 1.0,
+            "mean_kind_score": (2 / 3 + 0.8) / 2,  # neck's accuracy, pattern's micro-F1
+            "mean_ece": 1.3 / 3,
         }
     )
     json.dumps(m, allow_nan=False)  # plain JSON, no nan
@@ -173,6 +190,12 @@ def test_random_case_agrees_with_metric_functions() -> None:
     assert s["mean_micro_f1"] == pytest.approx((c["micro_f1"] + t["micro_f1"]) / 2)
     assert s["mean_micro_f1_small_roi"] == pytest.approx(t["micro_f1"])
     assert s["mean_micro_f1_large_roi"] is None
+    from sklearn.metrics import average_precision_score
+
+    for j in range(12):
+        want = average_precision_score(tags[mask_t, j], probs["tags"][mask_t, j])
+        assert t["per_value"][f"t{j}"]["average_precision"] == pytest.approx(want)
+    assert s["mean_kind_score"] == pytest.approx((c["accuracy"] + t["micro_f1"]) / 2)
     json.dumps(m, allow_nan=False)
 
 
@@ -184,13 +207,23 @@ def test_format_table() -> None:
     assert lines[0].split("|")[1].strip() == "attribute"
     assert "micro-F1@0.3" in lines[0]
     rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in lines[2:5]}
-    # kind, roi, n, micro-F1, macro-F1, accuracy, weighted F1, avg class acc, top-3 / R@3, top-5 / R@5
-    assert rows["neck"] == ["single", "small", "3", "0.750", "0.667", "0.667", "0.778", "0.750", "1.000", "–"]
-    assert rows["pattern"] == ["multi", "large", "3", "0.800", "0.833", "–", "–", "–", "1.000", "–"]
-    assert rows["fit"] == ["single", "–", "0", "–", "–", "–", "–", "–", "–", "–"]
+    # kind, roi, n, micro-F1, macro-F1, accuracy, weighted F1, avg class acc, top-3 / R@3, top-5 / R@5, mAP, ECE
+    neck = ["single", "small", "3", "0.750", "0.667", "0.667", "0.778", "0.750", "1.000", "–", "1.000", "0.433"]
+    assert rows["neck"] == neck
+    assert rows["pattern"] == ["multi", "large", "3", "0.800", "0.833", "–", "–", "–", "1.000", "–", "1.000", "–"]
+    assert rows["fit"] == ["single", "–", "0", "–", "–", "–", "–", "–", "–", "–", "–", "–"]
     assert "mean micro-F1: 0.775 (small ROI 0.750, large ROI 0.800)" in text
     head, table_rows = attribute_table(m)
-    assert len(head) == 11 and [r[0] for r in table_rows] == ["neck", "pattern", "fit"]
+    assert len(head) == 13 and [r[0] for r in table_rows] == ["neck", "pattern", "fit"]
+    assert "mean kind score (accuracy or micro-F1): 0.733" in text
+
+    # a reference evaluation adds its kind score and mAP per attribute and a summary line
+    ref = evaluate_predictions(_taxonomy(), {k: np.full_like(v, 0.25) for k, v in probs.items()}, targets, masks)
+    head, table_rows = attribute_table({**m, "reference": ref})
+    assert head[-2:] == ["reference acc / F1", "reference mAP"]
+    # all tied: argmax is round, right once in 3; a constant score has AP = prevalence: (1/3 + 2/3) / 2
+    assert table_rows[0][-2:] == ["0.333", "0.500"]
+    assert "majority-value reference: mean kind score" in format_table({**m, "reference": ref})
 
     cal = evaluate_predictions(_taxonomy(), probs, targets, masks, thresholds={"pattern": np.full(4, 0.5)})
     text = format_table(cal)

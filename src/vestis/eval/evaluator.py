@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike
 
 from vestis.data.taxonomy import Attribute, Taxonomy
 from vestis.errors import VestisError
+from vestis.eval.calibration import expected_calibration_error
 from vestis.eval.metrics import (
     DEFAULT_THRESHOLD,
     PRF,
@@ -34,7 +35,7 @@ from vestis.eval.metrics import (
     weighted_f1,
 )
 
-__all__ = ["TOP_KS", "attribute_table", "evaluate_predictions", "format_table"]
+__all__ = ["TOP_KS", "attribute_table", "evaluate_predictions", "format_table", "kind_score"]
 
 TOP_KS = (1, 3, 5)  # the k of top-k accuracy and recall@k reported by the papers (DeepFashion: 3, 5)
 
@@ -62,6 +63,24 @@ def _per_value(attr: Attribute, prf: PRF) -> dict[str, dict[str, Any]]:
     }
 
 
+def _average_precision(probs: np.ndarray, multi_hot: np.ndarray, mask: np.ndarray) -> list[float | None]:
+    """Per value AP over the labelled rows (sklearn's step-wise definition); ``None`` for a value without positives."""
+    from sklearn.metrics import average_precision_score
+
+    m = mask.astype(bool)
+    p, t = probs[m], multi_hot[m] > 0
+    return [float(average_precision_score(t[:, j], p[:, j])) if t[:, j].any() else None for j in range(probs.shape[1])]
+
+
+def kind_score(result: Mapping[str, Any]) -> float | None:
+    """The headline score of one attribute's result: accuracy when single-label, micro-F1 when multi-label.
+
+    Micro-F1 on a single-label attribute counts every (item, value) pair, so a model that always puts all
+    its mass on the majority value can beat a better but less sure one; accuracy cannot be gamed that way.
+    """
+    return result.get("accuracy") if result["kind"] == "single" else result.get("micro_f1")
+
+
 def _attribute(
     attr: Attribute,
     probs: np.ndarray,
@@ -76,12 +95,17 @@ def _attribute(
     out["micro_f1"] = _num(micro_f1(probs, multi_hot, threshold, mask))
     out["macro_f1"] = _num(macro_f1(probs, multi_hot, threshold, mask))
     out["per_value"] = _per_value(attr, per_value_prf(probs, multi_hot, threshold, mask))
+    aps = _average_precision(probs, multi_hot, mask)
+    for v, ap in zip(attr.values, aps, strict=True):
+        out["per_value"][v]["average_precision"] = ap
+    out["mean_average_precision"] = _mean(aps)
     # top-k for k >= K is 1 by construction: such k are left out rather than reported as a perfect score
     ks = [kk for kk in TOP_KS if kk < k]
     if attr.kind == "single":
         out["accuracy"] = _num(accuracy(probs, targets, mask))
         out["weighted_f1"] = _num(weighted_f1(probs, targets, mask))
         out["average_per_class_accuracy"] = _num(average_per_class_accuracy(probs, targets, mask))
+        out["ece"] = _num(expected_calibration_error(probs, targets, mask))
         for kk in ks:
             out[f"top{kk}"] = _num(topk_accuracy(probs, targets, kk, mask))
         acc, support = per_class_accuracy(probs, targets, mask)
@@ -171,9 +195,11 @@ def evaluate_predictions(
              "attributes": {name: {
                  "kind": "single"|"multi", "roi": "small"|"large"|None, "num_values": K, "n": labelled rows,
                  "micro_f1", "macro_f1",
-                 "per_value": {value: {"precision", "recall", "f1", "support"}},
+                 "per_value": {value: {"precision", "recall", "f1", "support", "average_precision"}},
+                 "mean_average_precision": mean AP over the values with a positive,
                  # single-label:
                  "accuracy", "weighted_f1", "average_per_class_accuracy", "top1", "top3", "top5"  (only k < K),
+                 "ece": expected calibration error of the top-1 confidence (15 bins),
                  "per_class_accuracy": {value: {"accuracy", "support"}},
                  # multi-label (only k < K):
                  "recall_at_1", "recall_at_3", "recall_at_5",
@@ -182,8 +208,9 @@ def evaluate_predictions(
                  "calibrated": {"thresholds": {value: t}, "micro_f1", "macro_f1", "per_value": {...}}}},
              "summary": {"num_attributes", "mean_micro_f1", "mean_micro_f1_small_roi",
                          "mean_micro_f1_large_roi", "mean_macro_f1", "mean_accuracy",
-                         "mean_average_per_class_accuracy",
-                         "mean_micro_f1_calibrated" (only with thresholds)}}
+                         "mean_average_per_class_accuracy", "mean_average_precision",
+                         "mean_kind_score" (accuracy of single-label, micro-F1 of multi-label attributes, averaged),
+                         "mean_ece", "mean_micro_f1_calibrated" (only with thresholds)}}
 
         Means are over attributes whose metric is defined; the ROI means over attributes with that ``roi``.
 
@@ -209,6 +236,9 @@ def evaluate_predictions(
         "mean_accuracy": _mean(r["accuracy"] for r in res if r["kind"] == "single"),
         "mean_weighted_f1": _mean(r["weighted_f1"] for r in res if r["kind"] == "single"),
         "mean_average_per_class_accuracy": _mean(r["average_per_class_accuracy"] for r in res if r["kind"] == "single"),
+        "mean_average_precision": _mean(r["mean_average_precision"] for r in res),
+        "mean_kind_score": _mean(kind_score(r) for r in res),
+        "mean_ece": _mean(r["ece"] for r in res if r["kind"] == "single"),
     }
     if thresholds is not None:
         summary["mean_micro_f1_calibrated"] = _mean(r["calibrated"]["micro_f1"] for r in res if "calibrated" in r)
@@ -228,8 +258,10 @@ def attribute_table(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[st
 
     Columns: attribute, kind, roi, labelled rows, micro-F1 at the threshold, macro-F1, accuracy, weighted F1 and
     average per-class accuracy (single-label), top-3/top-5 accuracy (single-label) or recall@3/recall@5
-    (multi-label), and calibrated micro-F1 when any attribute has it. ``–`` marks a metric that does not
-    apply or is undefined.
+    (multi-label), mean average precision, ECE (single-label), calibrated micro-F1 when any attribute has it,
+    and, when ``metrics`` holds a ``reference`` evaluation (the majority-value predictor of
+    :mod:`vestis.eval.reference`), that reference's score of the same kind (accuracy or micro-F1) and its mAP.
+    ``–`` marks a metric that does not apply or is undefined.
 
     Args:
         metrics: the dict of :func:`evaluate_predictions`.
@@ -248,9 +280,14 @@ def attribute_table(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[st
         "avg class acc",
         "top-3 / R@3",
         "top-5 / R@5",
+        "mAP",
+        "ECE",
     ]
     if cal:
         head.append("micro-F1 calibrated")
+    ref: Mapping[str, Mapping[str, Any]] | None = (metrics.get("reference") or {}).get("attributes")
+    if ref is not None:
+        head += ["reference acc / F1", "reference mAP"]
     rows = []
     for name, r in attrs.items():
         single = r["kind"] == "single"
@@ -266,9 +303,14 @@ def attribute_table(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[st
             r.get("average_per_class_accuracy"),
             r.get("top3" if single else "recall_at_3"),
             r.get("top5" if single else "recall_at_5"),
+            r.get("mean_average_precision"),
+            r.get("ece"),
         ]
         if cal:
             row.append(r["calibrated"]["micro_f1"] if "calibrated" in r else None)
+        if ref is not None:
+            rr = ref.get(name)
+            row += [kind_score(rr), rr.get("mean_average_precision")] if rr else [None, None]
         rows.append([_fmt(c) for c in row])
     return head, rows
 
@@ -297,4 +339,14 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     ]
     if "mean_micro_f1_calibrated" in s:
         lines.append(f"mean micro-F1 with calibrated thresholds: {_fmt(s['mean_micro_f1_calibrated'])}")
+    lines.append(
+        f"mean kind score (accuracy or micro-F1): {_fmt(s.get('mean_kind_score'))}; "
+        f"mean AP: {_fmt(s.get('mean_average_precision'))}; mean ECE: {_fmt(s.get('mean_ece'))}"
+    )
+    if metrics.get("reference"):
+        rs = metrics["reference"]["summary"]
+        lines.append(
+            f"majority-value reference: mean kind score {_fmt(rs.get('mean_kind_score'))}, "
+            f"mean micro-F1 {_fmt(rs.get('mean_micro_f1'))}, mean AP {_fmt(rs.get('mean_average_precision'))}"
+        )
     return "\n".join(lines) + "\n"
