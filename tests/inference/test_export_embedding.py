@@ -174,6 +174,7 @@ def test_a_classifier_checkpoint_still_exports_as_a_classifier(tmp_path):
     assert set(sess.get_modelmeta().custom_metadata_map) == {
         "vestis.format", "vestis.version", "vestis.taxonomy", "vestis.preprocessing", "vestis.thresholds",
         "vestis.config", "vestis.outputs", "vestis.heatmap", "vestis.quantization", "vestis.source",
+        "vestis.fingerprint",
     }  # fmt: skip
     assert type(result.parity).__name__ == "ParityReport" and result.parity.min_agreement == 1.0
 
