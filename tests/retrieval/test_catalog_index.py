@@ -343,40 +343,6 @@ def test_killed_build_resumes_with_every_image_once(csn_setup, tmp_path):
     assert not journal.exists()
 
 
-def test_milvus_backend_gives_the_faiss_results(csn_setup, idx, tmp_path):
-    pytest.importorskip("pymilvus", reason="pymilvus is not installed (pip install 'vestis[search]')")
-    pytest.importorskip("milvus_lite", reason="milvus-lite has no wheel for this platform (pip install milvus-lite)")
-    manifest, ckpt, _ = csn_setup
-    build_index(ckpt, manifest, tmp_path / "m", backend="milvus", workers=0)
-    assert (tmp_path / "m" / "milvus.db").exists()
-    with CatalogIndex.open(tmp_path / "m") as mil:
-        calls = []
-        search = mil.backend.search
-
-        def spy(*a, **kw):
-            calls.append(kw)
-            return search(*a, **kw)
-
-        mil.backend.search = spy
-        occasions = idx.taxonomy["occasion"].values
-        for q, where in (
-            ("000000", {"category": ["shirt", "sneaker", "t-shirt"]}),
-            ("000013", {"category": ["shirt", "sneaker", "t-shirt"]}),
-            ("000013", {"occasion": list(occasions[:2])}),  # multi-label: any of the item's values
-            ("000007", {"occasion": [occasions[0]], "category": ["shirt", "t-shirt", "dress"]}),
-        ):
-            got = [h.id for h in mil.search(q, k=8, where=where)]
-            assert got == [h.id for h in idx.search(q, k=8, where=where)]
-            assert set(got) <= {
-                idx.items.ids[r] for r in np.flatnonzero(np.isin(idx.items.keys, idx.allowed_keys(where)))
-            }
-        # the filter ran inside Milvus, as an expression on the attribute fields, not as an id list
-        assert all(kw.get("allow") is None and "array_contains_any(attr_" in kw["expr"] for kw in calls)
-        mil.backend.search = search
-        assert mil.remove(["000001"]) == 1 and len(mil.backend) == 39
-        assert "000001" not in {h.id for h in mil.search("000000", k=39)}
-
-
 def test_onnx_model_predicts_from_the_nearest_prototype(csn_setup, idx, tmp_path):
     """An ONNX embedder has no recognition columns: each attribute is the value of the most similar prototype."""
     from vestis.inference.export import export_onnx

@@ -38,6 +38,7 @@ from vestis.inference.tagging import decode_image
 from vestis.retrieval.catalog_store import (
     BACKEND_FILES,
     ITEMS,
+    MILVUS_TOKEN_ENV,
     PROTOTYPES,
     VECTORS,
     Items,
@@ -164,7 +165,12 @@ class CatalogIndex:
             raise VestisError(f"{path / VECTORS}: not a readable .npy array ({e})") from None
         protos = load_prototypes(path / PROTOTYPES, tax)
         b = meta["backend"]
-        backend = open_backend(b["name"], path / b.get("file", BACKEND_FILES.get(b["name"], "")), **backend_options)
+        if b["name"] == "milvus":
+            backend_options = {"collection": b.get("collection", "vestis"), **backend_options}
+            if os.environ.get(MILVUS_TOKEN_ENV):
+                backend_options.setdefault("token", os.environ[MILVUS_TOKEN_ENV])
+        where = b.get("uri") or path / b.get("file", BACKEND_FILES.get(b["name"], ""))
+        backend = open_backend(b["name"], where, **backend_options)
         dim = sum(int(d) for _, d in meta["layout"])
         counts = {"index.json": meta["count"], ITEMS: len(items), VECTORS: len(vectors), "backend": len(backend)}
         if len(set(counts.values())) != 1 or vectors.shape[1:] != (dim,):

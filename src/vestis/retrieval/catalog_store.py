@@ -44,6 +44,7 @@ __all__ = [
     "FORMAT",
     "ITEMS",
     "META",
+    "MILVUS_TOKEN_ENV",
     "PROTOTYPES",
     "VECTORS",
     "VERSION",
@@ -65,6 +66,7 @@ FORMAT = "vestis-catalog-index"
 VERSION = 1
 META, ITEMS, VECTORS, PROTOTYPES = "index.json", "items.parquet", "vectors.npy", "prototypes.safetensors"
 BACKEND_FILES = {"faiss": "vectors.faiss", "milvus": "milvus.db"}
+MILVUS_TOKEN_ENV = "VESTIS_MILVUS_TOKEN"  # Milvus credentials: read at connection, never stored in the index
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from vestis.retrieval.catalog_store import (
     FORMAT,
     ITEMS,
     META,
+    MILVUS_TOKEN_ENV,
     PROTOTYPES,
     VECTORS,
     VERSION,
@@ -158,6 +159,8 @@ def build_index(
     kind: str = "flat",
     params: dict[str, Any] | None = None,
     prototypes: str | os.PathLike[str] | None = None,
+    milvus_uri: str | None = None,
+    collection: str = "vestis",
     batch_size: int = 32,
     workers: int = 2,
     engine: str = "local",
@@ -177,6 +180,10 @@ def build_index(
         kind: ``flat``, ``hnsw`` or ``ivfpq``.
         params: the backend's build parameters (HNSW ``M``..., IVF-PQ ``nlist``, ``m``, ``nbits``...).
         prototypes: a manifest whose labelled rows give the prototypes instead of the catalog's own labels.
+        milvus_uri: backend ``milvus`` only: a Milvus server or cluster (``http://host:19530``) or a milvus-lite
+            ``.db`` elsewhere, instead of ``out/milvus.db``; credentials come from ``VESTIS_MILVUS_TOKEN``
+            (``user:password`` or an API key) and are never written to the index.
+        collection: the Milvus collection holding this index (replaced by a rebuild).
         batch_size: images per model call.
         workers: decoding processes (local) or parallel decode tasks (ray).
         engine: ``local`` or ``ray``.
@@ -196,6 +203,8 @@ def build_index(
         raise VestisError(f"index type: expected one of ['flat', 'hnsw', 'ivfpq'], got {kind!r}")
     if engine not in ENGINES:
         raise VestisError(f"engine: expected one of {list(ENGINES)}, got {engine!r}")
+    if milvus_uri is not None and backend != "milvus":
+        raise VestisError(f"a Milvus URI ({milvus_uri}) needs backend milvus, not {backend!r}")
     if batch_size < 1 or workers < 0:
         raise VestisError(f"expected batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
     if out.exists() and not out.is_dir():
@@ -237,7 +246,8 @@ def build_index(
                     if on_batch is not None:
                         on_batch(len(rows))
         seconds = time.perf_counter() - t0
-        count = _finish(out, journal, items, sources, embedder, backend, kind, dict(params or {}), prototypes)
+        where = {"uri": milvus_uri, "collection": collection} if backend == "milvus" else {}
+        count = _finish(out, journal, items, sources, embedder, backend, kind, dict(params or {}), prototypes, where)
     finally:
         writer.close()
     journal.unlink()
@@ -255,6 +265,7 @@ def _finish(
     kind: str,
     params: dict[str, Any],
     prototypes_manifest: str | os.PathLike[str] | None,
+    milvus: Mapping[str, Any],
 ) -> int:
     """Write every index file from the complete journal (index.json last); returns the item count."""
     from vestis.retrieval.index import create_index
@@ -275,13 +286,23 @@ def _finish(
     )
     out.mkdir(parents=True, exist_ok=True)
     file = BACKEND_FILES[backend]
+    target: str | Path = out / file
+    extra: dict[str, Any] = {}
     if backend == "faiss":
         (out / file).unlink(missing_ok=True)
     else:
-        _remove_tree(out / file)
+        from vestis.retrieval.index.milvus_index import MilvusIndex
+
+        extra = {"collection": milvus["collection"], "token": os.environ.get(MILVUS_TOKEN_ENV)}
+        if milvus.get("uri"):
+            target = milvus["uri"]
+            MilvusIndex.drop(target, **extra)  # a rebuild replaces this index's collection
+        else:
+            _remove_tree(out / file)
     fields = attribute_fields(tax) if backend == "milvus" else {}
-    extra = {"fields": dict.fromkeys(fields.values(), "str_list")} if fields else {}
-    index = create_index(backend, kind, embedder.dim, path=out / file, **extra, **params)
+    if fields:
+        extra["fields"] = dict.fromkeys(fields.values(), "str_list")
+    index = create_index(backend, kind, embedder.dim, path=target, **extra, **params)
     try:
         if len(good):
             index.add(keys, vectors, **({"fields": field_values(table, fields)} if fields else {}))
@@ -302,7 +323,8 @@ def _finish(
         "taxonomy": tax.to_dict(),
         "preprocessing": embedder.preprocessing,
         "backend": {"name": backend, "kind": kind, "params": info.get("params", params), "file": file,
-                    **({"fields": fields} if fields else {})},
+                    **({"fields": fields, "collection": milvus["collection"]} if fields else {}),
+                    **({"uri": milvus["uri"]} if milvus.get("uri") else {})},
         "count": len(good),
         "next_key": len(good),
         "catalog_root": str(root),

@@ -260,6 +260,29 @@ class MilvusIndex(VectorIndex):
             raise
         return cls(client, path=path, collection=collection, meta=meta, lite=lite)
 
+    @classmethod
+    def drop(cls, path: str | os.PathLike[str], *, collection: str = "vestis", token: str | None = None) -> bool:
+        """Delete the collection ``collection`` at ``path`` when it exists; returns whether it did.
+
+        Raises:
+            VestisError: the collection exists but was not made by vestis (it is left alone).
+        """
+        shown = os.fspath(path)
+        if _is_lite(shown) and not Path(shown).exists():
+            return False
+        client, path, lite = cls._connect(path, token)
+        try:
+            with _milvus_errors(f"{shown}: collection {collection!r}"):
+                if not client.has_collection(collection):
+                    return False
+                props = client.describe_collection(collection).get("properties") or {}
+                if _META_KEY not in props:
+                    raise VestisError(f"{shown}: collection {collection!r} was not made by vestis; not replacing it")
+                client.drop_collection(collection)
+                return True
+        finally:
+            _close_client(client, path, lite)
+
     def close(self) -> None:
         """Close the connection; for milvus-lite also stop its server once no index of the folder is open."""
         if not self._closed:
