@@ -43,15 +43,36 @@ TrustCheckpointOpt = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from vestis import __version__
+
+        echo(f"vestis {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
 ) -> None:
+    del version  # handled by its callback, before any command runs
     _state["debug"] = debug
 
 
-def command(name: str, **kwargs: Any) -> Callable[[F], F]:
-    """Register a command; a :class:`VestisError` inside it prints ``error: ...`` and exits 1."""
+def group(name: str, help: str) -> typer.Typer:
+    """A command group (``vestis NAME SUBCOMMAND``) registered on :data:`app`; add commands with ``command``."""
+    sub = typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    app.add_typer(sub, name=name)
+    return sub
+
+
+def command(name: str, *, parent: typer.Typer | None = None, **kwargs: Any) -> Callable[[F], F]:
+    """Register a command (on ``parent``, a :func:`group`, when given); a :class:`VestisError` inside it prints
+    ``error: ...`` and exits 1."""
 
     def deco(fn: F) -> F:
         @functools.wraps(fn)
@@ -69,7 +90,7 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
                 err_console.print("interrupted")
                 raise typer.Exit(130) from None
 
-        app.command(name, **kwargs)(wrapper)
+        (parent or app).command(name, **kwargs)(wrapper)
         return fn
 
     return deco

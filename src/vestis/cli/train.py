@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vestis.cli._app import TaxonomyOpt, TrustCheckpointOpt, command, echo
+
+if TYPE_CHECKING:
+    from vestis.config import Config
 
 
 @command("train")
@@ -65,10 +69,28 @@ def train_cmd(
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only the first process reports
     say = echo if main_process else (lambda *_: None)
     say(f"model {cfg.model.name} on {cfg.model.backbone}, {cfg.data.image_size}px, {cfg.train.epochs} epochs -> {out}")
+    shown = " ".join([f"--config {config}", *(overrides or []), *extra])
+    # a new run records its settings before it starts (a crash keeps them); a resume only once train() has
+    # accepted them, and an --out holding another run keeps its own config.yaml (train() refuses it)
+    fresh = not resume and not (out / "last.ckpt").exists()
+    if main_process and fresh:
+        _write_config(out, cfg, shown)
     result = train(
         cfg, data, out, taxonomy=taxonomy, resume=resume, skip_invalid=skip_invalid, device=device,
-        progress=main_process, log=say, trust_checkpoint=trust_checkpoint,
+        progress=main_process and sys.stderr.isatty(), log=say, trust_checkpoint=trust_checkpoint,
     )  # fmt: skip
+    if main_process and resume:
+        _write_config(out, cfg, shown)
     if result.best.exists():
-        say(f"best: {result.best} ({result.metric} = {result.best_metric})")
+        shown_best = "None" if result.best_metric is None else f"{result.best_metric:.4g}"
+        say(f"best: {result.best} ({result.metric} = {shown_best})")
     say(f"last: {result.last}")
+
+
+def _write_config(out: Path, cfg: Config, shown: str) -> None:
+    """``out/config.yaml``: the resolved settings with their comments, written atomically."""
+    from vestis.config_doc import config_yaml
+    from vestis.io import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", config_yaml(cfg, header=f"vestis train {shown}"))
