@@ -17,10 +17,10 @@ def evaluate_cmd(
     out: OutDirOpt,
     taxonomy: TaxonomyOpt = None,
     split: Annotated[str, typer.Option("--split", help="train, val, test or all.")] = "test",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    workers: Annotated[int, typer.Option("--workers", min=0)] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes.")] = 2,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip rows that fail validation.")] = False,
-    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
     trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
     """Evaluate CHECKPOINT: metrics.json, report.md, report.html and figures in --out."""
