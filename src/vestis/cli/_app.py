@@ -12,10 +12,31 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from vestis.errors import VestisError
 
+
+def _no_flag_placeholder(params: list[Any]) -> list[Any]:
+    """Flags take no value: an empty metavar keeps Typer's rich help from showing ``<bool>`` beside them."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_flag_placeholder(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_flag_placeholder(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     name="vestis",
     help="Fashion product images to catalog attributes, and attribute-aware substitutes.",
     no_args_is_help=True,
@@ -65,7 +86,9 @@ def _root(
 
 def group(name: str, help: str) -> typer.Typer:
     """A command group (``vestis NAME SUBCOMMAND``) registered on :data:`app`; add commands with ``command``."""
-    sub = typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    sub = typer.Typer(
+        cls=_Group, name=name, help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+    )
     app.add_typer(sub, name=name)
     return sub
 
@@ -90,7 +113,7 @@ def command(name: str, *, parent: typer.Typer | None = None, **kwargs: Any) -> C
                 err_console.print("interrupted")
                 raise typer.Exit(130) from None
 
-        (parent or app).command(name, **kwargs)(wrapper)
+        (parent or app).command(name, **{"cls": _Command, **kwargs})(wrapper)
         return fn
 
     return deco

@@ -18,12 +18,17 @@ def index_cmd(
     backend: Annotated[str, typer.Option("--backend", help="faiss or milvus.")] = "faiss",
     index_type: Annotated[str, typer.Option("--index-type", help="flat (exact), hnsw or ivfpq.")] = "flat",
     param: Annotated[
-        list[str], typer.Option("--param", help="KEY=N index parameter: M, ef_construction, nlist, m, nbits, nprobe.")
+        list[str],
+        typer.Option(
+            "--param",
+            help="KEY=N index parameter: M, ef_construction, nlist, m, nbits, nprobe "
+            "(repeatable; default: none, the index type's own).",
+        ),
     ] = [],  # noqa: B006
     prototypes: Annotated[
         Path | None, typer.Option("--prototypes", help="A labelled manifest for the prototypes (default: the catalog).")
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 32,
     workers: Annotated[int, typer.Option("--workers", "-w", min=0, help="Decoding processes.")] = 2,
     engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,

@@ -15,7 +15,7 @@ def predict_cmd(
     model: Annotated[Path, typer.Argument(help="A checkpoint or an ONNX file from `vestis export`.")],
     inputs: Annotated[list[Path], typer.Argument(help="Image folder(s), manifest(s) or image files.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .jsonl, .csv or .parquet.")],
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 32,
     workers: Annotated[int, typer.Option("--workers", "-w", min=0, help="Decoding processes.")] = 2,
     engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,

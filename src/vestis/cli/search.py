@@ -26,12 +26,22 @@ def _pairs(values: list[str], option: str) -> dict[str, list[str]]:
 @command("search")
 def search_cmd(
     index: Annotated[Path, typer.Argument(help="An index directory written by `vestis index`.")],
-    image: Annotated[Path | None, typer.Option("--image", help="Query image.")] = None,
-    item_id: Annotated[str | None, typer.Option("--id", help="Query by a catalog id.")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="ATTRIBUTE=VALUE: 'like this, but VALUE'.")] = [],  # noqa: B006
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Query image (default: none; give --image or --id).")
+    ] = None,
+    item_id: Annotated[
+        str | None, typer.Option("--id", help="Query by a catalog id (default: none; give --image or --id).")
+    ] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="ATTRIBUTE=VALUE: 'like this, but VALUE' (repeatable; default: none).")
+    ] = [],  # noqa: B006
     additive: Annotated[bool, typer.Option("--additive", help="ADDE-M additive manipulation.")] = False,
-    only: Annotated[str | None, typer.Option("--only", help="Compare these attributes only (a,b,...).")] = None,
-    where: Annotated[list[str], typer.Option("--where", help="ATTRIBUTE=VALUE[|VALUE...] filter.")] = [],  # noqa: B006
+    only: Annotated[
+        str | None, typer.Option("--only", help="Compare these attributes only (a,b,...; default: every attribute).")
+    ] = None,
+    where: Annotated[
+        list[str], typer.Option("--where", help="ATTRIBUTE=VALUE[|VALUE...] filter (repeatable; default: none).")
+    ] = [],  # noqa: B006
     k: Annotated[int, typer.Option("--k", min=1, help="Results.")] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

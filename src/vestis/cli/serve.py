@@ -55,7 +55,10 @@ def serve_cmd(
     ] = _D.max_queue_wait_ms,
     index: Annotated[
         Path | None,
-        typer.Option("--index", help="A catalog index built from MODEL by `vestis index`: adds /v1/search."),
+        typer.Option(
+            "--index",
+            help="A catalog index built from MODEL by `vestis index`: adds /v1/search (default: none, no search).",
+        ),
     ] = None,
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")

@@ -33,16 +33,31 @@ def train_cmd(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", help="Model name: baseline, a1..a4 (classifiers), csn, csn_fixed, triplet, datrnet."),
+        typer.Option(
+            "--model",
+            help="Model name: baseline, a1..a4 (classifiers), csn, csn_fixed, triplet, datrnet "
+            "(default: from the preset).",
+        ),
     ] = None,
-    backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name (see `vestis models`).")] = None,
+    backbone: Annotated[
+        str | None, typer.Option("--backbone", help="Backbone name (see `vestis models`; default: from the preset).")
+    ] = None,
     init: Annotated[
         Path | None,
-        typer.Option("--init", help="Start from this vestis checkpoint (model.init); unfit branches are new."),
+        typer.Option(
+            "--init",
+            help="Start from this vestis checkpoint (model.init); unfit branches are new (default: from the preset).",
+        ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
-    image_size: Annotated[int | None, typer.Option("--image-size", min=16)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Training epochs (default: from the preset).")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", min=16, help="Input side in pixels (default: from the preset).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Images per batch (default: from the preset).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly.")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip rows that fail validation.")] = False,

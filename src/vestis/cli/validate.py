@@ -25,14 +25,17 @@ def validate(
         int, typer.Option("--max-pixels", min=1, help="Report images with more pixels than this.")
     ] = DEFAULT_MAX_PIXELS,
     no_images: Annotated[bool, typer.Option("--no-images", help="Skip the image file checks.")] = False,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Threads for the image checks.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Threads for the image checks (default: the CPU count + 2, at most 8)."),
+    ] = None,
     root: Annotated[
         Path | None,
         typer.Option(
             "--root",
             metavar="DIR",
             help="Report images that resolve outside DIR (.., absolute paths, symlinks) as outside-root; "
-            "they are not opened.",
+            "they are not opened (default: none, no such check).",
         ),
     ] = None,
 ) -> None:
