@@ -1,139 +1,46 @@
-"""Evaluation reports: ``metrics.json``, ``report.md``, a self-contained ``report.html`` and PNG figures.
+"""Evaluation reports: ``metrics.json``, ``report.md``, a self-contained ``report.html`` and figures.
 
-Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend change,
-no display needed). Every file is written atomically, so a reader never sees half a report.
+The figures come from :mod:`vestis.eval.report_figures`, the extra sections from
+:mod:`vestis.eval.report_sections`. Every file is written atomically, so a reader never sees half a report.
 
 Layout of ``out_dir``::
 
     metrics.json                     the metrics dict, unchanged
     report.md                        tables + figures linked relatively (figures/...)
     report.html                      the same, figures embedded as base64: one file to share
+    figures/training_curves.png      loss and validation metric per epoch (with the run's history.json)
     figures/f1_by_attribute.png      micro-F1 per attribute, coloured by ROI
     figures/confusion_<attr>.png     single-label attributes (argmax vs truth, labelled rows)
-    figures/pr_<attr>.png            precision-recall curves: micro-averaged + the most frequent values
+    figures/reliability_<attr>.png   single-label attributes: accuracy against top-1 confidence
+    figures/pr_<attr>.png            precision-recall curves: micro-averaged + every value (top 10 above 10)
+    figures/errors/<attr>_<i>.jpg    the most confident mistakes (with the items' image paths)
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
-from vestis.data.taxonomy import Attribute, Taxonomy
+from vestis.data.images import DEFAULT_MAX_PIXELS, ImageError
+from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
+from vestis.eval import report_figures as figs
+from vestis.eval.calibration import reliability_bins
 from vestis.eval.evaluator import attribute_table
-from vestis.eval.metrics import micro_prf, one_hot, precision_recall_curve_data
+from vestis.eval.metrics import one_hot
+from vestis.eval.report_sections import Mistake, confident_mistakes, selection_text, threshold_rows
 from vestis.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["write_report"]
-
-_ROI_COLOURS = {"small": "#d95f02", "large": "#1b9e77", None: "#7570b3"}
-_MAX_PR_VALUES = 8  # per-value curves drawn beside the micro curve; more would be unreadable
-_MAX_ANNOTATED = 15  # confusion matrices above this many classes show colour only
-
-
-# --- figures --------------------------------------------------------------------------------------------------
-
-
-def _png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _f1_bars(metrics: Mapping[str, Any]) -> bytes:
-    attrs = metrics["attributes"]
-    names = list(attrs)
-    scores = [attrs[a]["micro_f1"] or 0.0 for a in names]
-    rois = [attrs[a]["roi"] for a in names]
-    fig = Figure(figsize=(7, 1.2 + 0.35 * len(names)))
-    ax = fig.add_subplot()
-    y = np.arange(len(names))
-    ax.barh(y, scores, color=[_ROI_COLOURS[r] for r in rois])
-    for yi, a in zip(y, names, strict=True):
-        v = attrs[a]["micro_f1"]
-        ax.text(min(v or 0.0, 1.0) + 0.01, yi, "n/a" if v is None else f"{v:.3f}", va="center", fontsize=8)
-    ax.set_yticks(y, names)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1.1)
-    ax.set_xlabel(f"micro-F1 at threshold {metrics['threshold']:g}")
-    present = [r for r in _ROI_COLOURS if r in rois]
-    handles = [ax.bar(0, 0, color=_ROI_COLOURS[r], label=f"{r} ROI" if r else "no ROI") for r in present]
-    ax.legend(handles=handles, loc="lower right", fontsize=8)
-    ax.set_title("Per-attribute micro-F1")
-    return _png(fig)
-
-
-def _confusion(attr: Attribute, probs: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> bytes:
-    from sklearn.metrics import confusion_matrix
-
-    k = attr.num_values
-    m = mask.astype(bool)
-    cm = confusion_matrix(labels[m], probs[m].argmax(axis=1), labels=np.arange(k))  # (K, K) true x predicted
-    rows = cm.sum(axis=1, keepdims=True)
-    # colour by the share of each true class so rare classes are as visible as frequent ones
-    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
-    side = min(max(4.0, 0.45 * k + 2.0), 20.0)
-    fig = Figure(figsize=(side, side))
-    ax = fig.add_subplot()
-    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_xticks(np.arange(k), attr.values, rotation=90)
-    ax.set_yticks(np.arange(k), attr.values)
-    ax.set_xlabel("predicted (argmax)")
-    ax.set_ylabel("true")
-    if k <= _MAX_ANNOTATED:
-        for i in range(k):
-            for j in range(k):
-                colour = "white" if share[i, j] > 0.5 else "black"
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color=colour)
-    ax.set_title(f"{attr.name}: confusion matrix ({int(m.sum())} items)")
-    return _png(fig)
-
-
-def _pr_curves(
-    attr: Attribute, probs: np.ndarray, multi_hot: np.ndarray, mask: np.ndarray, threshold: float
-) -> bytes | None:
-    micro = precision_recall_curve_data(probs, multi_hot, mask)
-    if micro is None:
-        return None
-    fig = Figure(figsize=(6, 5))
-    ax = fig.add_subplot()
-    ax.plot(
-        micro.recall,
-        micro.precision,
-        drawstyle="steps-post",
-        color="black",
-        lw=2,
-        label=f"micro (AP {micro.average_precision:.3f})",
-    )
-    support = multi_hot[mask.astype(bool)].sum(axis=0)
-    for j in np.argsort(-support, kind="stable")[:_MAX_PR_VALUES]:
-        curve = precision_recall_curve_data(probs, multi_hot, mask, value=int(j))
-        if curve is not None:
-            label = f"{attr.values[j]} (AP {curve.average_precision:.3f})"
-            ax.plot(curve.recall, curve.precision, drawstyle="steps-post", lw=1, alpha=0.8, label=label)
-    p, r, _ = micro_prf(probs, multi_hot, threshold, mask)
-    ax.plot([r], [p], "o", color="red", label=f"threshold {threshold:g}")
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.legend(fontsize=7, loc="lower left")
-    ax.set_title(f"{attr.name}: precision-recall")
-    return _png(fig)
 
 
 def _slug(name: str, taken: set[str]) -> str:
@@ -171,8 +78,11 @@ def _f(x: Any) -> str:
 def _detail_tables(r: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(caption, header, rows) of one attribute's per-value, per-class and calibrated tables."""
     tables = []
-    head = ["value", "precision", "recall", "F1", "support"]
-    rows = [[v, _f(s["precision"]), _f(s["recall"]), _f(s["f1"]), _f(s["support"])] for v, s in r["per_value"].items()]
+    head = ["value", "precision", "recall", "F1", "AP", "support"]
+    rows = [
+        [v, _f(s["precision"]), _f(s["recall"]), _f(s["f1"]), _f(s.get("average_precision")), _f(s["support"])]
+        for v, s in r["per_value"].items()
+    ]
     tables.append(("Per value (thresholded)", head, rows))
     if "per_class_accuracy" in r:
         rows = [[v, _f(s["accuracy"]), _f(s["support"])] for v, s in r["per_class_accuracy"].items()]
@@ -196,6 +106,73 @@ def _scalars(r: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def _summary_table(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Summary metrics with their bootstrap interval and the majority-value reference, where present."""
+    ci: Mapping[str, Any] = metrics.get("summary_ci") or {}
+    ref: Mapping[str, Any] = (metrics.get("reference") or {}).get("summary", {})
+    head = ["metric", "value"] + (["95% CI"] if ci else []) + (["reference"] if ref else [])
+    rows = []
+    for k, v in metrics["summary"].items():
+        row = [k, _f(v)]
+        if ci:
+            row.append(f"[{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if ci.get(k) else "–")
+        if ref:
+            row.append(_f(ref.get(k)))
+        rows.append(row)
+    return head, rows
+
+
+# --- one document, two renderings -------------------------------------------------------------------------------
+
+# Blocks: ("h", level, text), ("p", text), ("table", head, rows, css class), ("fig", rel, caption),
+# ("gallery", [(rel, caption), ...]); Markdown and HTML are rendered from the same list so they never drift.
+Block = tuple[Any, ...]
+
+
+def _blocks(
+    title: str,
+    metrics: Mapping[str, Any],
+    run: list[tuple[str, str]],
+    figures: Mapping[str, list[tuple[str, str]]],
+    notes: Mapping[str, list[str]],
+    galleries: Mapping[str, list[tuple[str, str]]],
+) -> list[Block]:
+    out: list[Block] = [("h", 1, title)]
+    if run:
+        out += [("h", 2, "Run"), ("table", ["key", "value"], [list(r) for r in run], "run")]
+    out += [("h", 2, "Summary"), ("p", f"{metrics['num_items']} items, threshold {metrics['threshold']:g}.")]
+    if metrics.get("summary_ci"):
+        out.append(("p", "95% CI: percentile bootstrap over 1000 resamples of the items (seeded)."))
+    if metrics.get("reference"):
+        out.append(("p", "reference: a predictor that always outputs the training split's value frequencies."))
+    out += [("table", *_summary_table(metrics), "summary")]
+    out += [("h", 2, "Model selection"), ("p", selection_text(metrics))]
+    thr = threshold_rows(metrics)
+    if thr is None:
+        out.append(("p", "Threshold choice: not recorded."))
+    else:
+        out += [("h", 3, "Threshold choice per value"), ("table", *thr, "thresholds")]
+    out += [("h", 2, "Training curves")]
+    out += [("fig", rel, cap) for rel, cap in figures.get("#curves", [])]
+    out += [("p", n) for n in notes.get("#curves", [])]
+    out += [("h", 2, "Per attribute"), ("table", *attribute_table(metrics), "attributes")]
+    out += [("fig", rel, cap) for rel, cap in figures.get("", [])]
+    for column, table in (metrics.get("breakdowns") or {}).items():
+        head = ["value", *next(iter(table.values()), {"n": 0})]
+        rows = [[v, *(_f(x) for x in r.values())] for v, r in table.items()]
+        out += [("h", 3, f"By meta_{column}"), ("table", head, rows, "breakdown")]
+    for name, r in metrics["attributes"].items():
+        out += [("h", 2, name), ("p", f"{r['kind']}-label, ROI {r['roi'] or '–'}, {r['num_values']} values.")]
+        out += [("table", ["metric", "value"], [list(s) for s in _scalars(r)], "")]
+        for caption, head, rows in _detail_tables(r):
+            out += [("h", 3, caption), ("table", head, rows, "")]
+        out += [("fig", rel, cap) for rel, cap in figures.get(name, [])]
+        out += [("p", n) for n in notes.get(name, [])]
+        if galleries.get(name):
+            out += [("h", 3, "Most confident mistakes"), ("gallery", galleries[name])]
+    return out
+
+
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
@@ -211,88 +188,81 @@ def _html_table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f"<table{attr}><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _summary_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
-    return [[k, _f(v)] for k, v in metrics["summary"].items()]
-
-
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.6em 0 1.2em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f3f3f3}td{font-variant-numeric:tabular-nums}img{max-width:100%;height:auto}
 figure{margin:1em 0}figcaption{color:#555;font-size:.9em}
+.gallery{display:flex;flex-wrap:wrap;gap:.6em}.gallery figure{margin:0;width:140px}
 """
 
 
-def _markdown(
-    title: str,
-    metrics: Mapping[str, Any],
-    run: list[tuple[str, str]],
-    figures: Mapping[str, list[tuple[str, str]]],
-) -> str:
-    out = [f"# {title}", ""]
-    if run:
-        out += ["## Run", "", _md_table(["key", "value"], [list(r) for r in run]), ""]
-    out += ["## Summary", "", f"{metrics['num_items']} items, threshold {metrics['threshold']:g}.", ""]
-    out += [_md_table(["metric", "value"], _summary_rows(metrics)), ""]
-    out += ["## Per attribute", "", _md_table(*attribute_table(metrics)), ""]
-    for rel, caption in figures.get("", []):
-        out += [f"![{caption}]({rel})", ""]
-    for name, r in metrics["attributes"].items():
-        out += [f"## {name}", "", f"{r['kind']}-label, ROI {r['roi'] or '–'}, {r['num_values']} values.", ""]
-        out += [_md_table(["metric", "value"], [list(s) for s in _scalars(r)]), ""]
-        for caption, head, rows in _detail_tables(r):
-            out += [f"**{caption}**", "", _md_table(head, rows), ""]
-        for rel, caption in figures.get(name, []):
-            out += [f"![{caption}]({rel})", ""]
+def _markdown(blocks: list[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if b[0] == "h":
+            out += ["#" * b[1] + " " + b[2] if b[1] < 3 else f"**{b[2]}**", ""]
+        elif b[0] == "p":
+            out += [b[1], ""]
+        elif b[0] == "table":
+            out += [_md_table(b[1], b[2]), ""]
+        elif b[0] == "fig":
+            out += [f"![{b[2]}]({b[1]})", ""]
+        else:  # gallery: one line of thumbnails
+            out += [" ".join(f"![{cap}]({rel})" for rel, cap in b[1]), ""]
     return "\n".join(out)
 
 
-def _html(
-    title: str,
-    metrics: Mapping[str, Any],
-    run: list[tuple[str, str]],
-    figures: Mapping[str, list[tuple[str, str]]],
-    pngs: Mapping[str, bytes],
-) -> str:
+def _html(blocks: list[Block], blobs: Mapping[str, bytes]) -> str:
     e = html.escape
 
-    def fig(rel: str, caption: str) -> str:
-        data = base64.b64encode(pngs[rel]).decode("ascii")
+    def img(rel: str, caption: str) -> str:
+        mime = "image/jpeg" if rel.endswith(".jpg") else "image/png"
+        data = base64.b64encode(blobs[rel]).decode("ascii")
         return (
-            f'<figure><img src="data:image/png;base64,{data}" alt="{e(caption)}">'
+            f'<figure><img src="data:{mime};base64,{data}" alt="{e(caption)}">'
             f"<figcaption>{e(caption)}</figcaption></figure>"
         )
 
+    title = blocks[0][2]
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{e(title)}</h1>",
     ]
-    if run:
-        out += ["<h2>Run</h2>", _html_table(["key", "value"], [list(r) for r in run], "run")]
-    out += [
-        "<h2>Summary</h2>",
-        f"<p>{metrics['num_items']} items, threshold {metrics['threshold']:g}.</p>",
-        _html_table(["metric", "value"], _summary_rows(metrics), "summary"),
-        "<h2>Per attribute</h2>",
-        _html_table(*attribute_table(metrics), "attributes"),
-    ]
-    out += [fig(rel, caption) for rel, caption in figures.get("", [])]
-    for name, r in metrics["attributes"].items():
-        out += [
-            f"<h2>{e(name)}</h2>",
-            f"<p>{e(r['kind'])}-label, ROI {e(r['roi'] or '–')}, {r['num_values']} values.</p>",
-            _html_table(["metric", "value"], [list(s) for s in _scalars(r)]),
-        ]
-        for caption, head, rows in _detail_tables(r):
-            out += [f"<h3>{e(caption)}</h3>", _html_table(head, rows)]
-        out += [fig(rel, caption) for rel, caption in figures.get(name, [])]
+    for b in blocks:
+        if b[0] == "h":
+            out.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            out.append(f"<p>{e(b[1])}</p>")
+        elif b[0] == "table":
+            out.append(_html_table(b[1], b[2], b[3]))
+        elif b[0] == "fig":
+            out.append(img(b[1], b[2]))
+        else:
+            out.append('<div class="gallery">' + "".join(img(rel, cap) for rel, cap in b[1]) + "</div>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
 # --- entry point ----------------------------------------------------------------------------------------------
+
+
+def _gallery(
+    name: str, slug: str, mistakes: list[Mistake], images: Sequence[str | os.PathLike[str]], max_pixels: int,
+    blobs: dict[str, bytes],
+) -> tuple[list[tuple[str, str]], list[str]]:  # fmt: skip
+    shown, notes = [], []
+    for i, mk in enumerate(mistakes):
+        try:
+            data = figs.thumbnail(images[mk.row], max_pixels=max_pixels)
+        except ImageError as e:  # the item passed validation but changed since: leave it out, say so
+            notes.append(f"{name}: a mistake's image could not be shown ({e})")
+            continue
+        rel = f"figures/errors/{slug}_{i + 1}.jpg"
+        blobs[rel] = data
+        shown.append((rel, f"true {mk.true}; predicted {mk.predicted} ({mk.confidence:.2f})"))
+    return shown, notes
 
 
 def write_report(
@@ -305,11 +275,18 @@ def write_report(
     taxonomy: Taxonomy,
     title: str = "vestis evaluation",
     extra: Mapping[str, Any] | None = None,
+    history: Sequence[Mapping[str, Any]] | None = None,
+    images: Sequence[str | os.PathLike[str]] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Path]:
     """Write the metrics, the figures and the Markdown and HTML reports of one evaluation.
 
+    Sections drawn from ``metrics`` when present: ``reference`` (majority-value reference, a column),
+    ``summary_ci`` (bootstrap intervals), ``selection`` and ``threshold_choice`` (from the checkpoint: which
+    metric chose it, which threshold each value uses) and ``breakdowns`` (per ``meta_`` column value).
+
     Args:
-        metrics: the dict of :func:`~vestis.eval.evaluator.evaluate_predictions`.
+        metrics: the dict of :func:`~vestis.eval.evaluator.evaluate_predictions`, plus the optional sections above.
         out_dir: folder to write into (created if needed); existing report files are replaced.
         probs: the probabilities the metrics were computed from (attribute -> ``(N, K)``).
         targets: the matching targets (single-label: int ``(N,)`` with ``-1`` missing; multi-label: ``(N, K)``).
@@ -318,6 +295,10 @@ def write_report(
         title: report heading.
         extra: run information shown in a "Run" section (model name, backbone, checkpoint, config summary);
             nested mappings are flattened to dotted keys.
+        history: the training run's history.json records (loss and validation summary per epoch); ``None``
+            writes a note instead of the curves.
+        images: the ``N`` items' image paths, for the error gallery; ``None`` leaves the gallery out.
+        max_pixels: pixel cap when decoding gallery images.
 
     Returns:
         Every written file: path relative to ``out_dir`` -> absolute path.
@@ -326,9 +307,19 @@ def write_report(
         VestisError: an attribute of ``metrics`` is missing from ``taxonomy``, ``probs``, ``targets`` or ``masks``.
     """
     out = Path(out_dir)
-    pngs: dict[str, bytes] = {}
-    figures: dict[str, list[tuple[str, str]]] = {"": []}
-    pngs["figures/f1_by_attribute.png"] = _f1_bars(metrics)
+    blobs: dict[str, bytes] = {}
+    figures: dict[str, list[tuple[str, str]]] = {"": [], "#curves": []}
+    notes: dict[str, list[str]] = {"#curves": []}
+    galleries: dict[str, list[tuple[str, str]]] = {}
+    threshold = float(metrics["threshold"])
+    metric = (metrics.get("selection") or {}).get("metric") or "mean_kind_score"
+    curves = figs.training_curves(history, metric) if history else None
+    if curves is not None:
+        blobs["figures/training_curves.png"] = curves
+        figures["#curves"].append(("figures/training_curves.png", f"Training loss and validation {metric}"))
+    else:
+        notes["#curves"].append("No training history: history.json was not found beside the checkpoint.")
+    blobs["figures/f1_by_attribute.png"] = figs.f1_bars(metrics)
     figures[""].append(("figures/f1_by_attribute.png", "Per-attribute micro-F1, coloured by ROI"))
     taken: set[str] = set()
     for name in metrics["attributes"]:
@@ -340,26 +331,36 @@ def write_report(
         p = np.asarray(probs[name])
         t = np.asarray(targets[name])
         m = np.asarray(masks[name]).astype(bool)
-        figures[name] = []
+        figures[name], notes[name] = [], []
         if not m.any():
             continue
         if attr.kind == "single":
             rel = f"figures/confusion_{slug}.png"
-            pngs[rel] = _confusion(attr, p, t, m)
+            blobs[rel] = figs.confusion(attr, p, t, m)
             figures[name].append((rel, f"{name}: confusion matrix"))
+            rel = f"figures/reliability_{slug}.png"
+            blobs[rel] = figs.reliability_diagram(name, reliability_bins(p, t, m))
+            figures[name].append((rel, f"{name}: reliability diagram (15 bins of top-1 confidence)"))
         multi_hot = one_hot(t, attr.num_values) if attr.kind == "single" else t
-        pr = _pr_curves(attr, p, multi_hot, m, float(metrics["threshold"]))
+        pr = figs.pr_curves(attr, p, multi_hot, m, threshold)
         if pr is not None:
             rel = f"figures/pr_{slug}.png"
-            pngs[rel] = pr
+            blobs[rel] = pr[0]
             figures[name].append((rel, f"{name}: precision-recall curves"))
+            if pr[1]:
+                notes[name].append(f"{name}: {pr[1]}.")
+        if images is not None:
+            mistakes = confident_mistakes(attr, p, t, m, threshold)
+            galleries[name], bad = _gallery(name, slug, mistakes, images, max_pixels, blobs)
+            notes[name] += bad
 
     run = _flatten(extra) if extra else []
+    blocks = _blocks(title, metrics, run, figures, notes, galleries)
     written: dict[str, Path] = {}
-    for rel, data in pngs.items():
+    for rel, data in blobs.items():
         written[rel] = atomic_write_bytes(out / rel, data).resolve()
     text = json.dumps(metrics, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     written["metrics.json"] = atomic_write_text(out / "metrics.json", text).resolve()
-    written["report.md"] = atomic_write_text(out / "report.md", _markdown(title, metrics, run, figures)).resolve()
-    written["report.html"] = atomic_write_text(out / "report.html", _html(title, metrics, run, figures, pngs)).resolve()
+    written["report.md"] = atomic_write_text(out / "report.md", _markdown(blocks)).resolve()
+    written["report.html"] = atomic_write_text(out / "report.html", _html(blocks, blobs)).resolve()
     return written
