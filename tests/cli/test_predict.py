@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,3 +89,25 @@ def test_killed_run_resumes_with_every_image_once(tmp_path):
     assert text.startswith(killed[: killed.rfind(b"\n") + 1]) and text.endswith(b"\n")
     ids = [json.loads(line)["id"] for line in text.splitlines()]
     assert sorted(ids) == [f"{i:04d}" for i in range(n)]  # every image exactly once, no torn line
+
+
+def test_progress_is_plain_lines_when_not_a_terminal(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
+    for i in range(23):
+        write_image(tmp_path / "imgs" / f"{i:02d}.jpg", (24, 24))
+    out = tmp_path / "tags.jsonl"
+    args = ["predict", str(ckpt), str(tmp_path / "imgs"), "--out", str(out), "--workers", "0", "--batch-size", "2"]
+    res = runner.invoke(vestis.cli.app, args)
+    assert res.exit_code == 0, res.output
+    number = r"(?:\d{1,4}|\d{1,3}\.\d{1,3}|0\.0*[1-9]\d{0,3}|\d(?:\.\d{1,3})?e[-+]\d+)"
+    lines = [line for line in res.stderr.splitlines() if line.startswith("tagging")]
+    # 12 batches of 2 images (the last holds 1): a line after batch 10, one for the rest
+    assert len(lines) == 2, res.stderr
+    want = [("20", "86.96"), ("23", "100")]
+    for line, (done, pct) in zip(lines, want, strict=True):
+        assert re.fullmatch(rf"tagging: {done}/23 images \({pct} %\), {number} images/s", line), line
+    assert "━" not in res.stderr and "\r" not in res.stderr  # no Rich bar
+    assert re.search(rf"23 predicted, 0 unreadable, {number} images/s; wrote ", res.stdout), res.stdout
+    # and --no-progress prints none
+    res = runner.invoke(vestis.cli.app, [*args, "--no-progress", "--restart"])
+    assert res.exit_code == 0 and "tagging:" not in res.stderr

@@ -33,7 +33,13 @@ def index_cmd(
     engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Discard an earlier build in --out.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    progress: Annotated[
+        bool,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Show progress on stderr: a bar on a terminal, else a line every 10 batches.",
+        ),
+    ] = True,
 ) -> None:
     """Index a catalog for substitute search; a rerun after a crash continues where it stopped."""
     from vestis.errors import VestisError
@@ -51,5 +57,5 @@ def index_cmd(
     )  # fmt: skip
     if r.done_before:
         echo(f"{r.done_before} of {r.total} images were already embedded")
-    echo(f"{r.embedded} embedded, {r.errors} unreadable (left out), {r.images_per_s:.1f} images/s")
+    echo(f"{r.embedded} embedded, {r.errors} unreadable (left out), {r.images_per_s:.4g} images/s")
     echo(f"indexed {r.count} items ({backend} {index_type}) in {r.out}")

@@ -23,7 +23,13 @@ def predict_cmd(
         bool, typer.Option("--calibrated/--no-calibrated", help="Use the model's calibrated thresholds.")
     ] = True,
     restart: Annotated[bool, typer.Option("--restart", help="Discard earlier results in --out.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    progress: Annotated[
+        bool,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Show progress on stderr: a bar on a terminal, else a line every 10 batches.",
+        ),
+    ] = True,
     trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
     """Predict the attributes of every image; a rerun after a crash continues where it stopped."""
@@ -37,6 +43,6 @@ def predict_cmd(
     )  # fmt: skip
     if r.done_before:
         echo(f"{r.done_before} of {r.total} images were already done")
-    echo(f"{r.predicted} predicted, {r.errors} unreadable, {r.images_per_s:.1f} images/s; wrote {r.out}")
+    echo(f"{r.predicted} predicted, {r.errors} unreadable, {r.images_per_s:.4g} images/s; wrote {r.out}")
     if r.extra_rows:
         echo(f"note: {r.extra_rows} row(s) in {r.out} are not in this input (kept)")

@@ -34,6 +34,7 @@ import csv
 import io
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -324,11 +325,19 @@ def _finish(out: Path, journal: Path, order: Sequence[str], taxonomy: Taxonomy) 
 
 
 class _Progress:
-    """A Rich progress bar with images/s on stderr, or nothing."""
+    """Progress on stderr: a Rich bar with images/s on a terminal, else one plain line every ``every`` batches.
 
-    def __init__(self, enabled: bool, total: int, done: int, label: str = "tagging") -> None:
+    A bar drawn into a file or a pipe (a CI log, ``nohup``) is dumped only when it stops; plain lines show the
+    progress as it happens, numbers to 4 significant digits.
+    """
+
+    def __init__(self, enabled: bool, total: int, done: int, label: str = "tagging", every: int = 10) -> None:
         self._bar = None
-        if enabled:
+        self._lines = enabled and not sys.stderr.isatty()
+        self._label, self._total, self._done, self._every, self._batches = label, total, done, max(1, every), 0
+        self._t0 = time.perf_counter()
+        self._n = 0
+        if enabled and not self._lines:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -341,23 +350,37 @@ class _Progress:
                 console=Console(stderr=True),
             )
             self._task = self._bar.add_task(label, total=total, completed=done, rate="")
-            self._t0 = time.perf_counter()
-            self._n = 0
 
     def __enter__(self) -> _Progress:
         if self._bar is not None:
             self._bar.start()
         return self
 
+    def _rate(self) -> float:
+        return self._n / max(1e-9, time.perf_counter() - self._t0)
+
+    def _line(self) -> None:
+        pct = 100.0 * self._done / self._total if self._total else 100.0
+        print(
+            f"{self._label}: {self._done}/{self._total} images ({pct:.4g} %), {self._rate():.4g} images/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def advance(self, n: int) -> None:
+        self._n += n
+        self._done += n
+        self._batches += 1
         if self._bar is not None:
-            self._n += n
-            rate = self._n / max(1e-9, time.perf_counter() - self._t0)
-            self._bar.update(self._task, advance=n, rate=f"{rate:.1f} img/s")
+            self._bar.update(self._task, advance=n, rate=f"{self._rate():.1f} img/s")
+        elif self._lines and self._batches % self._every == 0:
+            self._line()
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
+        elif self._lines and self._batches % self._every:  # the last, partial stretch
+            self._line()
 
 
 def tag_catalog(
@@ -386,7 +409,7 @@ def tag_catalog(
         device: as in :meth:`Predictor.from_path` (when ``model`` is a path).
         calibrated: use the model's calibrated multi-label thresholds.
         restart: discard earlier results in ``out`` and start over.
-        progress: show a progress bar with images/s on stderr.
+        progress: show progress with images/s on stderr: a bar on a terminal, else a line every 10 batches.
         on_batch: called with the number of images after each batch is written.
 
     Returns:
