@@ -13,15 +13,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from vestis.data.catalog import TAXONOMY_FILENAME
-from vestis.data.dataset import AttributeDataset
-from vestis.data.manifest import SPLITS, read_manifest
+from vestis.data.dataset import AttributeDataset, encode_targets
+from vestis.data.manifest import SPLITS, Manifest, read_manifest
 from vestis.data.splits import split_manifest
 from vestis.data.taxonomy import Taxonomy, load_taxonomy
 from vestis.data.triplets import value_codes
 from vestis.data.validate import clean_catalog, validate_manifest
 from vestis.errors import VestisError
+from vestis.eval.bootstrap import BOOTSTRAP_MAX_ITEMS, bootstrap_ci
 from vestis.eval.evaluator import evaluate_predictions
+from vestis.eval.reference import reference_probs, value_frequencies
 from vestis.eval.report import write_report
+from vestis.eval.report_sections import meta_breakdowns
 from vestis.eval.substitutes import retrieval_metrics
 from vestis.inference.batch import embed_loader, predict_loader
 from vestis.io import atomic_write_text
@@ -101,11 +104,10 @@ def evaluate_checkpoint(
     ds = AttributeDataset(manifest, tax, cfg.data)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
     probs = predict_loader(model, loader, cfg.data, tax, dev)
-    enc = ds.encoded
     thresholds = {k: np.asarray(v, dtype=np.float64) for k, v in (model.thresholds or {}).items()} or None
-    metrics = evaluate_predictions(
-        tax, probs, enc.targets, enc.masks, threshold=cfg.train.threshold, thresholds=thresholds
-    )
+    train = split_manifest(
+        full, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed
+    )["train"]
     extra = {
         "checkpoint": str(checkpoint),
         "data": str(data),
@@ -115,17 +117,66 @@ def evaluate_checkpoint(
         "image_size": cfg.data.image_size,
         "train": {"epochs": cfg.train.epochs, "optimizer": cfg.train.optimizer, "lr": cfg.train.lr},
     }
-    files = write_report(
-        metrics,
-        out_dir,
-        probs=probs,
-        targets=enc.targets,
-        masks=enc.masks,
-        taxonomy=tax,
+    return report_predictions(
+        probs, manifest, train, tax, out_dir, threshold=cfg.train.threshold, thresholds=thresholds,
+        checkpoint_metrics=getattr(model, "metrics", None) or {}, history_path=Path(checkpoint).parent / "history.json",
+        seed=cfg.data.split_seed, max_pixels=cfg.data.max_pixels, extra=extra,
         title=f"vestis evaluation: {cfg.model.name} on {cfg.model.backbone} ({split})",
-        extra=extra,
-    )
-    return EvaluationResult(metrics=metrics, files=files, num_items=len(ds))
+    )  # fmt: skip
+
+
+def _read_history(path: Path) -> list[dict[str, Any]] | None:
+    """The run's history.json, or ``None`` when absent or unreadable (the report then says so)."""
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return history if isinstance(history, list) and all(isinstance(r, dict) for r in history) else None
+
+
+def report_predictions(
+    probs: dict[str, np.ndarray],
+    manifest: Manifest,
+    train: Manifest,
+    tax: Taxonomy,
+    out_dir: str | os.PathLike[str],
+    *,
+    threshold: float,
+    thresholds: dict[str, np.ndarray] | None,
+    checkpoint_metrics: dict[str, Any],
+    history_path: Path | None,
+    seed: int,
+    max_pixels: int,
+    extra: dict[str, Any],
+    title: str,
+) -> EvaluationResult:
+    """Score a classifier's probabilities on ``manifest`` and write the full report (checkpoint and ONNX paths).
+
+    Adds to :func:`~vestis.eval.evaluator.evaluate_predictions`' dict: ``reference`` (the majority-value
+    predictor fitted on ``train``), ``summary_ci`` (bootstrap, under 2000 items), ``breakdowns`` (per ``meta_``
+    column), and the checkpoint's ``selection`` and ``threshold_choice`` records where it has them.
+    """
+    enc = encode_targets(manifest.records, tax)
+    metrics = evaluate_predictions(tax, probs, enc.targets, enc.masks, threshold=threshold, thresholds=thresholds)
+    if train.records:
+        train_enc = encode_targets(train.records, tax)
+        ref = reference_probs(value_frequencies(tax, train_enc.targets, train_enc.masks), len(enc))
+        ref = {k: v for k, v in ref.items() if k in probs}
+        metrics["reference"] = evaluate_predictions(tax, ref, enc.targets, enc.masks, threshold=threshold)
+    if len(enc) < BOOTSTRAP_MAX_ITEMS:
+        metrics["summary_ci"] = bootstrap_ci(tax, probs, enc.targets, enc.masks, threshold=threshold, seed=seed)
+    if manifest.meta_columns:
+        meta = {c: [r.meta.get(c) for r in manifest.records] for c in manifest.meta_columns}
+        metrics["breakdowns"] = meta_breakdowns(tax, probs, enc.targets, enc.masks, meta, threshold)
+    for key in ("selection", "threshold_choice"):
+        if key in checkpoint_metrics:
+            metrics[key] = checkpoint_metrics[key]
+    files = write_report(
+        metrics, out_dir, probs=probs, targets=enc.targets, masks=enc.masks, taxonomy=tax, title=title, extra=extra,
+        history=_read_history(history_path) if history_path is not None else None,
+        images=[manifest.image_path(r) for r in manifest.records], max_pixels=max_pixels,
+    )  # fmt: skip
+    return EvaluationResult(metrics=metrics, files=files, num_items=len(enc))
 
 
 def _evaluate_embedding(
