@@ -227,6 +227,13 @@ def test_resuming_with_another_model_is_refused(predictor, catalog, tmp_path, su
     assert {row["model"] for row in rows} == {other.fingerprint}
 
 
+def test_a_row_with_a_malformed_model_is_refused(predictor, catalog, tmp_path):
+    out = tmp_path / "odd.jsonl"
+    out.write_text('{"id": "p0", "image": "x.jpg", "model": {"a": [1]}, "error": "gone"}\n')
+    with pytest.raises(VestisError, match=r"odd\.jsonl: model: expected rows of sha256:.*holds rows of \{'a': \[1\]\}"):
+        tag_catalog(predictor, [catalog / "manifest.csv"], out, workers=0)
+
+
 def _interrupt(n: int) -> None:
     raise KeyboardInterrupt
 

@@ -200,8 +200,9 @@ def _offsets(path: Path, models: set[Any] | None = None) -> dict[str, int]:
     out: dict[str, int] = {}
     for offset, row in _iter_rows(path):
         out.setdefault(row["id"], offset)
-        if models is not None and row.get("model") is not None:
-            models.add(row["model"])
+        model = row.get("model")
+        if models is not None and model is not None:
+            models.add(model if isinstance(model, str) else repr(model)[:80])  # a hostile row: not hashable
     return out
 
 
