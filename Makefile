@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	fi
 	$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,onnx,serve,ray,pretrained,search]'
+	$(BIN)/python -m pip install -q -e '.[dev,onnx,serve,ray,pretrained,search,detection]'
 	@touch $@
 
 demo: $(STAMP)
