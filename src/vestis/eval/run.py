@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from vestis.config import Config
 from vestis.data.catalog import TAXONOMY_FILENAME
 from vestis.data.dataset import AttributeDataset, encode_targets
 from vestis.data.manifest import SPLITS, Manifest, read_manifest
@@ -75,12 +76,18 @@ def evaluate_checkpoint(
     prototypes come from the training split), plus its recognition columns' metrics when it has them; it writes
     metrics.json and report.md (``kind`` of the result: ``embedding``).
 
+    An ``.onnx`` file (fp32 or int8, from ``vestis export``) is run through ONNX Runtime
+    (:class:`~vestis.inference.predictor.Predictor`); its split is recomputed from the data settings in its
+    ``vestis.config`` metadata, so a quantised model is scored on the same test rows as its checkpoint.
+
     The split is recomputed with the checkpoint's data settings, so ``test`` is exactly the rows the training run
     held out. ``split="all"`` evaluates every row. ``trust_checkpoint`` also loads an old pickle
     checkpoint, which runs any code the file holds.
     """
     if split not in (*SPLITS, "all"):
         raise VestisError(f"--split {split!r}: expected one of {[*SPLITS, 'all']}")
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        return _evaluate_onnx(Path(checkpoint), Path(data), out_dir, taxonomy, split, batch_size, skip_invalid)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load(checkpoint, map_location=dev, trust=trust_checkpoint)
     cfg, tax = model.config, model.taxonomy
@@ -122,6 +129,59 @@ def evaluate_checkpoint(
         checkpoint_metrics=getattr(model, "metrics", None) or {}, history_path=Path(checkpoint).parent / "history.json",
         seed=cfg.data.split_seed, max_pixels=cfg.data.max_pixels, extra=extra,
         title=f"vestis evaluation: {cfg.model.name} on {cfg.model.backbone} ({split})",
+    )  # fmt: skip
+
+
+def _splits(manifest: Manifest, cfg: Config, split: str) -> tuple[Manifest, Manifest]:
+    """(the evaluated rows, the training split) under the model's data settings."""
+    parts = split_manifest(
+        manifest, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed
+    )
+    return (manifest if split == "all" else parts[split]), parts["train"]
+
+
+def _evaluate_onnx(
+    path: Path,
+    data: Path,
+    out_dir: str | os.PathLike[str],
+    taxonomy: str | os.PathLike[str] | None,
+    split: str,
+    batch_size: int,
+    skip_invalid: bool,
+) -> EvaluationResult:
+    from vestis.data.images import load_image
+    from vestis.inference.predictor import Predictor
+
+    pred = Predictor.from_path(path)
+    if not pred.config:
+        raise VestisError(f"{path}: no vestis.config metadata, so its data split cannot be recomputed; re-export it")
+    cfg = Config.from_dict(pred.config, source=f"{path} (vestis.config)")
+    tax = pred.taxonomy
+    _check_taxonomy(data, taxonomy, tax)
+    manifest = read_manifest(data)
+    problems = validate_manifest(manifest, tax, check_images=True, max_pixels=pred.max_pixels)
+    manifest = clean_catalog(manifest, tax, problems, skip_invalid=skip_invalid, skipped_path=None)
+    rows, train = _splits(manifest, cfg, split)
+    if not rows.records:
+        raise VestisError(f"{data}: the {split} split is empty")
+    chunks: dict[str, list[np.ndarray]] = {a.name: [] for a in tax}
+    for start in range(0, len(rows.records), batch_size):
+        batch = rows.records[start : start + batch_size]
+        imgs = [load_image(rows.image_path(r), max_pixels=pred.max_pixels) for r in batch]
+        for name, p in pred.predict_arrays(pred.preprocess(imgs)).items():
+            chunks[name].append(np.asarray(p, dtype=np.float64))
+    probs = {k: np.concatenate(v) for k, v in chunks.items()}
+    thresholds = {k: np.asarray(v, dtype=np.float64) for k, v in pred.thresholds.items()} or None
+    quant = pred.info.get("quantization", "none")
+    extra = {
+        "model file": str(path), "data": str(data), "split": split, "backend": "onnx", "quantization": quant,
+        "model": cfg.model.name, "backbone": cfg.model.backbone, "image_size": pred.image_size,
+        "fingerprint": pred.fingerprint or "not recorded",
+    }  # fmt: skip
+    return report_predictions(
+        probs, rows, train, tax, out_dir, threshold=cfg.train.threshold, thresholds=thresholds, checkpoint_metrics={},
+        history_path=None, seed=cfg.data.split_seed, max_pixels=pred.max_pixels, extra=extra,
+        title=f"vestis evaluation: {cfg.model.name} on {cfg.model.backbone}, ONNX {quant} ({split})",
     )  # fmt: skip
 
 
