@@ -116,3 +116,28 @@ def test_ivfpq_with_parameters_finds_the_exact_neighbours(csn_setup, tmp_path): 
         assert np.mean(recall) >= 0.8, recall
     res = runner.invoke(vestis.cli.app, ["index", str(ckpt), str(manifest), "--out", str(out), "--param", "nlist"])
     assert res.exit_code == 1 and "--param 'nlist': expected KEY=N with a whole number N" in res.output
+
+
+def test_index_into_a_milvus_uri_and_search_it(csn_setup, tmp_path, monkeypatch):  # noqa: F811
+    """--milvus-uri / --collection (a server's URI in production; another milvus-lite file here)."""
+    pytest.importorskip("pymilvus", reason="pymilvus is not installed (pip install 'vestis[search]')")
+    pytest.importorskip("milvus_lite", reason="milvus-lite has no wheel for this platform (pip install milvus-lite)")
+    manifest, ckpt, faiss_index = csn_setup
+    monkeypatch.setenv("VESTIS_MILVUS_TOKEN", "root:s3cret")
+    out, uri = tmp_path / "index", str(tmp_path / "server" / "milvus.db")
+    res = runner.invoke(
+        vestis.cli.app,
+        ["index", str(ckpt), str(manifest), "--out", str(out), "--backend", "milvus", "--milvus-uri", uri,
+         "--collection", "shop", "-w", "0", "--no-progress"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "index.json").read_text())
+    assert (meta["backend"]["uri"], meta["backend"]["collection"]) == (uri, "shop") and "s3cret" not in str(meta)
+    res = _search(str(out), "--id", "000009", "--where", "category=shirt|t-shirt", "--k", "5", "--json")
+    assert res.exit_code == 0, res.output
+    with CatalogIndex.open(faiss_index) as idx:
+        want = idx.search("000009", where={"category": ["shirt", "t-shirt"]}, k=5)
+    assert [h["id"] for h in json.loads(res.stdout)] == [h.id for h in want]
+    res = runner.invoke(vestis.cli.app, ["index", str(ckpt), str(manifest), "--out", str(tmp_path / "f"),
+                                         "--milvus-uri", uri])  # fmt: skip
+    assert res.exit_code == 1 and "needs backend milvus" in res.output

@@ -28,6 +28,17 @@ def index_cmd(
     prototypes: Annotated[
         Path | None, typer.Option("--prototypes", help="A labelled manifest for the prototypes (default: the catalog).")
     ] = None,
+    milvus_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--milvus-uri",
+            help="With --backend milvus: a Milvus server or cluster (http://host:19530); default: INDEX/milvus.db, "
+            "embedded. Credentials from the VESTIS_MILVUS_TOKEN environment variable, never stored.",
+        ),
+    ] = None,
+    collection: Annotated[
+        str, typer.Option("--collection", help="With --backend milvus: the collection holding this index.")
+    ] = "vestis",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 32,
     workers: Annotated[int, typer.Option("--workers", "-w", min=0, help="Decoding processes.")] = 2,
     engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
@@ -53,6 +64,7 @@ def index_cmd(
         params[key.strip()] = int(value)
     r = build_index(
         model, catalog, out, backend=backend, kind=index_type, params=params, prototypes=prototypes,
+        milvus_uri=milvus_uri, collection=collection,
         batch_size=batch_size, workers=workers, engine=engine, device=device, restart=restart, progress=progress,
     )  # fmt: skip
     if r.done_before:
