@@ -1,4 +1,4 @@
-"""``vestis evaluate``: metrics and a report for a checkpoint on a manifest split."""
+"""``vestis evaluate``: metrics and a report for a checkpoint or an ONNX export on a manifest split."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from vestis.cli._app import OutDirOpt, TaxonomyOpt, TrustCheckpointOpt, command,
 
 @command("evaluate")
 def evaluate_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (best.ckpt / last.ckpt).")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint (best.ckpt / last.ckpt) or an ONNX export (fp32 or int8).")
+    ],
     data: Annotated[Path, typer.Option("--data", "-d", help="Manifest to evaluate on.")],
     out: OutDirOpt,
     taxonomy: TaxonomyOpt = None,
@@ -23,7 +25,12 @@ def evaluate_cmd(
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
     trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
-    """Evaluate CHECKPOINT: metrics.json, report.md, report.html and figures in --out."""
+    """Evaluate CHECKPOINT (or an ONNX file): metrics.json, report.md, report.html and figures in --out.
+
+    The split is recomputed from the model's own data settings. The report holds the majority-value reference,
+    bootstrap 95% intervals (under 2000 items), training curves (history.json beside the checkpoint),
+    reliability diagrams, precision-recall curves, an error gallery and meta_ column breakdowns.
+    """
     from vestis.eval.evaluator import format_table
     from vestis.eval.run import evaluate_checkpoint, format_retrieval
 
