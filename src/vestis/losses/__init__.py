@@ -19,3 +19,5 @@ __all__ = [
     "class_weights",
     "triplet_margin_loss",
 ]
+from vestis.losses.detection import CenterNetLoss as CenterNetLoss
+from vestis.losses.hierarchical import HierarchicalLoss as HierarchicalLoss
