@@ -129,6 +129,9 @@ def test_checkpoint_and_onnx_embedders_agree(csn_ckpt, csn_onnx, image_dir):
     assert {k: torch_e.info[k] for k in same} == {k: onnx_e.info[k] for k in same}
     assert torch_e.info["model"] == "csn" and torch_e.info["backbone"] == "resnet18_tiny"
     assert torch_e.preprocessing == onnx_e.preprocessing
+    # both name the checkpoint's model, so an index and a search can be traced to it
+    assert torch_e.fingerprint == onnx_e.fingerprint == vestis.load(csn_ckpt).fingerprint
+    assert torch_e.info["fingerprint"] == torch_e.fingerprint and torch_e.fingerprint.startswith("sha256:")
     images = _images(image_dir)
     a, b = torch_e.embed(images), onnx_e.embed(images)
     assert list(a) == list(b) == NAMES

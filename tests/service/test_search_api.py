@@ -95,6 +95,10 @@ def client(app):
         yield c
 
 
+def built_checkpoint(index) -> str:
+    return index.meta["model"]["path"]
+
+
 def _hits(index, query, **options) -> list[tuple[str, float, dict[str, float]]]:
     return [(h.id, h.distance, h.per_attribute) for h in index.search(query, **options)]
 
@@ -116,6 +120,9 @@ def test_search_by_id_is_the_index_search(client, index):
     body = res.json()
     assert body["query"] == {"id": "item3", "filename": None, "width": None, "height": None}
     assert body["k"] == 5 and body["only"] == NAMES and body["set"] == {} and body["where"] == {}
+    import vestis
+
+    assert body["model"] == vestis.load(built_checkpoint(index)).fingerprint  # the model that made the vectors
     _same(_got(body), _hits(index, "item3", k=5))
     assert len(body["hits"]) == 5 and "item3" not in [h["id"] for h in body["hits"]]  # the query is left out
     assert body["hits"][0]["thumbnail"] == f"/v1/items/{body['hits'][0]['id']}/thumbnail"

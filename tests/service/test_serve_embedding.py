@@ -116,6 +116,10 @@ def test_attributes_are_the_index_predictions_for_its_own_images(served, built):
             assert value == stored["predictions"][attr], (item_id, attr)
             if "score" in res and stored["scores"][attr] is not None and index.taxonomy[attr].kind == "single":
                 assert res["score"] == pytest.approx(stored["scores"][attr], abs=1e-5)
+    # the answers name the embedding model (its fingerprint), as a classifier's do
+    path = built["images"][QUERIES[0]]
+    res = served["client"].post("/v1/attributes", files={"file": (path.name, path.read_bytes(), "image/png")})
+    assert res.json()["model"] == index.meta["model"]["fingerprint"] and res.json()["model"].startswith("sha256:")
 
 
 def test_recognition_columns_give_the_models_probabilities(with_columns, built):

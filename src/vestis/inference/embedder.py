@@ -84,6 +84,7 @@ class Embedder:
         config: the training configuration as a dict, when known.
         path: the file the embedder was built from, if any.
         max_batch: the most images one :meth:`embed_arrays` call takes.
+        fingerprint: the model's fingerprint (:mod:`vestis.fingerprint`), ``None`` for a file without one.
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class Embedder:
         config: Mapping[str, Any] | None = None,
         path: Path | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
+        fingerprint: str | None = None,
     ) -> None:
         where = path or "<model>"
         missing = [k for k in _PREPROCESSING_KEYS if k not in preprocessing]
@@ -113,6 +115,7 @@ class Embedder:
         self.config = dict(config) if config is not None else None
         self.path = path
         self.max_batch = int(max_batch)
+        self.fingerprint = fingerprint
         self._model = model
         self._backbone = backbone
         self._similarity = similarity
@@ -203,6 +206,7 @@ class Embedder:
             similarity=SIMILARITY,
             config=cfg.to_dict() if cfg is not None else None,
             max_batch=max_batch,
+            fingerprint=getattr(model, "fingerprint", None),  # a classifier's own: its weights make the vectors
         )
 
     @classmethod
@@ -240,6 +244,7 @@ class Embedder:
             similarity=str(info.get("similarity", "")),
             config=config,
             path=path,
+            fingerprint=meta.get("vestis.fingerprint"),
         )
 
     # --- properties -----------------------------------------------------------------------------------------
@@ -279,6 +284,7 @@ class Embedder:
             "device": self.device,
             "path": str(self.path) if self.path else None,
             "taxonomy": self.taxonomy.name,
+            "fingerprint": self.fingerprint,
         }
 
     # --- stages ---------------------------------------------------------------------------------------------

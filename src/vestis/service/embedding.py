@@ -58,6 +58,7 @@ class EmbeddingAttributes:
         self.preprocessing: dict[str, Any] = dict(embedder.preprocessing)
         self.thresholds: dict[str, list[float]] = {}
         self.embedding = str(embedder.info.get("model", "")) or "embedding"
+        self.fingerprint: str | None = embedder.fingerprint
         self._prototypes = index.prototypes
         net = getattr(embedder.module, "model", None)
         self._output = str(getattr(net, "output", "kind"))

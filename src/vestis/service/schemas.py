@@ -240,6 +240,7 @@ class SearchResponse(BaseModel):
     where: dict[str, list[str]]
     k: int
     hits: list[SearchHit]
+    model: str | None = Field(None, description="The fingerprint of the model that embedded the query and the index.")
 
 
 class ItemResponse(BaseModel):

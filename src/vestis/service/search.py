@@ -319,7 +319,13 @@ def add_search_routes(app: FastAPI, service: Any, index: CatalogIndex) -> Search
             query = SearchQuery(filename=raw.filename, width=head.width, height=head.height)
         only = list(index.taxonomy.names) if req.only is None else list(dict.fromkeys(req.only))
         return SearchResponse(
-            query=query, set=req.set, only=only, where=req.where, k=req.k, hits=[_hit(h) for h in hits]
+            query=query,
+            set=req.set,
+            only=only,
+            where=req.where,
+            k=req.k,
+            hits=[_hit(h) for h in hits],
+            model=getattr(service, "fingerprint", None),
         )
 
     @app.get(
