@@ -253,3 +253,17 @@ def test_input_errors() -> None:
     # a subset of the taxonomy is fine
     only = evaluate_predictions(tax, {"neck": probs["neck"]}, targets, masks)
     assert list(only["attributes"]) == ["neck"] and only["summary"]["mean_micro_f1_large_roi"] is None
+
+
+def test_average_precision_matches_sklearn_with_ties() -> None:
+    from sklearn.metrics import average_precision_score
+
+    tax = Taxonomy.from_dict({"attributes": [{"name": "tags", "kind": "multi", "values": [f"t{i}" for i in range(6)]}]})
+    rng = np.random.default_rng(5)
+    probs = np.round(rng.random((80, 6)), 1)  # one decimal: many tied scores
+    tags = (rng.random((80, 6)) < 0.3).astype(np.float32)
+    mask = rng.random(80) > 0.1
+    m = evaluate_predictions(tax, {"tags": probs}, {"tags": tags}, {"tags": mask})
+    for j in range(6):
+        want = average_precision_score(tags[mask, j], probs[mask, j])
+        assert m["attributes"]["tags"]["per_value"][f"t{j}"]["average_precision"] == pytest.approx(want, abs=1e-12)
