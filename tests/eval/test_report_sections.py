@@ -106,3 +106,17 @@ def test_gallery_respects_the_pixel_cap(tmp_path) -> None:
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "sleeve: a mistake's image could not be shown" in md and "over the cap of 10,000" in md
     assert "Selection metric: not recorded" in md and "Threshold choice: not recorded." in md
+
+
+def test_training_curves_read_what_history_holds() -> None:
+    from vestis.eval.report_figures import _series, training_curves
+
+    history = [
+        {"epoch": 1, "train": {"loss": 2.0}, "val": {"mean_kind_score": 0.3}},
+        {"epoch": 2, "train": {"loss": 1.5}},  # an epoch without validation rows
+        {"epoch": 3, "train": {"loss": 1.0}, "val": {"mean_kind_score": None}},
+    ]
+    assert _series(history, "train", "loss") == ([1, 2, 3], [2.0, 1.5, 1.0])
+    assert _series(history, "val", "mean_kind_score") == ([1], [0.3])
+    assert training_curves(history, "mean_kind_score").startswith(b"\x89PNG")
+    assert training_curves([{"epoch": 1}], "mean_kind_score") is None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from vestis.data.images import DEFAULT_MAX_PIXELS, load_image
 from vestis.data.taxonomy import Attribute
@@ -173,8 +174,10 @@ def training_curves(history: Sequence[Mapping[str, Any]], metric: str) -> bytes 
     val = _series(history, "val", metric)
     if not loss[0] and not val[0]:
         return None
-    fig = Figure(figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5), layout="constrained")  # constrained: the two y labels never overlap
     a, b = fig.subplots(1, 2)
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     a.plot(*loss, "o-", color="#4c72b0")
     a.set_xlabel("epoch")
     a.set_ylabel("training loss")
