@@ -95,6 +95,10 @@ class CenterNet(nn.Module):
             raise VestisError(f"centernet: backbone {bb.arch or type(bb).__name__} has no stride-{output_stride} map")
         self.backbone = bb
         self.neck = FPN(infos)
+        # the heads read the finest level only: the coarser levels' 3x3 smoothing would be parameters without a
+        # gradient (and wasted compute), while their top-down merges still feed the finest level
+        for i in range(1, len(self.neck.smooth)):
+            self.neck.smooth[i] = nn.Identity()
         level = self.neck.feature_info[0]
         self.level, self.stride = level.name, level.stride
         self.num_classes, self.max_detections, self.nms_iou = num_classes, max_detections, nms_iou
@@ -131,12 +135,13 @@ class CenterNet(nn.Module):
             training: ``{"heatmap", "size", "offset"}`` weighted scalar losses; eval: per image
             ``{"boxes": (K, 4), "scores": (K,), "labels": (K,)}``.
         """
-        maps = self.forward_maps(images)
-        if self.training:
+        if self.training:  # checked before the forward pass: a wrong call costs nothing
             if targets is None:
                 raise VestisError("centernet: training mode needs targets (call model.eval() to detect)")
             if len(targets) != images.shape[0]:
                 raise VestisError(f"centernet: {images.shape[0]} images but {len(targets)} targets")
+        maps = self.forward_maps(images)
+        if self.training:
             enc = encode_centernet_targets(targets, self.num_classes, tuple(maps["heatmap"].shape[-2:]), self.stride)
             enc = {k: v.to(images.device) for k, v in enc.items()}
             return self.loss(maps, enc)
