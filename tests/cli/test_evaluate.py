@@ -118,6 +118,19 @@ def test_onnx_fp32_and_int8(run, checkpoint_report, tmp_path) -> None:
     assert 0 <= q["summary"]["mean_kind_score"] <= 1
     assert "ONNX static-int8" in (tmp_path / "int8" / "report.md").read_text()
 
+    # an ONNX file without its training configuration cannot recompute the split: one line, exit 1
+    import onnx
+
+    bare = onnx.load(str(fp32))
+    kept = [p for p in bare.metadata_props if p.key != "vestis.config"]
+    del bare.metadata_props[:]
+    bare.metadata_props.extend(kept)
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    res = CliRunner().invoke(vestis.cli.app, ["evaluate", str(tmp_path / "bare.onnx"), "--data", str(data),
+                                              "--out", str(tmp_path / "bare")])  # fmt: skip
+    assert res.exit_code == 1 and "no vestis.config metadata" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "bare" / "metrics.json").exists()
+
 
 def test_report_html_in_chromium(checkpoint_report) -> None:
     if not CHROMIUM.exists():
