@@ -1,14 +1,24 @@
 """Inference speed of the default model: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime int8.
 
-For each backend: images/s at batch 1 and 32, latency p50/p99 at batch 1, and the achieved GFLOP/s
-(FLOPs of one forward pass counted with ``torch.utils.flop_counter.FlopCounterMode``, times images/s) as a
-fraction of this machine's measured fp32 matrix-multiply GFLOP/s at the same thread count (the roofline's
-compute ceiling). All backends run the same graph (:class:`vestis.inference.export.InferenceModule`:
-``uint8`` input, normalisation, probabilities and the heat-map) through :class:`vestis.inference.Predictor`.
+For each backend: images/s at batch 1 and 32, latency p50/p99 at batch 1, and the achieved GFLOP/s as a
+fraction of this machine's measured GEMM ceiling at the same thread count (the roofline's compute ceiling). All
+backends run the same graph (:class:`vestis.inference.export.InferenceModule`: ``uint8`` input, normalisation,
+probabilities and the heat-map) through :class:`vestis.inference.Predictor`.
+
+The FLOPs of one image are counted twice, independently: ``torch.utils.flop_counter.FlopCounterMode`` on the
+PyTorch module, and statically from the exported ONNX graph (2 x the multiply-adds of every Conv / Gemm / MatMul,
+shapes from ``onnx.shape_inference``, :func:`_common.onnx_flops`); a difference above 5 % is printed as a warning.
+The ceiling is the best of several fp32 GEMM sizes, repeats and libraries (PyTorch/MKL, NumPy/OpenBLAS, ONNX
+Runtime's MatMul) on the backends' thread count, :func:`_common.gemm_peak`; int8 is compared with ONNX Runtime's
+int8 ``MatMulInteger`` ceiling instead. The theoretical fp32 peak from the CPU's vector width and clock is stated
+next to it. A fraction above 100 % of the measured ceiling cannot be physical (a wrong count or a ceiling measured
+too low), so the benchmark then stops with exit status 1 instead of writing it.
 
 The model is the ``default`` preset's architecture on the synthetic taxonomy with random weights: speed
 does not depend on the weights (the agreement figures of int8 do, see the note written with the table).
-Iterations are bounded by count and by time, so a run takes a minute or two.
+Iterations are bounded by count and by time, so a run takes a few minutes; a smoke run::
+
+    python bench/inference.py --iters 20 --batches 1 --seconds 3 --peak-sizes 1024 --no-write
 
     python bench/inference.py [--image-size 224] [--threads 1] [--no-write]
     python bench/inference.py --backbone resnet50 --iters 30 --batches 2   # its own section
@@ -27,7 +37,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import write_section  # bench/ is on sys.path when this file is run as a script
+from _common import (
+    gemm_peak,
+    onnx_flops,
+    theoretical_peak,
+    write_section,
+)  # bench/ is on sys.path when this file is run as a script
 from vestis.config import load_config
 from vestis.data.synthetic import synthetic_taxonomy
 from vestis.inference.export import export_onnx, load_sample_images
@@ -49,13 +64,6 @@ def _timings(fn: Callable[[], object], iters: int, max_seconds: float, warmup: i
     return out
 
 
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    """Measured fp32 GFLOP/s of an ``n x n`` matrix multiply (2 n^3 FLOPs), best of ``reps``."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    times = _timings(lambda: torch.matmul(a, b), reps, 60.0, warmup=1)
-    return 2 * n**3 / min(times) / 1e9
-
-
 def forward_flops(predictor: Predictor) -> int:
     """FLOPs of one image through the PyTorch graph (convolutions and matrix products, 2 per multiply-add)."""
     x = torch.zeros((1, 3, predictor.image_size, predictor.image_size), dtype=torch.uint8)
@@ -72,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=200, help="batch-1 calls per backend (also capped by time)")
     ap.add_argument("--batches", type=int, default=8, help="batch-32 calls per backend (also capped by time)")
     ap.add_argument("--seconds", type=float, default=20.0, help="time cap per measurement")
+    ap.add_argument("--peak-sizes", type=int, nargs="+", default=[1024, 2048, 4096], help="GEMM sizes of the ceiling")
+    ap.add_argument("--peak-reps", type=int, default=3, help="timed runs per GEMM size and library (best counts)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args(argv)
 
@@ -82,8 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()[0]
     taxonomy = synthetic_taxonomy()
     model = create_model(cfg.model, taxonomy)
-    peak = matmul_gflops()
-    print(f"matmul: {peak:.1f} GFLOP/s on {args.threads} thread(s)")
+    ceilings = gemm_peak(args.threads, tuple(args.peak_sizes), args.peak_reps)
+    peak, peak8 = ceilings["best"], ceilings["int8"]
+    theory, theory_how = theoretical_peak(args.threads)
+    libs = ", ".join(f"{k} {ceilings[k]:.1f}" for k in ("torch", "numpy", "onnxruntime"))
+    print(f"fp32 GEMM ceiling on {args.threads} thread(s): {peak:.1f} GFLOP/s ({libs}); int8 {peak8:.1f} GOP/s")
+    print("theoretical fp32 peak: " + (f"{theory:.1f} GFLOP/s ({theory_how})" if theory else theory_how))
 
     rows, notes = [], []
     with tempfile.TemporaryDirectory(prefix="vestis-bench-") as tmp:
@@ -103,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
             "ONNX Runtime int8": Predictor.from_onnx(int8.path, device="cpu", threads=args.threads),
         }
         flops = forward_flops(backends["PyTorch eager"])
+        static = onnx_flops(fp32.path)["total"]
+        gap = abs(static - flops) / max(flops, 1)
+        print(f"FLOPs per image: {flops / 1e9:.4f} G (FlopCounterMode), {static / 1e9:.4f} G (ONNX graph)")
+        if gap > 0.05:
+            print(f"WARNING: the two FLOP counts differ by {gap:.1%}: the roofline fractions below are suspect")
         images = load_sample_images(None, 32, args.image_size, seed=2)
         for name, pred in backends.items():
             one = _timings(lambda p=pred: p.run(images[:1]), args.iters, args.seconds)
@@ -110,19 +129,31 @@ def main(argv: list[str] | None = None) -> None:
             ips1, ips32 = len(one) / sum(one), 32 * len(many) / sum(many)
             best = max(ips1, ips32)
             p50, p99 = np.percentile(one, [50, 99]) * 1e3
-            rows.append((name, ips1, ips32, p50, p99, flops * best / 1e9, flops * best / 1e9 / peak, len(one)))
+            ceiling = peak8 if "int8" in name else peak
+            rows.append((name, ips1, ips32, p50, p99, flops * best / 1e9, flops * best / 1e9 / ceiling, len(one)))
             print(f"{name}: {ips1:.1f} img/s (b1), {ips32:.1f} img/s (b32), p50 {p50:.2f} ms, p99 {p99:.2f} ms")
             del pred
 
+    over = [f"{r[0]} at {r[6]:.1%} ({r[5]:.1f} GFLOP/s)" for r in rows if r[6] > 1.0]
+    if over:
+        raise SystemExit(
+            f"roofline: {'; '.join(over)} of the measured GEMM ceiling ({peak:.1f} GFLOP/s fp32, {peak8:.1f} GOP/s "
+            f"int8, {args.threads} thread(s)) is not physical: the FLOP count ({flops / 1e9:.4f} G per image) or "
+            "the ceiling is wrong; nothing written"
+        )
     gflop = flops / 1e9
+    theory_text = f"{theory:.1f} GFLOP/s ({theory_how})" if theory else f"not known ({theory_how})"
     lines = [
         f"Model: `default` preset ({cfg.model.name} on {cfg.model.backbone}, CBAM), synthetic taxonomy "
         f"({len(taxonomy)} attributes), random weights, {args.image_size} px, `uint8` input with in-graph "
-        f"normalisation, {gflop:.3f} GFLOP per image (FlopCounterMode). {args.threads} intra-op thread(s) for every "
-        f"backend. Machine fp32 matmul (2048 x 2048, same threads): {peak:.1f} GFLOP/s. The machine is shared: "
-        f"1-minute load average {load:.2f} when the run started.",
+        f"normalisation, {gflop:.3f} GFLOP per image by FlopCounterMode and {static / 1e9:.3f} by the static count "
+        f"of the ONNX graph (Conv / Gemm / MatMul, {gap:.2%} apart). {args.threads} intra-op thread(s) for every "
+        f"backend. Measured GEMM ceiling on the same threads (best over n = "
+        f"{', '.join(map(str, args.peak_sizes))}, {args.peak_reps} runs each): fp32 {peak:.1f} GFLOP/s ({libs}), "
+        f"int8 `MatMulInteger` {peak8:.1f} GOP/s. Theoretical fp32 peak: {theory_text}. The machine is "
+        f"shared: 1-minute load average {load:.2f} when the run started.",
         "",
-        "| backend | img/s batch 1 | img/s batch 32 | p50 ms (b1) | p99 ms (b1) | GFLOP/s | of matmul peak |",
+        "| backend | img/s batch 1 | img/s batch 32 | p50 ms (b1) | p99 ms (b1) | GFLOP/s | of GEMM ceiling |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, ips1, ips32, p50, p99, gf, frac, _ in rows:
@@ -131,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Batch-1 statistics over at least {min(r[-1] for r in rows)} calls per backend (after 3 warm-up "
         f"calls); batch 32 over up to {args.batches} calls. GFLOP/s uses the better of the two batch sizes; int8 "
-        "is compared with the fp32 matmul ceiling, so its fraction is of the fp32 roofline.",
+        "is compared with the int8 GEMM ceiling (its convolutions run as integer kernels), the others with fp32's.",
         "",
         *[f"- {n}" for n in notes],
         "- The weights are random, so these agreement figures compare int8 rounding noise with the margins of an "
