@@ -1,23 +1,26 @@
 """Load test of ``vestis serve`` on loopback: throughput and latency with and without micro-batching.
 
-uvicorn runs in-process on 127.0.0.1 (a free port) with the ``default`` preset's model at random init on the
-synthetic taxonomy; ``--concurrency`` clients (one ``httpx.AsyncClient``) each post one catalog JPEG per
-request (multipart), back to back, until ``--requests`` requests are done or ``--duration`` seconds have
-passed. Each batching setting gets the same warm-up and the same bound::
+Each batching setting is its own ``vestis serve`` process on 127.0.0.1 (a free port), serving a checkpoint of the
+``default`` preset's model, untrained, on the synthetic taxonomy. ``--concurrency`` closed-loop clients spread
+over ``--client-procs`` separate processes (``httpx.AsyncClient`` each, :func:`_load.closed_loop_load`) post one
+catalog JPEG per request (multipart), back to back, until ``--requests`` requests are done or ``--duration``
+seconds have passed; each setting gets the same warm-up and the same bound. The same clients then post the same
+requests to a do-nothing HTTP server (:class:`_load.DummyHTTPServer`): the client's own ceiling, which the
+service's rates are read against::
 
     python bench/serve.py --requests 400 --duration 60 --rounds 4 --concurrency 16 --batch-sizes 1 16
+    python bench/serve.py --requests 40 --duration 10 --rounds 1 --no-write     # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import socket
+import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,15 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 import numpy as np
 import torch
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from _common import write_section
+from _load import DummyHTTPServer, closed_loop_load, free_port
 from vestis.config import load_config
 from vestis.data.synthetic import generate_catalog, synthetic_taxonomy
-from vestis.inference.predictor import Predictor
 from vestis.models import create_model
-from vestis.service import ServiceConfig, create_app
+from vestis.train.checkpoint import save_checkpoint
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Result:
     latencies: list[float]
     batch_images: float = 0.0  # images and model calls during the measured requests, from /metrics
     batch_calls: float = 0.0
+    codes: Counter[int] = field(default_factory=Counter)  # HTTP status of every error (503: shed)
 
     @property
     def mean_batch(self) -> float:
@@ -53,71 +56,55 @@ class Result:
 
     @property
     def throughput(self) -> float:
-        return self.done / self.seconds
+        return self.done / self.seconds if self.seconds else float("nan")
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
 
 
-class _Server:
-    """uvicorn in a thread on a socket bound to a free loopback port."""
+class _Service:
+    """``vestis serve CHECKPOINT`` in its own process on a free loopback port, ready (``/readyz``) on enter."""
 
-    def __init__(self, app: object) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+    def __init__(self, checkpoint: Path, max_batch_size: int, max_wait_ms: float, device: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, "-m", "vestis", "serve", str(checkpoint), "--host", "127.0.0.1",
+                    "--port", str(self.port), "--max-batch-size", str(max_batch_size), "--max-wait-ms",
+                    f"{max_wait_ms:g}", "--device", device, "--log-level", "warning"]  # fmt: skip
 
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
+    def __enter__(self) -> _Service:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"vestis serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return self
+            time.sleep(0.2)
+        self.__exit__()
+        raise SystemExit(f"vestis serve on port {self.port} was not ready after 300 s")
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
-async def _load(url: str, images: list[bytes], requests: int, duration: float, concurrency: int) -> Result:
-    latencies: list[float] = []
-    errors = 0
-    issued = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        while (await client.get("/readyz")).status_code != 200:
-            await asyncio.sleep(0.05)
-        for i in range(2 * concurrency):  # warm-up: connections, the first batches
-            await client.post("/v1/attributes", files={"file": ("w.jpg", images[i % len(images)], "image/jpeg")})
-        before = await client.get("/metrics")
-        t0 = time.perf_counter()
-        stop_at = t0 + duration
-
-        async def worker() -> None:
-            nonlocal errors, issued
-            while issued < requests and time.perf_counter() < stop_at:
-                k = issued
-                issued += 1
-                start = time.perf_counter()
-                res = await client.post(
-                    "/v1/attributes", files={"file": (f"{k}.jpg", images[k % len(images)], "image/jpeg")}
-                )
-                if res.status_code == 200:
-                    latencies.append(time.perf_counter() - start)
-                else:
-                    errors += 1
-
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
-        seconds = time.perf_counter() - t0
-        after = await client.get("/metrics")
-    (s1, c1), (s0, c0) = _batch_totals(after.text), _batch_totals(before.text)
-    return Result(0, 0.0, len(latencies), errors, seconds, latencies, s1 - s0, c1 - c0)
+def _measure(url: str, requests: list[dict], n: int, seconds: float, a: argparse.Namespace) -> Result:
+    """One bounded load run against ``url``, with the batch counters of ``/metrics`` around its measured part."""
+    before: list[tuple[float, float]] = []
+    r = closed_loop_load(
+        url, requests, a.concurrency, a.client_procs, seconds, max_requests=n, warmup=2 * a.concurrency,
+        on_ready=lambda: before.append(_batch_totals(httpx.get(f"{url}/metrics").text)),
+    )  # fmt: skip
+    (s1, c1), (s0, c0) = _batch_totals(httpx.get(f"{url}/metrics").text), before[0]
+    return Result(
+        0, 0.0, r["answered"], len(r["codes"]), r["seconds"], r["latencies"], s1 - s0, c1 - c0, Counter(r["codes"])
+    )
 
 
 def _batch_totals(text: str) -> tuple[float, float]:
@@ -133,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=60.0, help="seconds per setting at most")
     p.add_argument("--rounds", type=int, default=4, help="alternate the settings this many times")
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--client-procs", type=int, default=2, help="processes the clients are spread over")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="for the batched settings")
     p.add_argument("--image-px", type=int, default=256, help="side of the catalog JPEGs sent")
@@ -149,32 +137,45 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model = create_model(cfg.model, taxonomy).eval()
     d = cfg.data
-    preprocessing = {"image_size": d.image_size, "mean": list(d.mean), "std": list(d.std), "pad_value": d.pad_value}
-    predictor = Predictor.from_model(model, taxonomy=taxonomy, preprocessing=preprocessing, device=a.device)
+    checkpoint = save_checkpoint(a.work / "default.ckpt", model=model, config=cfg, taxonomy=taxonomy)
+    requests = [
+        {"method": "POST", "url": "/v1/attributes", "files": {"file": (f"{i}.jpg", img, "image/jpeg")}}
+        for i, img in enumerate(images)
+    ]
 
-    # one server per setting, all started up front; rounds alternate between them so that a change in the
+    # one service per setting, all started up front; rounds alternate between them so that a change in the
     # machine's load (it may be shared) hits every setting alike
     settings = [(b, a.max_wait_ms if b > 1 else 0.0) for b in a.batch_sizes]
     results = [Result(b, w, 0, 0, 0.0, []) for b, w in settings]
     with contextlib.ExitStack() as stack:
-        servers = [
-            stack.enter_context(_Server(create_app(predictor, ServiceConfig(max_batch_size=b, max_wait_ms=w))))
-            for b, w in settings
-        ]
+        services = [stack.enter_context(_Service(checkpoint, b, w, a.device)) for b, w in settings]
         for k in range(a.rounds):
-            for i, server in enumerate(servers):
+            for i, service in enumerate(services):
                 n = a.requests // a.rounds + (1 if k < a.requests % a.rounds else 0)
-                r = asyncio.run(_load(server.url, images, n, a.duration / a.rounds, a.concurrency))
+                r = _measure(service.url, requests, n, a.duration / a.rounds, a)
                 acc = results[i]
                 acc.done, acc.errors, acc.seconds = acc.done + r.done, acc.errors + r.errors, acc.seconds + r.seconds
                 acc.latencies += r.latencies
+                acc.codes += r.codes
                 acc.batch_images, acc.batch_calls = acc.batch_images + r.batch_images, acc.batch_calls + r.batch_calls
                 print(f"round {k + 1}, max batch {settings[i][0]}: {r.throughput:.1f} req/s", flush=True)
+    # the client's own ceiling: the same clients, processes and requests against a server that does nothing
+    with DummyHTTPServer() as url:
+        bound = max(a.requests, 20 * a.concurrency)
+        ceiling = closed_loop_load(
+            url, requests, a.concurrency, a.client_procs, a.duration / a.rounds, max_requests=bound,
+            warmup=2 * a.concurrency,
+        )  # fmt: skip
+    print(
+        f"client ceiling (do-nothing server): {ceiling['ok_per_s']:.1f} req/s, p50 {ceiling['p50_ms']:.2f} ms, "
+        f"p99 {ceiling['p99_ms']:.2f} ms, {ceiling['answered']} done",
+        flush=True,
+    )
     for r in results:
         print(
             f"max batch {r.max_batch_size:>3}, wait {r.max_wait_ms:g} ms: {r.throughput:7.1f} req/s, "
             f"p50 {r.pct(50):7.1f} ms, p99 {r.pct(99):7.1f} ms, mean batch {r.mean_batch:5.2f}, {r.done} done, "
-            f"{r.errors} errors",
+            f"{r.errors} errors {dict(r.codes) or ''}",
             flush=True,
         )
 
@@ -184,16 +185,36 @@ def main(argv: list[str] | None = None) -> None:
         f"{r.throughput / base:.2f}x | {r.pct(50):.1f} | {r.pct(99):.1f} | {r.mean_batch:.2f} | {r.errors} |"
         for r in results
     )
+    errors = "".join(
+        f"Errors of max batch {r.max_batch_size} by HTTP status: "
+        + ", ".join(f"{c}: {n}" for c, n in sorted(r.codes.items()))
+        + " (503: shed, the request would have waited longer than `--max-queue-wait-ms`).\n\n"
+        for r in results
+        if r.codes
+    )
+    best = max(r.throughput for r in results)
+    limits = (
+        "the client does not limit these numbers"
+        if ceiling["ok_per_s"] > 2 * best
+        else "close to the service's rates, so the client may limit them"
+    )
+    own = (
+        "The client's own ceiling: the same clients, processes and requests against a do-nothing HTTP server (it "
+        f"reads each request and answers `{{}}`) reach **{ceiling['ok_per_s']:.1f} req/s** (p50 "
+        f"{ceiling['p50_ms']:.2f} ms, p99 {ceiling['p99_ms']:.2f} ms, {ceiling['answered']} requests), "
+        f"{ceiling['ok_per_s'] / best:.1f}x the best setting above: {limits}.\n"
+    )
     body = (
         f"`{cfg.model.name}` on `{cfg.model.backbone}` (the `default` preset, random init), {d.image_size} px input, "
-        f"{len(taxonomy)} attributes, PyTorch on {predictor.device}, fp32. {a.concurrency} concurrent clients "
-        f"(`httpx.AsyncClient`) post one {a.image_px} px catalog JPEG per request (multipart) to `/v1/attributes` "
-        f"on loopback, back to back; at most {a.requests} requests or {a.duration:g} s per setting, in "
-        f"{a.rounds} rounds alternating the settings (each after {2 * a.concurrency} warm-up requests). Client "
-        "and uvicorn share one process. Latency is per request, seen by the client; mean batch = images per "
-        "model call (from `/metrics`).\n\n"
+        f"{len(taxonomy)} attributes, PyTorch on {a.device}, fp32, served by `vestis serve CHECKPOINT` in its own "
+        f"process (one per setting). {a.concurrency} concurrent closed-loop clients (`httpx.AsyncClient`) in "
+        f"{a.client_procs} separate processes post one {a.image_px} px catalog JPEG per request (multipart) to "
+        f"`/v1/attributes` on loopback, back to back; at most {a.requests} requests or {a.duration:g} s per "
+        f"setting, in {a.rounds} rounds alternating the settings (each after {2 * a.concurrency} warm-up "
+        "requests). Latency is per request, seen by the client; mean batch = images per model call (from "
+        "`/metrics`). Client and service share the machine's cores.\n\n"
         "| max batch | max wait (ms) | requests | seconds | req/s | speed-up | p50 (ms) | p99 (ms) | mean batch "
-        "| errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" + rows + "\n"
+        "| errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" + rows + "\n\n" + errors + own
     )
     print(body)
     if not a.no_write:
