@@ -14,8 +14,9 @@ int8 ``MatMulInteger`` ceiling instead. The theoretical fp32 peak from the CPU's
 next to it. A fraction above 100 % of the measured ceiling cannot be physical (a wrong count or a ceiling measured
 too low), so the benchmark then stops with exit status 1 instead of writing it.
 
-The model is the ``default`` preset's architecture on the synthetic taxonomy with random weights: speed
-does not depend on the weights (the agreement figures of int8 do, see the note written with the table).
+The model is the ``default`` preset's as created (its pretrained trunk, if the preset names one, and untrained
+heads) on the synthetic taxonomy: speed does not depend on the weights (the agreement figures of int8 do, see
+the note written with the table).
 Iterations are bounded by count and by time, so a run takes a few minutes; a smoke run::
 
     python bench/inference.py --iters 20 --batches 1 --seconds 3 --peak-sizes 1024 --no-write
@@ -139,13 +140,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             f"roofline: {'; '.join(over)} of the measured GEMM ceiling ({peak:.1f} GFLOP/s fp32, {peak8:.1f} GOP/s "
             f"int8, {args.threads} thread(s)) is not physical: the FLOP count ({flops / 1e9:.4f} G per image) or "
-            "the ceiling is wrong; nothing written"
+            "the ceiling is wrong (a ceiling measured while the shared machine was busy is too low: rerun it when "
+            "the machine is quiet); nothing written"
         )
     gflop = flops / 1e9
+    weights = f"{cfg.model.pretrained} trunk weights and untrained heads" if cfg.model.pretrained else "random weights"
     theory_text = f"{theory:.1f} GFLOP/s ({theory_how})" if theory else f"not known ({theory_how})"
+    if theory and peak > theory:
+        theory_text += ", below the measured GEMM: the cores ran faster than the clock read (turbo)"
     lines = [
         f"Model: `default` preset ({cfg.model.name} on {cfg.model.backbone}, CBAM), synthetic taxonomy "
-        f"({len(taxonomy)} attributes), random weights, {args.image_size} px, `uint8` input with in-graph "
+        f"({len(taxonomy)} attributes), {weights}, {args.image_size} px, `uint8` input with in-graph "
         f"normalisation, {gflop:.3f} GFLOP per image by FlopCounterMode and {static / 1e9:.3f} by the static count "
         f"of the ONNX graph (Conv / Gemm / MatMul, {gap:.2%} apart). {args.threads} intra-op thread(s) for every "
         f"backend. Measured GEMM ceiling on the same threads (best over n = "
@@ -165,8 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         "is compared with the int8 GEMM ceiling (its convolutions run as integer kernels), the others with fp32's.",
         "",
         *[f"- {n}" for n in notes],
-        "- The weights are random, so these agreement figures compare int8 rounding noise with the margins of an "
-        "untrained network; they are not the accuracy of int8 on a trained model (`vestis export --int8 "
+        "- The heads are untrained, so these agreement figures compare int8 rounding noise with the margins of an "
+        "untrained classifier; they are not the accuracy of int8 on a trained model (`vestis export --int8 "
         "--calibration <your images>` reports that for a real checkpoint).",
     ]
     body = "\n".join(lines)

@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{ceiling['ok_per_s'] / best:.1f}x the best setting above: {limits}.\n"
     )
     body = (
-        f"`{cfg.model.name}` on `{cfg.model.backbone}` (the `default` preset, random init), {d.image_size} px input, "
+        f"`{cfg.model.name}` on `{cfg.model.backbone}` (the `default` preset as created, untrained heads), "
+        f"{d.image_size} px input, "
         f"{len(taxonomy)} attributes, PyTorch on {a.device}, fp32, served by `vestis serve CHECKPOINT` in its own "
         f"process (one per setting). {a.concurrency} concurrent closed-loop clients (`httpx.AsyncClient`) in "
         f"{a.client_procs} separate processes post one {a.image_px} px catalog JPEG per request (multipart) to "
