@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,8 +38,34 @@ def synth(
     workers: Annotated[
         int | None, typer.Option("--workers", help="Processes (default min(2, CPUs)); output is the same.")
     ] = None,
+    from_manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="With --scenes: compose --n outfit scenes of --size px from this manifest's product photos "
+            "(object types from --type-column) instead of drawing a catalog. Default: none, draw.",
+        ),
+    ] = None,
+    mode: Annotated[str, typer.Option("--mode", help="--from: cutout (studio white removed) or card.")] = "cutout",
+    type_column: Annotated[
+        str, typer.Option("--type-column", help="--from: the label naming Topwear/Bottomwear/Dress/Shoes.")
+    ] = "subCategory",
 ) -> None:
-    """Draw a procedural catalog: images, manifest.csv, ground_truth.csv and taxonomy.yaml in OUT."""
+    """Draw a procedural catalog: images, manifest.csv, ground_truth.csv and taxonomy.yaml in OUT.
+
+    With --scenes --from MANIFEST: outfit scenes composed from real product photos, with COCO boxes per split.
+    """
+    if from_manifest is not None:
+        from vestis.data.composites import build_composites
+        from vestis.errors import VestisError
+
+        if not scenes:
+            raise VestisError("--from composes outfit scenes: pass --scenes with it")
+        res = build_composites(from_manifest, out, n=n, size=size, mode=mode, type_column=type_column, seed=seed)
+        for split, path in res.annotations.items():
+            echo(f"{split}: {res.scenes[split]} scenes, {res.boxes[split]} boxes of {res.products[split]} products "
+                 f"in {path}")  # fmt: skip
+        return
     columns = (TextColumn("drawing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("drawing", total=None)
