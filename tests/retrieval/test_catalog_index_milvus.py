@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.retrieval.test_catalog_index import csn_setup, idx  # noqa: F401  (fixtures)
+from vestis.data.manifest import read_manifest
 from vestis.errors import VestisError
 from vestis.retrieval.catalog_index import CatalogIndex
 from vestis.retrieval.index_build import build_index
@@ -47,6 +48,16 @@ def test_milvus_backend_gives_the_faiss_results(csn_setup, idx, tmp_path):  # no
         mil.backend.search = search
         assert mil.remove(["000001"]) == 1 and len(mil.backend) == 39
         assert "000001" not in {h.id for h in mil.search("000000", k=39)}
+        # added back in place: its attribute fields go in with it, so the native filter finds it again
+        m = read_manifest(manifest)
+        back = tmp_path / "back.csv"
+        rows = [r for r in manifest.read_text().splitlines() if r.split(",")[0] in ("id", "000001")]
+        back.write_text("\n".join(rows).replace("images/", f"{m.root}/images/") + "\n")
+        assert mil.add(back) == 1 and len(mil.backend) == 40
+        where = {"category": [mil.items.value("category", mil.row("000001"))]}
+        got = mil.search("000001", k=40, where=where, exclude_query=False)
+        assert "000001" in {h.id for h in got}
+        assert [h.id for h in got] == [h.id for h in idx.search("000001", k=40, where=where, exclude_query=False)]
 
 
 def test_a_collection_at_a_milvus_uri(csn_setup, idx, tmp_path, monkeypatch):  # noqa: F811
