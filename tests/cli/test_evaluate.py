@@ -139,7 +139,7 @@ def test_report_html_in_chromium(checkpoint_report) -> None:
         from playwright.sync_api import Error, sync_playwright
     except ImportError:
         pytest.skip("playwright is not installed (pip install playwright)")
-    from tests.service.test_page import CHROMIUM_ARGS
+    from tests.service.conftest import CHROMIUM_ARGS
 
     out, _ = checkpoint_report
     figures = [p for p in (out / "figures").rglob("*") if p.suffix in (".png", ".jpg")]

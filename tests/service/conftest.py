@@ -288,3 +288,34 @@ def make_checkpoint(path: Path) -> Path:
     torch.manual_seed(3)
     model = create_model(cfg.model, taxonomy)
     return save_checkpoint(path, model=model, config=cfg, taxonomy=taxonomy, thresholds={"occasion": [0.45, 0.5, 0.55]})
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for the page tests, skipped with a reason where it is missing or cannot start."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    with sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        except Error as e:
+            pytest.skip(f"Chromium cannot start here: {e}")
+        yield b
+        b.close()

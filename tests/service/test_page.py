@@ -11,22 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import ColourPredictor, expected, image_bytes
+from tests.service.conftest import CHROMIUM, CHROMIUM_ARGS, ColourPredictor, expected, image_bytes
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)"
 )
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")

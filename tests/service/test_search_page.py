@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.service.conftest import ColourPredictor, LoopbackServer
-from tests.service.test_page import CHROMIUM, CHROMIUM_ARGS
+from tests.service.conftest import CHROMIUM, ColourPredictor, LoopbackServer
 from tests.service.test_search_api import build_catalog
 
 pytestmark = pytest.mark.skipif(
@@ -36,21 +35,6 @@ def served(built) -> Iterator[dict[str, Any]]:
     index = CatalogIndex.open(built["index"])
     with index, LoopbackServer(create_app(predictor, ServiceConfig(max_wait_ms=1), index=index)) as server:
         yield {"url": server.url, "index": index, "predictor": predictor}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import Error, sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright)")
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        except Error as e:
-            pytest.skip(f"Chromium cannot start here: {e}")
-        yield b
-        b.close()
 
 
 def _grid(page) -> list[tuple[str, float]]:

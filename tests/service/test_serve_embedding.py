@@ -24,7 +24,6 @@ from typer.testing import CliRunner
 
 import vestis.cli
 from tests.service.conftest import REAL_TAXONOMY, LoopbackServer, wait_ready
-from tests.service.test_page import CHROMIUM, CHROMIUM_ARGS
 from tests.service.test_search_api import build_catalog
 from vestis.config import load_config
 from vestis.data.taxonomy import Taxonomy
@@ -271,23 +270,6 @@ def test_serve_needs_an_index_for_an_embedding_model(built, monkeypatch):
 
 
 # --- the page -------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
-    try:
-        from playwright.sync_api import Error, sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright)")
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        except Error as e:
-            pytest.skip(f"Chromium cannot start here: {e}")
-        yield b
-        b.close()
-
-
 def test_page_with_an_embedding_model(built, browser):
     """No heat map (switch off, a note says why), similarity bars for prototype attributes, and the substitutes
     panel: chips from the predictions, a changed chip reruns the search, the grid is the index's answer."""

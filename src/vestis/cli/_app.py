@@ -55,6 +55,13 @@ TaxonomyOpt = Annotated[
     typer.Option("--taxonomy", "-t", help="Taxonomy YAML (default: taxonomy.yaml beside the manifest)."),
 ]
 OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+ProgressOpt = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Show progress on stderr: a bar on a terminal, else a line every 10 batches.",
+    ),
+]
 TrustCheckpointOpt = Annotated[
     bool,
     typer.Option(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vestis.cli._app import command, echo
+from vestis.cli._app import ProgressOpt, command, echo
 
 
 @command("index")
@@ -44,13 +44,7 @@ def index_cmd(
     engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Discard an earlier build in --out.")] = False,
-    progress: Annotated[
-        bool,
-        typer.Option(
-            "--progress/--no-progress",
-            help="Show progress on stderr: a bar on a terminal, else a line every 10 batches.",
-        ),
-    ] = True,
+    progress: ProgressOpt = True,
 ) -> None:
     """Index a catalog for substitute search; a rerun after a crash continues where it stopped."""
     from vestis.errors import VestisError

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vestis.cli._app import TrustCheckpointOpt, command, echo
+from vestis.cli._app import ProgressOpt, TrustCheckpointOpt, command, echo
 
 
 @command("predict")
@@ -23,13 +23,7 @@ def predict_cmd(
         bool, typer.Option("--calibrated/--no-calibrated", help="Use the model's calibrated thresholds.")
     ] = True,
     restart: Annotated[bool, typer.Option("--restart", help="Discard earlier results in --out.")] = False,
-    progress: Annotated[
-        bool,
-        typer.Option(
-            "--progress/--no-progress",
-            help="Show progress on stderr: a bar on a terminal, else a line every 10 batches.",
-        ),
-    ] = True,
+    progress: ProgressOpt = True,
     trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
     """Predict the attributes of every image; a rerun after a crash continues where it stopped."""
