@@ -12,14 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from vestis.config import ModelConfig
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
 from vestis.models.attribute_model import AttributeModel
 from vestis.models.backbones.base import Backbone, FeatureInfo
+from vestis.models.detection import build_detector, is_detector
 from vestis.models.embedding import EmbeddingModel
 from vestis.models.heads import OUTPUTS
+from vestis.models.hierarchical import Stage2Layout, build_stage2_model, is_stage2
 from vestis.models.weights import load_backbone_weights
 from vestis.pretrained import resolve_weights
 from vestis.registry import ATTENTION, BACKBONES, MODELS
@@ -27,9 +30,7 @@ from vestis.registry import ATTENTION, BACKBONES, MODELS
 __all__ = ["BackboneSummary", "create_model", "describe_backbone", "list_backbones", "list_models"]
 
 
-def create_model(
-    model_cfg: ModelConfig, taxonomy: Taxonomy, *, image_size: int | None = None
-) -> AttributeModel | EmbeddingModel:
+def create_model(model_cfg: ModelConfig, taxonomy: Taxonomy, *, image_size: int | None = None) -> nn.Module:
     """Build the registered model ``model_cfg.name`` on the backbone ``model_cfg.backbone``.
 
     A model registered with meta ``task="embedding"`` (``csn``, ``csn_fixed``, ``triplet``, ``datrnet``) gets the
@@ -41,6 +42,11 @@ def create_model(
     backbone weights are loaded from it (strictly; see :func:`~vestis.models.weights.load_backbone_weights`) before
     the unused stages are removed. The model's ``output`` attribute records ``model_cfg.output`` (how logits become
     probabilities, see :func:`~vestis.models.heads.uses_softmax`).
+
+    The hierarchical pipeline's models come from their own registries: a detector (``centernet``, stage 1) takes
+    its classes from the taxonomy's one attribute (``object_type``) and gets ``.classes``; a stage-2 model
+    (``stl``, ``stl_hls``, ``rnn_va``) gets ``.layout``, the :class:`~vestis.models.hierarchical.Stage2Layout` of
+    the taxonomy and ``model_cfg.object_types``. Both get ``.taxonomy``.
 
     Args:
         model_cfg: the model section of the configuration.
@@ -60,6 +66,10 @@ def create_model(
     backbone: Backbone = BACKBONES.build(model_cfg.backbone, **_backbone_kwargs(model_cfg, image_size))
     if model_cfg.pretrained:
         load_backbone_weights(backbone, resolve_weights(model_cfg.backbone, model_cfg.pretrained))
+    if is_detector(model_cfg.name):
+        return _detector(model_cfg, taxonomy, backbone)
+    if is_stage2(model_cfg.name):
+        return _stage2(model_cfg, taxonomy, backbone)
     model: AttributeModel | EmbeddingModel
     if MODELS.meta(model_cfg.name).get("task") == "embedding":
         model = MODELS.build(
@@ -83,6 +93,32 @@ def create_model(
             dropout=model_cfg.dropout,
         )
     model.output = model_cfg.output
+    return model
+
+
+def _detector(model_cfg: ModelConfig, taxonomy: Taxonomy, backbone: Backbone) -> nn.Module:
+    """A registered detector (stage 1); its classes are the values of the taxonomy's one attribute."""
+    if len(taxonomy) != 1 or taxonomy.attributes[0].kind != "single":
+        raise VestisError(
+            f"{model_cfg.name}: a detector's taxonomy is one single-label attribute (its classes); got {taxonomy.names}"
+        )
+    classes = taxonomy.attributes[0].values
+    model = build_detector(model_cfg.name, backbone=backbone, num_classes=len(classes))
+    model.taxonomy, model.classes, model.output = taxonomy, tuple(classes), "detection"
+    return model
+
+
+def _stage2(model_cfg: ModelConfig, taxonomy: Taxonomy, backbone: Backbone) -> nn.Module:
+    """A registered stage-2 model; its outputs follow :class:`~vestis.models.hierarchical.Stage2Layout`."""
+    layout = Stage2Layout.from_taxonomy(taxonomy, model_cfg.object_types)
+    model = build_stage2_model(
+        model_cfg.name,
+        backbone=backbone,
+        num_categories=len(layout.categories),
+        num_attributes=layout.num_attributes,
+        num_object_types=len(layout.object_types),
+    )
+    model.taxonomy, model.layout, model.output = taxonomy, layout, "stage2"
     return model
 
 

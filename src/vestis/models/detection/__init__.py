@@ -21,7 +21,13 @@ __all__ = [
     "box_iou",
     "build_detector",
     "decode_centernet",
+    "is_detector",
     "nms",
     "xywh_to_xyxy",
     "xyxy_to_xywh",
 ]
+
+
+def is_detector(name: str) -> bool:
+    """Whether ``name`` is a registered detector (``centernet``, ``centernet_tiny``)."""
+    return name in DETECTORS

@@ -19,19 +19,29 @@ from __future__ import annotations
 
 from vestis.models.hierarchical.base import STAGE2_MODELS, Stage2Model, build_stage2_model
 from vestis.models.hierarchical.consistency import allowed_matrix, apply_taxonomy
+from vestis.models.hierarchical.layout import OBJECT_TYPE_META, Stage2Layout
 from vestis.models.hierarchical.overlay import attention_overlay
 from vestis.models.hierarchical.rnn_va import BahdanauAttention, RNNVAModel
 from vestis.models.hierarchical.stl import STLHLSModel, STLModel
 
 __all__ = [
+    "OBJECT_TYPE_META",
     "STAGE2_MODELS",
     "BahdanauAttention",
     "RNNVAModel",
     "STLHLSModel",
     "STLModel",
+    "Stage2Layout",
     "Stage2Model",
     "allowed_matrix",
     "apply_taxonomy",
     "attention_overlay",
     "build_stage2_model",
+    "is_stage2",
 ]
+
+
+def is_stage2(name: str) -> bool:
+    """Whether ``name`` is a registered stage-2 model (``stl``, ``stl_hls``, ``rnn_va``, their ``_tiny`` variants)."""
+    return name in STAGE2_MODELS
+
