@@ -72,6 +72,11 @@ class DataConfig:
     test_fraction: float = 0.1
     split_seed: int = 0
     num_workers: int = 2
+    # Detectors (vestis train --task detect): the validation COCO JSON; None holds out val_fraction of the images
+    val_data: str | None = None
+    # detectors: none, or downsample (randomly drop training images until every box class is in at most as many
+    # images as the rarest, towards MeanIR = 1, the hierarchical-label paper's balancing)
+    balance: str = "none"
 
 
 @dataclass
@@ -106,6 +111,9 @@ class ModelConfig:
     ase_modules: int = 3
     ase_axes: tuple[str, ...] = ("channel", "height", "width")
     embedding_hidden: int = 256  # DAtRNet: the Dense(256) between pooling and each 128-d attribute embedding
+    # Stage-2 models of the hierarchical pipeline (stl, stl_hls, rnn_va): the detector classes their object-type
+    # input indexes (the paper's Table 1); a crop's class comes from the manifest column meta_object_type
+    object_types: tuple[str, ...] = ("upper-body", "lower-body", "full-body", "footwear")
 
 
 @dataclass

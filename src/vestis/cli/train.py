@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 @command("train")
 def train_cmd(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Manifest (CSV, JSONL or Parquet).")],
+    data: Annotated[
+        Path, typer.Option("--data", "-d", help="Manifest (CSV, JSONL or Parquet); with --task detect a COCO JSON.")
+    ],
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Config overrides: train.lr=1e-4 model.dropout=0.1")
     ] = None,
@@ -35,8 +37,8 @@ def train_cmd(
         str | None,
         typer.Option(
             "--model",
-            help="Model name: baseline, a1..a4 (classifiers), csn, csn_fixed, triplet, datrnet "
-            "(default: from the preset).",
+            help="Model name: baseline, a1..a4 (classifiers), csn, csn_fixed, triplet, datrnet (embeddings), "
+            "centernet (detector), stl, stl_hls, rnn_va (stage 2) (default: from the preset).",
         ),
     ] = None,
     backbone: Annotated[
@@ -63,13 +65,34 @@ def train_cmd(
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip rows that fail validation.")] = False,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
     trust_checkpoint: TrustCheckpointOpt = False,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="classify, embed, detect (garment boxes from COCO JSON, preset `detect`) or stage2 (category and "
+            "attributes of garment crops, preset `stage2`); default: the kind of --model / the preset's model.",
+        ),
+    ] = None,
+    val_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--val-data",
+            help="--task detect: the validation COCO JSON (data.val_data); default: data.val_fraction of --data.",
+        ),
+    ] = None,
 ) -> None:
-    """Train an attribute classifier or an embedding model; writes RUN_DIR/last.ckpt and best.ckpt."""
+    """Train an attribute classifier, an embedding model, a garment detector or a stage-2 crop model; writes
+    RUN_DIR/last.ckpt and best.ckpt."""
     from vestis.config import list_presets, load_config
+    from vestis.errors import VestisError
     from vestis.train.loop import train
+    from vestis.train.tasks import model_task
 
+    if task is not None and task not in _TASKS:
+        raise VestisError(f"--task: expected one of {list(_TASKS)}, got {task!r}")
     if config is None:  # `--model csn` starts from the csn preset (embedding size, loss weights, batches)
-        config = model if model in list_presets() else "default"
+        by_task = {"detect": "detect", "stage2": "stage2"}.get(task or "", "default")
+        config = model if model in list_presets() else by_task
 
     flags = {
         "model.name": model,
@@ -78,9 +101,13 @@ def train_cmd(
         "data.image_size": image_size,
         "train.batch_size": batch_size,
         "model.init": init,
+        "data.val_data": val_data,
     }
     extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(config, [*(overrides or []), *extra])
+    kind = model_task(cfg.model.name)
+    if task is not None and _TASKS[task] != kind:
+        raise VestisError(f"--task {task}: model {cfg.model.name!r} is a {kind} model; pick a {task} model (--model)")
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only the first process reports
     say = echo if main_process else (lambda *_: None)
     say(f"model {cfg.model.name} on {cfg.model.backbone}, {cfg.data.image_size}px, {cfg.train.epochs} epochs -> {out}")
@@ -100,6 +127,10 @@ def train_cmd(
         shown_best = "None" if result.best_metric is None else f"{result.best_metric:.4g}"
         say(f"best: {result.best} ({result.metric} = {shown_best})")
     say(f"last: {result.last}")
+
+
+# --task -> what vestis.train.tasks.model_task calls the kind of model it trains
+_TASKS = {"classify": "classification", "embed": "embedding", "detect": "detection", "stage2": "stage2"}
 
 
 def _write_config(out: Path, cfg: Config, shown: str) -> None:

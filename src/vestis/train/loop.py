@@ -30,12 +30,11 @@ from vestis.data.dataset import AttributeDataset
 from vestis.data.manifest import Manifest
 from vestis.data.splits import split_manifest
 from vestis.data.taxonomy import Taxonomy
-from vestis.data.transforms import BatchAugment, prepare_batch
 from vestis.data.validate import clean_catalog, validate_manifest
 from vestis.errors import VestisError
 from vestis.io import atomic_write_text
 from vestis.models import create_model
-from vestis.train.cache import CachedTail, build_cache, cache_cut, random_hflip
+from vestis.train.cache import CachedTail, build_cache, cache_cut
 from vestis.train.checkpoint import load_checkpoint, save_checkpoint
 from vestis.train.distributed import DistInfo, barrier, cleanup, init_distributed
 from vestis.train.finetune import (
@@ -53,7 +52,7 @@ from vestis.train.selection import (
     selection_metric,
     selection_record,
 )
-from vestis.train.tasks import make_task
+from vestis.train.tasks import make_task, model_task
 
 __all__ = ["TrainResult", "train"]
 
@@ -147,11 +146,12 @@ def _prepare_data(
     return splits, taxonomy
 
 
-def _loader(ds: AttributeDataset, batch_size: int, workers: int, *, sampler=None, drop_last=False) -> DataLoader:
+def _loader(ds, batch_size: int, workers: int, *, sampler=None, drop_last=False, collate=None) -> DataLoader:
     return DataLoader(
         ds,
         batch_size=batch_size,
         sampler=sampler,
+        collate_fn=collate,
         shuffle=False,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
@@ -256,27 +256,36 @@ def _train(
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
-    splits, taxonomy = _prepare_data(
-        cfg,
-        data,
-        Path(taxonomy_path) if taxonomy_path else None,
-        out / "skipped_rows.csv" if main else None,
-        skip_invalid=skip_invalid,
-        check_images=check_images,
-    )
-    train_ds = AttributeDataset(splits["train"], taxonomy, dc)
-    val_ds = AttributeDataset(splits["val"], taxonomy, dc)
-    say(
-        f"data: {len(train_ds)} train / {len(val_ds)} val / {len(splits['test'])} test rows, {len(taxonomy)} attributes"
-    )
+    if model_task(cfg.model.name) == "detection":  # COCO boxes instead of a manifest
+        from vestis.train.detection_task import prepare_detection_data
+
+        if taxonomy_path:
+            raise VestisError("--taxonomy: a detector's classes come from the COCO JSON's categories")
+        train_ds, val_ds, taxonomy = prepare_detection_data(cfg, data, check_images=check_images, log=say)
+        say(f"data: {len(train_ds)} train / {len(val_ds)} val images, classes {list(taxonomy.attributes[0].values)}")
+    else:
+        splits, taxonomy = _prepare_data(
+            cfg,
+            data,
+            Path(taxonomy_path) if taxonomy_path else None,
+            out / "skipped_rows.csv" if main else None,
+            skip_invalid=skip_invalid,
+            check_images=check_images,
+        )
+        train_ds = AttributeDataset(splits["train"], taxonomy, dc)
+        val_ds = AttributeDataset(splits["val"], taxonomy, dc)
+        n_test = len(splits["test"])
+        say(f"data: {len(train_ds)} train / {len(val_ds)} val / {n_test} test rows, {len(taxonomy)} attributes")
+    task = make_task(cfg, taxonomy, train_ds, val_ds, rank=info.rank, world=info.world_size)
 
     # seeded per epoch (seed + epoch): the order of epoch e is the same with or without a resume before it
     sampler = DistributedSampler(
         train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=tc.seed, drop_last=False
     )
     per_rank = math.ceil(len(train_ds) / info.world_size)
-    train_loader = _loader(train_ds, tc.batch_size, dc.num_workers, sampler=sampler, drop_last=per_rank > tc.batch_size)
-    val_loader = _loader(val_ds, tc.batch_size, dc.num_workers)
+    bs, workers, collate = tc.batch_size, dc.num_workers, task.collate
+    train_loader = _loader(train_ds, bs, workers, sampler=sampler, drop_last=per_rank > bs, collate=collate)
+    val_loader = _loader(val_ds, bs, workers, collate=collate)
 
     core = create_model(cfg.model, taxonomy, image_size=dc.image_size)
     if cfg.model.init and saved is None:  # on --resume the weights come from last.ckpt
@@ -290,9 +299,8 @@ def _train(
     net: nn.Module = CachedTail(core, cut) if cut else core
     model = net  # wrapped in DDP at the first epoch, once the frozen blocks are known
 
-    task = make_task(cfg, taxonomy, train_ds, val_ds, rank=info.rank, world=info.world_size)
     loss_fn = task.loss.to(dev)
-    augment = BatchAugment(dc.augment).to(dev) if dc.augment.enabled and not cut else None
+    augment = task.augmenter(dev, cached=bool(cut))
     flip = dc.augment.hflip if dc.augment.enabled and cut else 0.0
     if dc.augment.enabled and cut:
         say(
@@ -362,13 +370,7 @@ def _train(
             t_fetch = time.perf_counter()
             for i, batch in enumerate(batches):
                 wait += time.perf_counter() - t_fetch
-                if train_cache is None:
-                    images = batch["image"].to(dev, non_blocking=True)
-                    args: tuple = (prepare_batch(images, dc, augment, channels_last=channels_last),)
-                else:
-                    args = random_hflip(*train_cache.inputs(batch["index"], dev), flip)
-                targets = {k: v.to(dev, non_blocking=True) for k, v in batch["targets"].items()}
-                masks = {k: v.to(dev, non_blocking=True) for k, v in batch["masks"].items()}
+                args, targets, masks, n = task.step_inputs(batch, dev, augment, train_cache, flip, channels_last)
                 last_in_epoch = i + 1 == len(batches)
                 sync = (i + 1) % tc.grad_accum == 0 or last_in_epoch
                 ctx = model.no_sync() if info.enabled and not sync else nullcontext()
@@ -388,7 +390,7 @@ def _train(
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
                 n_batches += 1
-                n_images += len(batch["index"])
+                n_images += n
                 if i % max(1, tc.log_every) == 0 or last_in_epoch:
                     rate = n_images * info.world_size / max(1e-9, time.perf_counter() - t0)
                     bar.update(row, info=f"loss {sums['loss'] / n_batches:.4f} | {rate:.0f} img/s")

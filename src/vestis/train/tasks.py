@@ -19,6 +19,10 @@ see :mod:`vestis.models.embedding`) trains on P values x K images batches
 (:class:`~vestis.data.triplets.PKBatchSampler`) with online triplet mining (`train.mining`), and is validated by
 triplet accuracy on triplets built once from the validation split (the multi-column paper's validation accuracy)
 and R@K.
+
+The hierarchical pipeline's two stages are tasks too: a detector (:mod:`vestis.train.detection_task`) trains on
+COCO boxes and is selected on COCO mAP; a stage-2 model (:mod:`vestis.train.stage2_task`) trains on a manifest of
+garment crops and is selected on the mean of its category top-1 accuracy and attribute mAP.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from vestis.config import Config
 from vestis.data.dataset import AttributeDataset, EncodedTargets
 from vestis.data.taxonomy import Attribute, Taxonomy
+from vestis.data.transforms import BatchAugment, prepare_batch
 from vestis.data.triplets import PKBatchSampler, build_condition_triplets, default_batches, value_codes
 from vestis.errors import VestisError
 from vestis.eval.evaluator import evaluate_predictions
@@ -45,7 +50,7 @@ from vestis.eval.thresholds import choose_thresholds
 from vestis.inference.batch import collect_embeddings, embed_loader, predict_loader
 from vestis.losses import EmbeddingLoss, MaskedMultiTaskLoss, class_weights
 from vestis.registry import MODELS
-from vestis.train.cache import FeatureCache, predict_cache
+from vestis.train.cache import FeatureCache, predict_cache, random_hflip
 
 __all__ = [
     "Calibration",
@@ -136,7 +141,15 @@ def calibrate_split(
 
 
 def model_task(name: str) -> str:
-    """``classification`` or ``embedding``: what the registered model ``name`` is trained for."""
+    """What the registered model ``name`` is trained for: ``classification``, ``embedding``, ``detection`` (stage 1
+    of the hierarchical pipeline) or ``stage2`` (its category and attributes of garment crops)."""
+    from vestis.models.detection import is_detector
+    from vestis.models.hierarchical import is_stage2
+
+    if is_detector(name):
+        return "detection"
+    if is_stage2(name):
+        return "stage2"
     return str(MODELS.meta(name).get("task", "classification"))
 
 
@@ -154,7 +167,7 @@ class Task:
     # what ``auto`` stood for before train.selection_metric existed: what a resumed older run was selected on
     legacy_metric = "mean_micro_f1"
 
-    def __init__(self, cfg: Config, taxonomy: Taxonomy, train_ds: AttributeDataset, val_ds: AttributeDataset) -> None:
+    def __init__(self, cfg: Config, taxonomy: Taxonomy, train_ds: Any, val_ds: Any) -> None:
         self.cfg, self.taxonomy, self.train_ds, self.val_ds = cfg, taxonomy, train_ds, val_ds
         self.loss: nn.Module
 
@@ -164,6 +177,35 @@ class Task:
     def metric_names(self) -> list[str] | None:
         """The keys validation's ``summary`` will hold, when known before training; ``None`` otherwise."""
         return None
+
+    # how the loader stacks items into a batch (None: PyTorch's default)
+    collate: Callable[[list[Any]], Any] | None = None
+
+    def augmenter(self, dev: torch.device, cached: bool) -> nn.Module | None:
+        """The image augmentation of training batches (``data.augment``), on ``[0, 1]`` images on the device;
+        ``None`` when off or when the trunk is cached (augmentation cannot apply below it)."""
+        dc = self.cfg.data
+        return BatchAugment(dc.augment).to(dev) if dc.augment.enabled and not cached else None
+
+    def step_inputs(
+        self,
+        batch: Any,
+        dev: torch.device,
+        augment: nn.Module | None,
+        cache: FeatureCache | None,
+        flip: float,
+        channels_last: bool,
+    ) -> tuple[tuple[Any, ...], dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+        """One training batch as ``(model arguments, targets, masks, number of images)``: the loop computes
+        ``loss(model(*args), targets, masks)``."""
+        if cache is None:
+            images = batch["image"].to(dev, non_blocking=True)
+            args: tuple[Any, ...] = (prepare_batch(images, self.cfg.data, augment, channels_last=channels_last),)
+        else:
+            args = random_hflip(*cache.inputs(batch["index"], dev), flip)
+        targets = {k: v.to(dev, non_blocking=True) for k, v in batch["targets"].items()}
+        masks = {k: v.to(dev, non_blocking=True) for k, v in batch["masks"].items()}
+        return args, targets, masks, len(batch["index"])
 
     def batches(self, epoch: int, sampler: DistributedSampler, loader: DataLoader, cache: FeatureCache | None):
         raise NotImplementedError
@@ -354,6 +396,15 @@ def make_task(
     cfg: Config, taxonomy: Taxonomy, train_ds: AttributeDataset, val_ds: AttributeDataset, *, rank: int, world: int
 ) -> Task:
     """The task of ``cfg.model.name`` (see :func:`model_task`)."""
-    if model_task(cfg.model.name) == "embedding":
+    kind = model_task(cfg.model.name)
+    if kind == "embedding":
         return EmbeddingTask(cfg, taxonomy, train_ds, val_ds, rank=rank, world_size=world)
+    if kind == "detection":
+        from vestis.train.detection_task import DetectionTask
+
+        return DetectionTask(cfg, taxonomy, train_ds, val_ds)
+    if kind == "stage2":
+        from vestis.train.stage2_task import Stage2Task
+
+        return Stage2Task(cfg, taxonomy, train_ds, val_ds)
     return ClassifierTask(cfg, taxonomy, train_ds, val_ds)

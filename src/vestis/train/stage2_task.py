@@ -1,0 +1,151 @@
+"""Training a stage-2 model (category and attributes of garment crops) in the one training loop.
+
+The data is an ordinary manifest of crops (``vestis crops`` writes one from a detector's boxes): the taxonomy's
+``category_attribute`` is the category, the other attributes are flattened into the model's multi-label output
+(:class:`~vestis.models.hierarchical.Stage2Layout`), and the metadata column ``meta_object_type`` holds each crop's
+detector class, the label-sharing models' input. The loss is the paper's: categorical cross-entropy on the
+category plus binary cross-entropy on the flattened attributes, missing labels ignored; the true category is
+passed for teacher forcing. The augmentation is the paper's stage-2 one (:class:`~vestis.data.crops.CropAugment`:
+flip, rotation and zoom by 10 %), when ``data.augment.enabled``.
+
+Validation scores :func:`~vestis.eval.hierarchical.evaluate_stage2` (category top-1/3/5, attribute recall@3/5 and
+mAP, the rate of attributes predicted for a category they do not apply to) and selects on ``stage2_score``, the
+mean of ``category_top1`` (single-label: accuracy) and ``attribute_map`` (multi-label: threshold-free).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from vestis.config import Config
+from vestis.data.crops import CropAugment
+from vestis.data.dataset import AttributeDataset
+from vestis.data.taxonomy import Taxonomy
+from vestis.data.transforms import prepare_batch
+from vestis.errors import VestisError
+from vestis.eval.hierarchical import evaluate_stage2
+from vestis.losses.hierarchical import HierarchicalLoss
+from vestis.models.hierarchical import OBJECT_TYPE_META, Stage2Layout
+from vestis.train.cache import FeatureCache
+from vestis.train.tasks import Task, Validation
+
+__all__ = ["STAGE2_METRICS", "Stage2Loss", "Stage2Task", "object_type_indices"]
+
+STAGE2_METRICS = (
+    "category_top1",
+    "category_top3",
+    "category_top5",
+    "attribute_recall@3",
+    "attribute_recall@5",
+    "attribute_recall_pooled@3",
+    "attribute_recall_pooled@5",
+    "attribute_recall_mmfashion@3",
+    "attribute_recall_mmfashion@5",
+    "attribute_map",
+    "incompatible_rate",
+    "incompatible_item_rate",
+    "stage2_score",
+)
+
+
+def object_type_indices(ds: AttributeDataset, layout: Stage2Layout) -> Tensor:
+    """(N,) detector class index of each row (``meta_object_type``), ``-1`` where absent or unknown."""
+    return torch.tensor(
+        [layout.object_type_index(r.meta.get(OBJECT_TYPE_META)) for r in ds.manifest.records], dtype=torch.long
+    )
+
+
+class Stage2Loss(nn.Module):
+    """:class:`~vestis.losses.hierarchical.HierarchicalLoss` on a batch's per-attribute targets and masks."""
+
+    def __init__(self, layout: Stage2Layout) -> None:
+        super().__init__()
+        self.layout = layout
+        self.inner = HierarchicalLoss()
+
+    def forward(
+        self, outputs: Mapping[str, Any], targets: Mapping[str, Tensor], masks: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        flat = {
+            "category": self.layout.category_targets(targets, masks),
+            "attributes": self.layout.flat_targets(targets, masks),
+        }
+        return self.inner(outputs, flat)
+
+
+class Stage2Task(Task):
+    """Crops -> category CE + attribute BCE; selected on ``stage2_score``."""
+
+    default_metric = legacy_metric = "stage2_score"
+
+    def __init__(self, cfg: Config, taxonomy: Taxonomy, train_ds: AttributeDataset, val_ds: AttributeDataset) -> None:
+        super().__init__(cfg, taxonomy, train_ds, val_ds)
+        if cfg.train.cache_features:
+            raise VestisError("train.cache_features: a stage-2 model trains on its crops; the feature cache is off")
+        self.layout = Stage2Layout.from_taxonomy(taxonomy, cfg.model.object_types)
+        self.loss = Stage2Loss(self.layout)
+        self.train_types = object_type_indices(train_ds, self.layout)
+        self.val_types = object_type_indices(val_ds, self.layout)
+
+    def metric_names(self) -> list[str]:
+        return list(STAGE2_METRICS)
+
+    def augmenter(self, dev: torch.device, cached: bool) -> nn.Module | None:
+        aug = self.cfg.data.augment
+        return CropAugment(hflip=aug.hflip).to(dev) if aug.enabled else None
+
+    def batches(self, epoch: int, sampler: DistributedSampler, loader: DataLoader, cache: FeatureCache | None):
+        return loader
+
+    def step_inputs(
+        self,
+        batch: Any,
+        dev: torch.device,
+        augment: nn.Module | None,
+        cache: FeatureCache | None,
+        flip: float,
+        channels_last: bool,
+    ) -> tuple[tuple[Any, ...], dict[str, Tensor], dict[str, Tensor], int]:
+        (x,), targets, masks, n = super().step_inputs(batch, dev, augment, None, 0.0, channels_last)
+        types = self.train_types[batch["index"]].to(dev)
+        return (x, types, self.layout.category_targets(targets, masks)), targets, masks, n
+
+    @torch.no_grad()
+    def outputs(self, core: nn.Module, loader: DataLoader, types: Tensor, dev: torch.device) -> dict[str, np.ndarray]:
+        """Category softmax (N, C), attribute sigmoid (N, A) probabilities and the targets of a split, in order."""
+        was = core.training
+        core.eval()
+        parts: dict[str, list[np.ndarray]] = {"category": [], "attributes": [], "labels": [], "targets": []}
+        try:
+            for batch in loader:
+                x = prepare_batch(batch["image"].to(dev), self.cfg.data)
+                out = core(x, object_types=types[batch["index"]].to(dev))
+                parts["category"].append(out["category"].float().softmax(1).cpu().numpy())
+                parts["attributes"].append(out["attributes"].float().sigmoid().cpu().numpy())
+                parts["labels"].append(self.layout.category_targets(batch["targets"], batch["masks"]).numpy())
+                parts["targets"].append(self.layout.flat_targets(batch["targets"], batch["masks"]).numpy())
+        finally:
+            core.train(was)
+        a, c = self.layout.num_attributes, len(self.layout.categories)
+        empty = {"category": (0, c), "attributes": (0, a), "labels": (0,), "targets": (0, a)}
+        return {k: np.concatenate(v) if v else np.zeros(empty[k]) for k, v in parts.items()}
+
+    def validate(
+        self, core: nn.Module, net: nn.Module, loader: DataLoader, cache: FeatureCache | None, dev: torch.device
+    ) -> Validation:
+        o = self.outputs(core, loader, self.val_types, dev)
+        m = evaluate_stage2(
+            o["category"], o["labels"].astype(np.int64), o["attributes"], o["targets"],
+            allowed=self.layout.allowed, threshold=self.cfg.train.threshold,
+        )  # fmt: skip
+        summary: dict[str, Any] = {k: (None if v != v else float(v)) for k, v in m.items()}
+        parts = [summary.get("category_top1"), summary.get("attribute_map")]
+        defined = [p for p in parts if p is not None]
+        summary["stage2_score"] = float(np.mean(defined)) if defined else None
+        return Validation({"summary": summary, "stage2": dict(summary)})
