@@ -72,6 +72,8 @@ def crops_cmd(
     echo(f"{s['scenes']} scenes: {s['predictions']} predicted boxes, {s['matched']} matched "
          f"({s['matched_same_class']} of the same class), {s['unmatched_predictions']} unmatched; "
          f"{s['missed_gt']} of {s['gt_boxes']} ground-truth boxes missed")  # fmt: skip
+    if not s["matched"]:
+        echo(f"note: no predicted box matched a ground-truth box at IoU >= {iou:g}; the manifest is empty")
     if s["splits"]:
         echo("crops per split: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
     if s["labels_left_out"]:
