@@ -1,0 +1,466 @@
+"""The hierarchical two-stage outfit pipeline: garments found by a detector, each classified by a stage-2 model.
+
+::
+
+    pipe = OutfitPipeline.load("outfit.vestis")              # or an exported folder, runtime="onnx"
+    for result in pipe.predict(["look1.jpg", "look2.jpg"]):
+        for g in result.garments:
+            print(g.box, g.object_type, g.category, g.attributes)
+
+Per image: letterbox to the detector's size (with its ``pad_value``, black for a trained detector) ->
+:class:`~vestis.inference.pipeline_graphs.DetectorMaps` ->
+peaks, class-wise NMS, the best ``max_garments`` scoring ``>= min_score``, boxes in original pixels
+(:func:`~vestis.inference.pipeline_graphs.decode_detections`). Each *predicted* box is cropped from the original
+image (:func:`vestis.data.crops.crop_box`, with ``margin``), letterboxed to the stage-2 model's size with its
+``pad_value``; the crops of all images of a call go through stage 2 together, with the detector's object types
+(:class:`~vestis.inference.pipeline_graphs.Stage2Logits`), and are decoded through the model's
+:class:`~vestis.models.hierarchical.Stage2Layout` with taxonomy suppression
+(:func:`~vestis.inference.pipeline_graphs.decode_stage2`).
+
+Runtimes: ``torch`` runs a pipeline file (:mod:`vestis.inference.pipeline_format`); ``onnx`` runs an exported
+folder (:mod:`vestis.inference.pipeline_export`) with ONNX Runtime. Both run the same graphs and share the host
+decoding, so they give the same garments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vestis.data.crops import crop_box
+from vestis.data.detection import Letterbox, letterbox
+from vestis.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from vestis.data.taxonomy import Taxonomy
+from vestis.data.transforms import letterbox_array
+from vestis.errors import VestisError
+from vestis.inference.outfit_results import Garment, OutfitResult
+from vestis.inference.pipeline_format import (
+    MANIFEST_NAME,
+    PipelineBundle,
+    PipelineSettings,
+    load_pipeline_file,
+    pipeline_fingerprint,
+    pipeline_kind,
+)
+from vestis.inference.pipeline_graphs import (
+    DETECTOR_INPUT,
+    STAGE2_INPUTS,
+    Detections,
+    DetectorMaps,
+    Stage2Logits,
+    decode_detections,
+    decode_stage2,
+    threshold_vector,
+)
+from vestis.inference.runtime import torch_device
+
+__all__ = ["RUNTIMES", "OutfitPipeline", "PipelineSpec"]
+
+RUNTIMES = ("torch", "onnx")
+DETECTOR_FILE, STAGE2_FILE = "detector.onnx", "stage2.onnx"
+ONNX_MANIFEST_FORMAT = "vestis-pipeline-onnx"
+ONNX_MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What both runtimes need besides the graphs: sizes, classes, layout, thresholds and fingerprints.
+
+    Attributes:
+        classes: the detector's classes (its ``object_type`` values), in label order.
+        detector_size: the detector's square input side.
+        detector_pad: the grey level the images are letterboxed with.
+        stride: the detector's output stride.
+        candidates: peaks decoded per image before NMS.
+        stage2_size: the stage-2 model's square input side.
+        stage2_pad: the grey level the crops are letterboxed with.
+        layout: the stage-2 model's :class:`~vestis.models.hierarchical.Stage2Layout`.
+        thresholds: ``(A,)`` decision thresholds of the attribute outputs.
+        detector_fingerprint: the detector's fingerprint.
+        stage2_fingerprint: the stage-2 model's fingerprint.
+        stage2_taxonomy: the stage-2 model's taxonomy.
+    """
+
+    classes: tuple[str, ...]
+    detector_size: int
+    detector_pad: int
+    stride: int
+    candidates: int
+    stage2_size: int
+    stage2_pad: int
+    layout: Any
+    thresholds: np.ndarray
+    detector_fingerprint: str
+    stage2_fingerprint: str
+    stage2_taxonomy: Taxonomy
+
+
+class _TorchRuntime:
+    def __init__(self, detector: DetectorMaps, stage2: Stage2Logits, device: torch.device) -> None:
+        self.detector, self.stage2, self.device = detector.to(device).eval(), stage2.to(device).eval(), device
+
+    @torch.inference_mode()
+    def run_detector(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        outs = self.detector(torch.from_numpy(images).to(self.device))
+        return tuple(o.float().cpu().numpy() for o in outs)
+
+    @torch.inference_mode()
+    def run_stage2(self, crops: np.ndarray, object_types: np.ndarray) -> tuple[np.ndarray, ...]:
+        x = torch.from_numpy(crops).to(self.device)
+        outs = self.stage2(x, torch.from_numpy(object_types).to(self.device))
+        return tuple(o.float().cpu().numpy() for o in outs)
+
+
+class _OnnxRuntime:
+    def __init__(self, detector: Any, stage2: Any) -> None:
+        self.detector, self.stage2 = detector, stage2
+
+    def run_detector(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(self.detector.run(None, {DETECTOR_INPUT: images}))
+
+    def run_stage2(self, crops: np.ndarray, object_types: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(self.stage2.run(None, {STAGE2_INPUTS[0]: crops, STAGE2_INPUTS[1]: object_types}))
+
+
+def _rebuild(state: dict[str, Any], source: str) -> torch.nn.Module:
+    from vestis.train.checkpoint import rebuild_model
+
+    return rebuild_model(state, source=source)
+
+
+def torch_parts(bundle: PipelineBundle) -> tuple[DetectorMaps, Stage2Logits, PipelineSpec]:
+    """The two graphs (on the CPU, eval mode) and the spec of a read pipeline file."""
+    src = str(bundle.path or "<pipeline>")
+    detector = _rebuild(bundle.detector, f"{src}: detector")
+    stage2 = _rebuild(bundle.stage2, f"{src}: stage2")
+    dp, sp = bundle.detector["preprocessing"], bundle.stage2["preprocessing"]
+    det_size, st_size = int(dp["image_size"]), int(sp["image_size"])
+    if det_size % 32:
+        raise VestisError(f"{src}: detector: preprocessing.image_size: expected a multiple of 32, got {det_size}")
+    cfg = stage2.config
+    spec = PipelineSpec(
+        classes=tuple(detector.classes),
+        detector_size=det_size,
+        detector_pad=int(dp["pad_value"]),
+        stride=int(detector.stride),
+        candidates=int(detector.max_detections),
+        stage2_size=st_size,
+        stage2_pad=int(sp["pad_value"]),
+        layout=stage2.layout,
+        thresholds=threshold_vector(stage2.layout, stage2.thresholds, cfg.train.threshold, source=f"{src}: stage2"),
+        detector_fingerprint=detector.fingerprint,
+        stage2_fingerprint=stage2.fingerprint,
+        stage2_taxonomy=stage2.taxonomy,
+    )
+    return DetectorMaps(detector, dp["mean"], dp["std"]), Stage2Logits(stage2, sp["mean"], sp["std"]), spec
+
+
+class OutfitPipeline:
+    """Detector + stage-2 model (module docstring). Build with :meth:`load`.
+
+    Attributes:
+        spec: sizes, classes, layout and thresholds (:class:`PipelineSpec`).
+        settings: ``min_score``, ``nms_iou``, ``max_garments``, ``margin`` in use.
+        runtime: ``torch`` or ``onnx``.
+        path: the file or folder it was loaded from.
+    """
+
+    def __init__(
+        self,
+        runner: _TorchRuntime | _OnnxRuntime,
+        spec: PipelineSpec,
+        settings: PipelineSettings,
+        *,
+        runtime: str,
+        path: Path | None = None,
+        stage2_batch: int = 64,
+        top_k: int = 3,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if stage2_batch < 1 or top_k < 1:
+            raise VestisError(f"expected stage2_batch >= 1 and top_k >= 1, got {stage2_batch} and {top_k}")
+        self._runner, self.spec, self.settings, self.runtime, self.path = runner, spec, settings, runtime, path
+        self.stage2_batch, self.top_k, self.max_pixels = stage2_batch, top_k, max_pixels
+        # detector class index -> the stage-2 model's object-type index (by name; -1: unknown to it)
+        self._types = np.array([spec.layout.object_type_index(c) for c in spec.classes], dtype=np.int64)
+
+    @property
+    def fingerprint(self) -> str:
+        """The pair's fingerprint under the settings in use (equal to the file's when none is overridden)."""
+        return pipeline_fingerprint(self.spec.detector_fingerprint, self.spec.stage2_fingerprint, self.settings)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        runtime: str | None = None,
+        device: str | None = None,
+        *,
+        min_score: float | None = None,
+        nms_iou: float | None = None,
+        max_garments: int | None = None,
+        margin: float | None = None,
+        threads: int | None = None,
+        stage2_batch: int = 64,
+    ) -> OutfitPipeline:
+        """Load a pipeline file (runtime ``torch``) or an exported folder / its ``pipeline.json`` (``onnx``).
+
+        Args:
+            path: the pipeline file or the exported folder.
+            runtime: ``torch`` or ``onnx``; ``None`` picks the one the path is for.
+            device: ``cpu``, ``cuda``, ``cuda:N``; ``None`` for CUDA when present.
+            min_score: override the stored setting (``None`` keeps it); likewise ``nms_iou``, ``max_garments``,
+                ``margin``.
+            nms_iou: see ``min_score``.
+            max_garments: see ``min_score``.
+            margin: see ``min_score``.
+            threads: ONNX Runtime intra-op threads (``None``: its default).
+            stage2_batch: crops per stage-2 call.
+
+        Raises:
+            VestisError: an unknown runtime, a path that is neither kind, a runtime the path cannot run, a damaged
+                file.
+        """
+        path = Path(path)
+        if runtime is not None and runtime not in RUNTIMES:
+            raise VestisError(f"runtime: expected one of {list(RUNTIMES)}, got {runtime!r}")
+        kind = pipeline_kind(path)
+        if kind is None:
+            if path.is_file() and path.suffix == ".vestis":
+                load_pipeline_file(path)  # raises with the reason (damaged header, other format)
+            raise VestisError(
+                f"{path}: expected a pipeline file from `vestis pipeline` or a folder from `vestis export` "
+                f"(with {MANIFEST_NAME})"
+            )
+        runtime = runtime or ("torch" if kind == "bundle" else "onnx")
+        overrides = {"min_score": min_score, "nms_iou": nms_iou, "max_garments": max_garments, "margin": margin}
+        if kind == "bundle" and runtime == "onnx":
+            raise VestisError(f"{path}: runtime onnx needs an exported folder; run `vestis export {path} --out DIR`")
+        if kind == "onnx" and runtime == "torch":
+            raise VestisError(f"{path}: an exported (ONNX) pipeline; runtime torch needs the pipeline file")
+        if kind == "bundle":
+            bundle = load_pipeline_file(path)
+            det, st, spec = torch_parts(bundle)
+            runner: _TorchRuntime | _OnnxRuntime = _TorchRuntime(det, st, torch_device(device))
+            settings = bundle.settings.replace(**overrides)
+        else:
+            folder = path if path.is_dir() else path.parent
+            spec, settings, runner = _load_onnx(folder, device, threads)
+            settings = settings.replace(**overrides)
+        return cls(runner, spec, settings, runtime=runtime, path=path, stage2_batch=stage2_batch)
+
+    # --- the stages ----------------------------------------------------------------------------------------
+    def detect(self, images: Sequence[Image.Image]) -> list[Detections]:
+        """Stage 1 on RGB images: the garments' boxes (original pixels), scores and classes, best first."""
+        if not images:
+            return []
+        s = self.spec.detector_size
+        boxed: list[np.ndarray] = []
+        lbs: list[Letterbox] = []
+        for img in images:
+            canvas, lb = letterbox(img, s, (self.spec.detector_pad,) * 3)
+            boxed.append(np.asarray(canvas, dtype=np.uint8).transpose(2, 0, 1))
+            lbs.append(lb)
+        heat, size, offset = self._runner.run_detector(np.ascontiguousarray(np.stack(boxed)))
+        return decode_detections(
+            heat, size, offset, stride=self.spec.stride, candidates=self.spec.candidates, letterboxes=lbs,
+            image_sizes=[img.size for img in images], settings=self.settings,
+        )  # fmt: skip
+
+    def crops(self, image: Image.Image, boxes: np.ndarray) -> list[Image.Image]:
+        """The crops of ``(K, 4)`` xyxy boxes (original pixels), with the pipeline's margin."""
+        return [crop_box(image, [b[0], b[1], b[2] - b[0], b[3] - b[1]], self.settings.margin) for b in boxes]
+
+    def crop_arrays(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
+        """``uint8`` ``(K, 3, S2, S2)``: the crops letterboxed to the stage-2 model's input."""
+        s, pad = self.spec.stage2_size, self.spec.stage2_pad
+        out = np.empty((len(boxes), 3, s, s), dtype=np.uint8)
+        for k, crop in enumerate(self.crops(image, boxes)):
+            out[k] = letterbox_array(crop, s, pad)
+        return out
+
+    def classify(self, crops: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 2 on ``uint8`` crops ``(N, 3, S2, S2)`` with their detector classes: ``(N, C)``, ``(N, A)`` logits."""
+        n = len(crops)
+        types = self._types[np.asarray(labels, dtype=np.int64)] if n else np.zeros(0, dtype=np.int64)
+        cats, attrs = [], []
+        for i in range(0, n, self.stage2_batch):
+            c, a = self._runner.run_stage2(
+                np.ascontiguousarray(crops[i : i + self.stage2_batch]),
+                np.ascontiguousarray(types[i : i + self.stage2_batch]),
+            )
+            cats.append(c)
+            attrs.append(a)
+        if not cats:
+            return np.zeros((0, len(self.spec.layout.categories))), np.zeros((0, len(self.spec.layout.attributes)))
+        return np.concatenate(cats), np.concatenate(attrs)
+
+    # --- the whole pipeline --------------------------------------------------------------------------------
+    def predict_images(
+        self, images: Sequence[Image.Image], names: Sequence[str | None] | None = None
+    ) -> list[OutfitResult]:
+        """Both stages on RGB images; the crops of every image go through stage 2 together."""
+        names = list(names) if names is not None else [None] * len(images)
+        if len(names) != len(images):
+            raise VestisError(f"expected one name per image, got {len(names)} for {len(images)} images")
+        images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+        dets = self.detect(images)
+        arrays = [self.crop_arrays(img, d.boxes) for img, d in zip(images, dets, strict=True)]
+        s = self.spec.stage2_size
+        crops = np.concatenate(arrays) if arrays else np.zeros((0, 3, s, s), dtype=np.uint8)
+        labels = np.concatenate([d.labels for d in dets]) if dets else np.zeros(0, dtype=np.int64)
+        cat, attr = self.classify(crops, labels)
+        decoded = decode_stage2(cat, attr, self.spec.layout, self.spec.thresholds, self.top_k)
+        fp, out, k = self.fingerprint, [], 0
+        for img, name, d in zip(images, names, dets, strict=True):
+            garments = []
+            for box, score, label in zip(d.boxes, d.scores, d.labels, strict=True):
+                lab = decoded[k]
+                k += 1
+                garments.append(
+                    Garment(
+                        box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                        object_type=self.spec.classes[int(label)],
+                        object_score=float(score),
+                        category=lab.category,
+                        category_score=lab.category_score,
+                        category_top=lab.category_top,
+                        attributes=lab.attributes,
+                        suppressed=lab.suppressed,
+                    )
+                )
+            out.append(OutfitResult(name, img.width, img.height, garments, fp))
+        return out
+
+    def predict(self, images: Sequence[Image.Image | str | os.PathLike[str]]) -> list[OutfitResult]:
+        """Garments of each image (PIL images or paths; a path's result names it).
+
+        Raises:
+            VestisError: an image that cannot be read (the message names it).
+        """
+        pils, names = [], []
+        for i, x in enumerate(images):
+            if isinstance(x, Image.Image):
+                pils.append(x)
+                names.append(None)
+                continue
+            if not isinstance(x, str | os.PathLike):
+                raise VestisError(f"images[{i}]: expected a PIL image or a path, got {type(x).__name__}")
+            try:
+                pils.append(load_image(x, max_pixels=self.max_pixels))
+            except ImageError as e:
+                raise VestisError(str(e)) from None
+            names.append(str(x))
+        return self.predict_images(pils, names)
+
+
+# --- the ONNX runtime ------------------------------------------------------------------------------------------
+
+
+def _load_onnx(folder: Path, device: str | None, threads: int | None) -> tuple[PipelineSpec, PipelineSettings, Any]:
+    """The spec, settings and ONNX Runtime sessions of an exported pipeline folder."""
+    from vestis.inference.runtime import onnx_providers
+
+    manifest = folder / MANIFEST_NAME
+    spec, settings = read_manifest(manifest)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise VestisError("ONNX models need onnxruntime: pip install 'vestis[onnx]'") from None
+    providers = onnx_providers(device, ort.get_available_providers())
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        if threads < 1:
+            raise VestisError(f"threads: expected a positive number of threads, got {threads}")
+        options.intra_op_num_threads = threads
+    sessions = []
+    for name in (DETECTOR_FILE, STAGE2_FILE):
+        p = folder / name
+        if not p.is_file():
+            raise VestisError(f"{p}: missing (expected {DETECTOR_FILE} and {STAGE2_FILE} beside {MANIFEST_NAME})")
+        try:
+            sessions.append(ort.InferenceSession(str(p), options, providers=providers))
+        except Exception as e:  # onnxruntime's own exception types for bad files
+            raise VestisError(f"{p}: not a loadable ONNX model ({str(e).strip()[:300]})") from None
+    return spec, settings, _OnnxRuntime(*sessions)
+
+
+def _field(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    v = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+        raise VestisError(f"{where}: {key}: expected {getattr(kind, '__name__', kind)}, got {type(v).__name__}")
+    return v
+
+
+def read_manifest(path: Path) -> tuple[PipelineSpec, PipelineSettings]:
+    """The spec and settings of an exported pipeline's ``pipeline.json`` (written by
+    :func:`vestis.inference.pipeline_export.export_pipeline_onnx`).
+
+    Raises:
+        VestisError: unreadable JSON, another format, a missing or mistyped field (named).
+    """
+    from vestis.models.hierarchical import Stage2Layout
+
+    src = str(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise VestisError(f"{path}: not a readable pipeline description ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != ONNX_MANIFEST_FORMAT:
+        raise VestisError(f"{path}: format: expected {ONNX_MANIFEST_FORMAT!r} (a folder from `vestis export`)")
+    version = data.get("version")
+    if not isinstance(version, int) or version > ONNX_MANIFEST_VERSION:
+        raise VestisError(f"{path}: version: expected an integer <= {ONNX_MANIFEST_VERSION}, got {version!r}")
+    settings = PipelineSettings.from_dict(data.get("settings"), source=src)
+    det = _field(data, "detector", dict, src)
+    st = _field(data, "stage2", dict, src)
+    classes = _field(det, "classes", list, f"{src}: detector")
+    if not classes or not all(isinstance(c, str) for c in classes):
+        raise VestisError(f"{src}: detector: classes: expected a non-empty list of names")
+    tax = Taxonomy.from_dict(_field(st, "taxonomy", dict, f"{src}: stage2"), source=f"{src}: stage2.taxonomy")
+    types = _field(st, "object_types", list, f"{src}: stage2")
+    layout = Stage2Layout.from_taxonomy(tax, [str(t) for t in types])
+    thr = _field(st, "thresholds", list, f"{src}: stage2")
+    try:
+        thresholds = np.asarray(thr, dtype=np.float64)
+    except (TypeError, ValueError):
+        thresholds = np.zeros(0)
+    if thresholds.shape != (len(layout.attributes),) or not np.isfinite(thresholds).all():
+        raise VestisError(f"{src}: stage2: thresholds: expected {len(layout.attributes)} numbers, one per output")
+    sizes = {}
+    keys = (("detector", "image_size"), ("detector", "stride"), ("detector", "candidates"), ("detector", "pad_value"),
+            ("stage2", "image_size"), ("stage2", "pad_value"))  # fmt: skip
+    for part, key in keys:
+        v = _field(data[part], key, int, f"{src}: {part}")
+        if v < (0 if key == "pad_value" else 1):
+            raise VestisError(f"{src}: {part}: {key}: expected a positive integer, got {v}")
+        sizes[f"{part}.{key}"] = v
+    spec = PipelineSpec(
+        classes=tuple(classes),
+        detector_size=sizes["detector.image_size"],
+        detector_pad=sizes["detector.pad_value"],
+        stride=sizes["detector.stride"],
+        candidates=sizes["detector.candidates"],
+        stage2_size=sizes["stage2.image_size"],
+        stage2_pad=sizes["stage2.pad_value"],
+        layout=layout,
+        thresholds=thresholds,
+        detector_fingerprint=str(_field(det, "fingerprint", str, f"{src}: detector")),
+        stage2_fingerprint=str(_field(st, "fingerprint", str, f"{src}: stage2")),
+        stage2_taxonomy=tax,
+    )
+    expected = pipeline_fingerprint(spec.detector_fingerprint, spec.stage2_fingerprint, settings)
+    if data.get("fingerprint") != expected:
+        raise VestisError(
+            f"{src}: fingerprint: expected {expected} (of the parts and settings), got {data.get('fingerprint')!r}"
+        )
+    return spec, settings

@@ -1,0 +1,273 @@
+"""What both runtimes of the outfit pipeline share: the two graphs they run and the decoding on the host.
+
+* :class:`DetectorMaps` (``detector.onnx``): ``uint8`` letterboxed images ``(B, 3, S, S)`` -> CenterNet's
+  ``heatmap`` (after the sigmoid, ``(B, K, S/s, S/s)``), ``size`` and ``offset`` (``(B, 2, S/s, S/s)``).
+* :class:`Stage2Logits` (``stage2.onnx``): ``uint8`` letterboxed crops ``(B, 3, S2, S2)`` and ``object_types``
+  ``(B,)`` int64 -> ``category`` ``(B, C)`` and ``attributes`` ``(B, A)`` logits.
+
+Normalisation (``x = (img / 255 - mean) / std``) runs inside both graphs, as in the classifier export
+(:mod:`vestis.inference.onnx_format`). Peak extraction, NMS, the boxes in original pixels, the probabilities and
+the taxonomy suppression run on the host in :func:`decode_detections` and :func:`decode_stage2`, for the PyTorch
+and the ONNX Runtime path alike, so both decode identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vestis.data.detection import Letterbox, unletterbox_boxes
+from vestis.errors import VestisError
+from vestis.inference.pipeline_format import PipelineSettings
+from vestis.models.detection import decode_centernet, nms
+from vestis.models.hierarchical import apply_taxonomy
+
+__all__ = [
+    "DETECTOR_INPUT",
+    "DETECTOR_OUTPUTS",
+    "STAGE2_INPUTS",
+    "STAGE2_OUTPUTS",
+    "Detections",
+    "DetectorMaps",
+    "GarmentLabels",
+    "Stage2Logits",
+    "decode_detections",
+    "decode_stage2",
+    "threshold_vector",
+]
+
+DETECTOR_INPUT = "images"
+DETECTOR_OUTPUTS = ("heatmap", "size", "offset")
+STAGE2_INPUTS = ("crops", "object_types")
+STAGE2_OUTPUTS = ("category", "attributes")
+
+
+class _Normalise(nn.Module):
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        # same operations, in the same order, as vestis.data.transforms.normalize
+        return (images.float().div(255.0) - self.mean) / self.std
+
+
+class DetectorMaps(nn.Module):
+    """``uint8`` letterboxed images -> ``(heatmap probabilities, size, offset)`` of a CenterNet.
+
+    Args:
+        model: a :class:`~vestis.models.detection.CenterNet` (anything with ``forward_maps``).
+        mean: per-channel mean of the normalisation, on the [0, 1] scale.
+        std: per-channel standard deviation.
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if not callable(getattr(model, "forward_maps", None)):
+            raise VestisError(f"{type(model).__name__}: not a detector (no forward_maps)")
+        self.model = model
+        self.normalise = _Normalise(mean, std)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        maps = self.model.forward_maps(self.normalise(images))
+        return maps["heatmap"].sigmoid(), maps["size"], maps["offset"]
+
+
+class Stage2Logits(nn.Module):
+    """``uint8`` letterboxed crops and their object types -> ``(category logits, attribute logits)``.
+
+    Args:
+        model: a :class:`~vestis.models.hierarchical.Stage2Model`.
+        mean: per-channel mean of the normalisation, on the [0, 1] scale.
+        std: per-channel standard deviation.
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.normalise = _Normalise(mean, std)
+
+    def forward(self, crops: Tensor, object_types: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(self.normalise(crops), object_types=object_types)
+        return out["category"], out["attributes"]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """The garments a detector found in one image, best first.
+
+    Attributes:
+        boxes: ``(K, 4)`` xyxy in the original image's pixels, clipped to it.
+        scores: ``(K,)``.
+        labels: ``(K,)`` detector class indices.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+def decode_detections(
+    heatmap: np.ndarray,
+    size: np.ndarray,
+    offset: np.ndarray,
+    *,
+    stride: int,
+    candidates: int,
+    letterboxes: Sequence[Letterbox],
+    image_sizes: Sequence[tuple[int, int]],
+    settings: PipelineSettings,
+) -> list[Detections]:
+    """The detector's maps -> garments per image.
+
+    CenterNet's peaks (the best ``candidates``), boxes back in original pixels and clipped to the image, those
+    scoring ``>= settings.min_score`` with a non-empty box kept, class-wise NMS at ``settings.nms_iou``, the best
+    ``settings.max_garments`` (the order of :class:`vestis.inference.detector.Detector`).
+
+    Args:
+        heatmap: ``(B, K, h, w)`` probabilities.
+        size: ``(B, 2, h, w)`` in output cells.
+        offset: ``(B, 2, h, w)`` in output cells.
+        stride: input pixels per output cell.
+        candidates: peaks decoded per image before NMS.
+        letterboxes: how each image was letterboxed.
+        image_sizes: ``(width, height)`` of each original image.
+        settings: the pipeline's settings.
+    """
+    s_h, s_w = heatmap.shape[2] * stride, heatmap.shape[3] * stride
+    decoded = decode_centernet(
+        torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(size, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(offset, dtype=np.float32)),
+        stride,
+        candidates,
+        image_size=(s_h, s_w),
+    )
+    out = []
+    for det, lb, (w, h) in zip(decoded, letterboxes, image_sizes, strict=True):
+        # as vestis.inference.detector.Detector: back to original pixels, clip, drop, then NMS there
+        b = unletterbox_boxes(det["boxes"], lb)
+        b = np.stack([b[:, 0].clip(0, w), b[:, 1].clip(0, h), b[:, 2].clip(0, w), b[:, 3].clip(0, h)], axis=1)
+        scores, labels = det["scores"].numpy(), det["labels"].numpy()
+        ok = np.flatnonzero((scores >= settings.min_score) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))
+        boxes, scores, labels = b[ok].reshape(-1, 4), scores[ok], labels[ok]
+        keep = nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), settings.nms_iou)
+        idx = keep.numpy()[: settings.max_garments]
+        out.append(Detections(boxes[idx].astype(np.float64), scores[idx].astype(np.float64), labels[idx]))
+    return out
+
+
+def threshold_vector(
+    layout: Any, thresholds: Mapping[str, Any] | None, default: float, *, source: str = "<stage2>"
+) -> np.ndarray:
+    """The decision threshold of each of the A attribute outputs.
+
+    An attribute's calibrated thresholds (``thresholds[attribute]``: one per value of its block, or one number for
+    all) win; the others get ``default`` (``config.train.threshold``).
+
+    Raises:
+        VestisError: a stored entry of the wrong length or not numbers.
+    """
+    out = np.full(len(layout.attributes), float(default), dtype=np.float64)
+    for attr, block in layout.blocks.items():
+        t = (thresholds or {}).get(attr)
+        if t is None:
+            continue
+        k = block.stop - block.start
+        try:
+            vals = np.asarray(t, dtype=np.float64)
+        except (TypeError, ValueError):
+            vals = None
+        if vals is not None and vals.ndim == 0:
+            vals = np.full(k, float(vals))
+        if vals is None or vals.shape != (k,) or not np.isfinite(vals).all():
+            raise VestisError(f"{source}: thresholds.{attr}: expected {k} numbers (one per value) or one number")
+        out[block] = vals
+    return out
+
+
+@dataclass(frozen=True)
+class GarmentLabels:
+    """What stage 2 says about one crop (the stage-2 half of a :class:`~vestis.inference.outfit_results.Garment`)."""
+
+    category: str
+    category_score: float
+    category_top: list[tuple[str, float]]
+    attributes: dict[str, list[tuple[str, float]]]
+    suppressed: list[str]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
+
+
+def _chosen(p: np.ndarray, thr: np.ndarray, kind: str) -> list[int]:
+    """Indices predicted in one attribute block: the argmax over the threshold (single), or all over it (multi)."""
+    if kind == "single":
+        j = int(np.argmax(p))
+        return [j] if p[j] >= thr[j] else []
+    order = np.argsort(-p, kind="stable")
+    return [int(j) for j in order if p[j] >= thr[j]]
+
+
+def decode_stage2(
+    category_logits: np.ndarray, attribute_logits: np.ndarray, layout: Any, thresholds: np.ndarray, top_k: int = 3
+) -> list[GarmentLabels]:
+    """Stage-2 logits -> labels per crop (Contract B).
+
+    The category is the softmax argmax; each other attribute is decided on its block of sigmoid probabilities
+    (single-label: the argmax value when it reaches its threshold; multi-label: every value reaching its threshold),
+    then values that do not apply to the predicted category are suppressed (:func:`apply_taxonomy`) and listed in
+    ``suppressed`` when they had been predicted.
+
+    Args:
+        category_logits: ``(N, C)``.
+        attribute_logits: ``(N, A)``.
+        layout: a :class:`~vestis.models.hierarchical.Stage2Layout`.
+        thresholds: ``(A,)`` from :func:`threshold_vector`.
+        top_k: categories listed in ``category_top``.
+    """
+    cat = _softmax(np.asarray(category_logits, dtype=np.float64))
+    raw = _sigmoid(np.asarray(attribute_logits, dtype=np.float64))
+    if cat.shape[0] == 0:
+        return []
+    idx = cat.argmax(axis=1)
+    kept, _ = apply_taxonomy(raw, idx, layout.allowed)
+    applies = np.asarray(layout.allowed, dtype=bool)[idx]  # (N, A)
+    out = []
+    for i in range(cat.shape[0]):
+        top = np.argsort(-cat[i], kind="stable")[:top_k]
+        attributes: dict[str, list[tuple[str, float]]] = {}
+        suppressed: list[str] = []
+        for attr, block in layout.blocks.items():
+            kind = layout.kinds[attr]
+            thr = thresholds[block]
+            before = _chosen(raw[i, block], thr, kind)
+            ok = applies[i, block]
+            suppressed += [f"{attr}={layout.attributes[block.start + j][1]}" for j in before if not ok[j]]
+            p = np.where(ok, kept[i, block], -np.inf)  # a value that does not apply is never chosen
+            after = _chosen(p, thr, kind) if ok.any() else []
+            if after:
+                attributes[attr] = [(layout.attributes[block.start + j][1], float(p[j])) for j in after]
+        out.append(
+            GarmentLabels(
+                category=layout.categories[int(idx[i])],
+                category_score=float(cat[i, idx[i]]),
+                category_top=[(layout.categories[int(j)], float(cat[i, j])) for j in top],
+                attributes=attributes,
+                suppressed=suppressed,
+            )
+        )
+    return out
