@@ -44,10 +44,17 @@ def _calibration_progress() -> Iterator[Callable[[int, int], None]]:
 
 @command("export")
 def export_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (best.ckpt / last.ckpt).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint (best.ckpt / last.ckpt) or an outfit pipeline file (vestis pipeline).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The .onnx file to write (an outfit pipeline: the folder to write).")
+    ],
     int8: Annotated[bool, typer.Option("--int8", help="Quantise to int8 (static, calibrated).")] = False,
-    opset: Annotated[int | None, typer.Option("--opset", min=7, help="ONNX opset (default: the exporter's).")] = None,
+    opset: Annotated[
+        int | None,
+        typer.Option("--opset", min=7, help="ONNX opset (default: the exporter's; an outfit pipeline: 17)."),
+    ] = None,
     calibration: Annotated[
         list[Path] | None,
         typer.Option(
@@ -73,7 +80,15 @@ def export_cmd(
         bool, typer.Option("--embedding", help="Export a classifier's attribute-based embedder instead.")
     ] = False,
 ) -> None:
-    """Export CHECKPOINT to ONNX with its taxonomy, preprocessing and thresholds as metadata."""
+    """Export CHECKPOINT to ONNX with its taxonomy, preprocessing and thresholds as metadata.
+
+    An outfit pipeline file becomes a folder: detector.onnx, stage2.onnx and pipeline.json.
+    """
+    from vestis.inference.pipeline_format import pipeline_kind
+
+    if pipeline_kind(checkpoint) == "bundle":
+        _export_pipeline(checkpoint, out, int8=int8, embedding=embedding, opset=opset, check_images=check_images)
+        return
     from vestis.inference.export import export_onnx
 
     with _calibration_progress() if int8 else contextlib.nullcontext(None) as progress:
@@ -94,3 +109,18 @@ def export_cmd(
         echo(f"\n{p.summary()}")
     for note in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+
+
+def _export_pipeline(pipeline: Path, out: Path, *, int8: bool, embedding: bool, opset: int | None,
+                     check_images: int) -> None:  # fmt: skip
+    """An outfit pipeline file to a folder of two ONNX graphs and pipeline.json, checked against PyTorch."""
+    from vestis.errors import VestisError
+    from vestis.inference.pipeline_export import DEFAULT_OPSET, export_pipeline_onnx
+
+    if int8 or embedding:
+        raise VestisError(f"{pipeline}: an outfit pipeline exports in fp32 only (no --int8, no --embedding)")
+    r = export_pipeline_onnx(pipeline, out, opset=DEFAULT_OPSET if opset is None else opset, check_images=check_images)
+    echo(f"wrote {r.folder}: {', '.join(p.name for p in r.files)} (opset {r.opset}, {r.exporter} exporter)")
+    if r.parity:
+        rows = "\n".join(f"{k:<10}  {v:9.2e}" for k, v in r.parity.items())
+        echo(f"\nagainst PyTorch on {r.num_images} images (max |d|):\n{rows}")
