@@ -15,7 +15,8 @@ Endpoints: ``POST /v1/attributes``, ``POST /v1/heatmap``, ``GET /v1/taxonomy``, 
 ``GET /readyz``, ``GET /metrics`` and the web page at ``/``; with a catalog index, the search endpoints of
 :mod:`vestis.service.search`. An embedding model (:mod:`vestis.service.embedding`, served with its index) answers
 ``/v1/attributes`` from its recognition columns, else from the index's nearest prototypes, and has no
-``/v1/heatmap``. Every error is JSON
+``/v1/heatmap``. An outfit pipeline (:mod:`vestis.service.outfit`) answers ``POST /v1/outfit`` and
+``GET /v1/model`` instead of the single-product endpoints. Every error is JSON
 ``{"error": ..., "detail": ...}``; an exception in the model answers 500 and the next request is served.
 A client that goes away while its body is read is an ordinary event: counted, logged on one line, no 500.
 Traceability: ``/v1/attributes`` and ``/v1/taxonomy`` answer with ``model``, the served model's fingerprint
@@ -329,15 +330,23 @@ def create_app(
             its thumbnail and ``GET /v1/index`` (see :mod:`vestis.service.search`).
         registry: the Prometheus registry for the metrics; a fresh one by default.
     """
-    if not isinstance(predictor, AttributePredictor):
+    from vestis.service import outfit as outfit_routes  # it builds on _Service below
+
+    outfit = outfit_routes.is_outfit_pipeline(predictor)
+    if not outfit and not isinstance(predictor, AttributePredictor):
         members = ("taxonomy", "preprocessing", "thresholds", "preprocess", "predict_arrays", "decode")
         missing = [m for m in members if not hasattr(predictor, m)]
         raise VestisError(f"create_app: {type(predictor).__name__} is not a predictor; it lacks {', '.join(missing)}")
-    has_heatmap = callable(getattr(predictor, "heatmap", None))
+    if outfit and index is not None:
+        raise VestisError("create_app: an outfit pipeline serves no catalog index (search serves a single model)")
+    has_heatmap = not outfit and callable(getattr(predictor, "heatmap", None))
     config = config or ServiceConfig()
     metrics = ServiceMetrics(registry)
-    service = _Service(predictor, config, metrics)
-    metrics.set_model(service.fingerprint, _model_name(predictor), getattr(predictor, "backend", None))
+    service = (outfit_routes.OutfitService if outfit else _Service)(predictor, config, metrics)
+    name = service.model_name if isinstance(service, outfit_routes.OutfitService) else _model_name(predictor)
+    metrics.set_model(
+        service.fingerprint, name, getattr(predictor, "backend", None) or getattr(predictor, "runtime", None)
+    )
     searcher: Searcher | None = None
 
     @asynccontextmanager
@@ -371,6 +380,54 @@ def create_app(
     # outermost: it also counts the 413s above; app.routes is the live list the routes below are added to
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
     add_error_handlers(app, metrics)
+
+    if isinstance(service, outfit_routes.OutfitService):
+        outfit_routes.add_outfit_routes(app, service)
+    else:
+        _add_attribute_routes(app, service, has_heatmap)
+        outfit_routes.add_no_outfit_route(app)
+
+    @app.get("/healthz", response_model=Health, summary="The process is up", tags=["operations"])
+    async def healthz() -> Health:
+        return Health()
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Loading or warming up."}},
+        summary="The model is loaded and warmed up",
+        tags=["operations"],
+    )
+    async def readyz() -> Any:
+        body = Readiness(ready=service.ready, detail=service.status)
+        return body if service.ready else JSONResponse(body.model_dump(), status_code=503)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text."}},
+        summary="Prometheus metrics",
+        tags=["operations"],
+    )
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    if index is not None:
+        from vestis.service.search import add_search_routes
+
+        searcher = add_search_routes(app, service, index)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": _PAGE_CSP})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _add_attribute_routes(app: FastAPI, service: _Service, has_heatmap: bool) -> None:
+    """The single-product endpoints: ``/v1/attributes``, ``/v1/heatmap`` (when the model has one), ``/v1/taxonomy``."""
+    predictor = service.predictor
 
     @app.post(
         "/v1/attributes",
@@ -447,43 +504,6 @@ def create_app(
             embedding=getattr(predictor, "embedding", None),
             model=service.fingerprint,
         )
-
-    @app.get("/healthz", response_model=Health, summary="The process is up", tags=["operations"])
-    async def healthz() -> Health:
-        return Health()
-
-    @app.get(
-        "/readyz",
-        response_model=Readiness,
-        responses={503: {"model": Readiness, "description": "Loading or warming up."}},
-        summary="The model is loaded and warmed up",
-        tags=["operations"],
-    )
-    async def readyz() -> Any:
-        body = Readiness(ready=service.ready, detail=service.status)
-        return body if service.ready else JSONResponse(body.model_dump(), status_code=503)
-
-    @app.get(
-        "/metrics",
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text."}},
-        summary="Prometheus metrics",
-        tags=["operations"],
-    )
-    async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    if index is not None:
-        from vestis.service.search import add_search_routes
-
-        searcher = add_search_routes(app, service, index)
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": _PAGE_CSP})
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 def _model_name(predictor: AttributePredictor) -> str | None:
