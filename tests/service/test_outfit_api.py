@@ -170,3 +170,22 @@ def test_a_failing_pipeline_answers_500_and_the_service_goes_on(pipeline):
 def test_an_outfit_pipeline_serves_no_catalog_index(pipeline):
     with pytest.raises(VestisError, match="outfit pipeline serves no catalog index"):
         create_app(pipeline, index=object())  # type: ignore[arg-type]
+
+
+def test_vestis_serve_an_outfit_pipeline(pipeline_path, monkeypatch, tmp_path):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import vestis.cli
+
+    calls: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(app=app, kwargs=kw))
+    res = CliRunner().invoke(vestis.cli.app, ["serve", str(pipeline_path), "--port", "8124", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "outfit pipeline" in res.output and "http://127.0.0.1:8124/" in res.output
+    with TestClient(calls["app"]) as client:
+        wait_ready(client)
+        [garment] = _upload(client, png((9, 9, 9), (64, 64))).json()["garments"]
+        _check_garment(garment, expected_garment(64))
+    res = CliRunner().invoke(vestis.cli.app, ["serve", str(pipeline_path), "--index", str(tmp_path)])
+    assert res.exit_code == 1 and "serves no --index" in res.output

@@ -19,7 +19,8 @@ def serve_cmd(
     model: Annotated[
         Path,
         typer.Argument(
-            help="A checkpoint (.ckpt) or an ONNX file written by `vestis export` (embedding models: with --index)."
+            help="A checkpoint (.ckpt) or an ONNX file written by `vestis export` (embedding models: with --index), "
+            "or an outfit pipeline: a file from `vestis pipeline` or a folder from `vestis export`."
         ),
     ],
     host: Annotated[
@@ -68,6 +69,9 @@ def serve_cmd(
 ) -> None:
     """Serve MODEL over HTTP: /v1/attributes, /v1/heatmap, /v1/taxonomy, health, metrics and a web page at /.
 
+    An outfit pipeline (a detector and a stage-2 model) serves POST /v1/outfit instead (the garments of a photo:
+    box, object type, category and attributes of each), GET /v1/model and the page, which draws the boxes.
+
     With --index, also substitute search: /v1/search, /v1/items/{id} and its thumbnail, and the page's panel.
     An embedding model (csn, csn_fixed, triplet, datrnet) needs --index: /v1/attributes then answers from its
     recognition columns, else from the index's nearest prototypes (marked "source": "prototype"), and there is
@@ -85,6 +89,11 @@ def serve_cmd(
         max_images=max_images, max_request_pixels=max_request_pixels, decode_budget_mb=decode_budget_mb,
         max_json_depth=max_json_depth, max_queue_wait_ms=max_queue_wait_ms,
     )  # fmt: skip
+    from vestis.inference.pipeline_format import pipeline_kind
+
+    if pipeline_kind(model) is not None:
+        _serve_outfit(model, config, index=index, device=device, host=host, port=port, log_level=log_level)
+        return
     from vestis.service.embedding import embedding_model_name
 
     embedding = embedding_model_name(model, trust=trust_checkpoint)
@@ -114,5 +123,28 @@ def serve_cmd(
     echo(
         f"serving {model} ({predictor.backend} on {predictor.device}, {len(predictor.taxonomy)} attributes) "
         f"at http://{shown}:{port}/ · batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms{searching}"
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def _serve_outfit(
+    model: Path, config: ServiceConfig, *, index: Path | None, device: str | None, host: str, port: int, log_level: str
+) -> None:
+    """``vestis serve`` of an outfit pipeline (a pipeline file runs on torch, an exported folder on ONNX Runtime)."""
+    import uvicorn
+
+    from vestis.inference.pipeline import OutfitPipeline
+    from vestis.service import create_app
+
+    if index is not None:
+        raise VestisError(f"{model}: an outfit pipeline serves no --index (substitute search serves a single model)")
+    pipeline = OutfitPipeline.load(model, device=device)
+    app = create_app(pipeline, config)
+    shown = f"[{host}]" if ":" in host else host
+    spec = pipeline.spec
+    echo(
+        f"serving the outfit pipeline {model} ({pipeline.runtime}; {len(spec.classes)} object types, "
+        f"{len(spec.layout.categories)} categories, {len(spec.layout.attributes)} attribute values) at "
+        f"http://{shown}:{port}/ · POST /v1/outfit · batches of up to {config.max_batch_size} images"
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
