@@ -24,13 +24,48 @@ def evaluate_cmd(
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip rows that fail validation.")] = False,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
     trust_checkpoint: TrustCheckpointOpt = False,
+    compare: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare",
+            help="A second manifest (e.g. production images): compare the model on --data and on it, writing "
+            "compare.json, compare.md, compare.html and figures instead of the report (default: none).",
+        ),
+    ] = None,
+    compare_split: Annotated[
+        str | None,
+        typer.Option(
+            "--compare-split", help="Rows of --compare: train, val, test or all (default: the same as --split)."
+        ),
+    ] = None,
+    compare_taxonomy: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare-taxonomy", help="Taxonomy of --compare (default: taxonomy.yaml beside it, when present)."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate CHECKPOINT (or an ONNX file): metrics.json, report.md, report.html and figures in --out.
 
     The split is recomputed from the model's own data settings. The report holds the majority-value reference,
     bootstrap 95% intervals (under 2000 items), training curves (history.json beside the checkpoint),
     reliability diagrams, precision-recall curves, an error gallery and meta_ column breakdowns.
+
+    With --compare B.csv the same model is scored on --data (A) and on B: per attribute accuracy, per-class and
+    average per-class accuracy on both, the drop A - B, the confusion-matrix difference and the value-distribution
+    shift (total variation distance), in compare.json, compare.md and compare.html.
     """
+    if compare is not None:
+        from vestis.eval.compare import compare_checkpoint, format_comparison
+
+        res = compare_checkpoint(
+            checkpoint, data, compare, out, taxonomy=taxonomy, compare_taxonomy=compare_taxonomy, split=split,
+            compare_split=compare_split, batch_size=batch_size, workers=workers, device=device,
+            skip_invalid=skip_invalid, trust_checkpoint=trust_checkpoint,
+        )  # fmt: skip
+        echo(format_comparison(res.metrics))
+        echo(f"\nA: {data}, B: {compare}; report: {res.files['compare.html']}")
+        return
     from vestis.eval.evaluator import format_table
     from vestis.eval.run import evaluate_checkpoint, format_retrieval
 
@@ -41,6 +76,12 @@ def evaluate_cmd(
     if result.kind == "embedding":  # the substitute-retrieval protocol
         echo(format_retrieval(result.metrics))
         echo(f"{result.num_items} items ({split}); report: {result.files['report.md']}")
+        return
+    if result.kind == "stage2":  # crops of the hierarchical pipeline: the paper's stage-2 metrics
+        from vestis.eval.stage2_run import format_stage2
+
+        echo(format_stage2(result.metrics))
+        echo(f"\n{result.num_items} crops ({split}); report: {result.files['report.md']}")
         return
     echo(format_table(result.metrics))
     echo(f"\n{result.num_items} items ({split}); report: {result.files['report.html']}")
