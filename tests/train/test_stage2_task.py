@@ -154,3 +154,56 @@ def test_object_types_come_from_the_manifest_and_validation_is_exact(crops):
 def test_taxonomy_loader_keeps_the_object_type_metadata(crops):
     _, taxonomy = crops
     assert "object_type" in load_taxonomy(taxonomy).metadata
+
+
+def test_evaluate_a_stage2_checkpoint_against_a_direct_pass(crops, tmp_path):
+    from collections import Counter
+
+    from vestis.data.catalog import load_catalog
+    from vestis.data.splits import split_manifest
+    from vestis.data.transforms import prepare_batch
+    from vestis.eval.hierarchical import evaluate_stage2
+    from vestis.eval.run import evaluate_checkpoint
+
+    manifest, taxonomy = crops
+    cfg = load_config("tiny", ["model.name=stl_hls_tiny", "data.image_size=48", "train.epochs=1",
+                               "data.test_fraction=0.3"])  # fmt: skip
+    result = train(cfg, manifest, tmp_path / "run", taxonomy=taxonomy, **QUIET)
+    ev = evaluate_checkpoint(result.best, manifest, tmp_path / "ev", taxonomy=taxonomy, split="test", workers=0)
+    assert ev.kind == "stage2" and (tmp_path / "ev" / "metrics.json").is_file()
+    assert "majority reference" in (tmp_path / "ev" / "report.md").read_text()
+
+    m, tax = load_catalog(manifest, taxonomy)
+    parts = split_manifest(m, val_fraction=0.1, test_fraction=0.3, seed=0)
+    counts = Counter(r.labels["category"][0] for r in parts["train"].records if "category" in r.labels)
+    (top, n1), (_, n2) = counts.most_common(2)
+    assert n1 > n2  # a unique majority category, so the reference's top-1 is defined by hand
+    test_cats = [r.labels["category"][0] for r in parts["test"].records if "category" in r.labels]
+    assert ev.metrics["reference"]["category_top1"] == pytest.approx(test_cats.count(top) / len(test_cats))
+
+    model = vestis.load(result.best)
+    ds = AttributeDataset(parts["test"], tax, model.config.data)
+    lay = model.layout
+    cat_p, attr_p, labels, flat = [], [], [], []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            item = ds[i]
+            x = prepare_batch(item["image"][None], model.config.data)
+            t = lay.object_type_index(parts["test"].records[i].meta.get("object_type"))
+            out = model(x, object_types=torch.tensor([t]))
+            cat_p.append(out["category"].softmax(1)[0].numpy())
+            attr_p.append(out["attributes"].sigmoid()[0].numpy())
+            tg = {k: torch.as_tensor(v)[None] for k, v in item["targets"].items()}
+            mk = {k: torch.as_tensor(v)[None] for k, v in item["masks"].items()}
+            labels.append(int(lay.category_targets(tg, mk)[0]))
+            flat.append(lay.flat_targets(tg, mk)[0].numpy())
+    want = evaluate_stage2(
+        np.stack(cat_p),
+        np.array(labels),
+        np.stack(attr_p),
+        np.stack(flat),
+        allowed=lay.allowed,
+        threshold=model.config.train.threshold,
+    )
+    for k in ("category_top1", "category_top3", "attribute_recall@3", "attribute_map", "incompatible_rate"):
+        assert ev.metrics["stage2"][k] == pytest.approx(want[k], abs=1e-6), k

@@ -40,7 +40,7 @@ class EvaluationResult:
     metrics: dict[str, Any]
     files: dict[str, Path]
     num_items: int
-    kind: str = "classification"  # or "embedding": the substitute-retrieval metrics
+    kind: str = "classification"  # "embedding": the substitute-retrieval metrics; "stage2": crops (hierarchical)
 
 
 def _check_taxonomy(manifest_path: Path, taxonomy: str | os.PathLike[str] | None, ckpt_tax: Taxonomy) -> None:
@@ -108,6 +108,16 @@ def evaluate_checkpoint(
         raise VestisError(f"{data}: the {split} split is empty")
     if isinstance(model, EmbeddingModel):
         return _evaluate_embedding(model, full, manifest, out_dir, checkpoint, data, split, batch_size, workers, dev)
+    if getattr(model, "layout", None) is not None:  # a stage-2 model of the hierarchical pipeline
+        from vestis.eval.stage2_run import evaluate_stage2_model
+
+        _, train_rows = _splits(full, cfg, split)
+        info = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "model": cfg.model.name,
+                "backbone": cfg.model.backbone, "image_size": cfg.data.image_size}  # fmt: skip
+        metrics, files = evaluate_stage2_model(
+            model, manifest, train_rows, out_dir, batch_size=batch_size, workers=workers, dev=dev, extra=info
+        )
+        return EvaluationResult(metrics=metrics, files=files, num_items=len(manifest.records), kind="stage2")
     ds = AttributeDataset(manifest, tax, cfg.data)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
     probs = predict_loader(model, loader, cfg.data, tax, dev)

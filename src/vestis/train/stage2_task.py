@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from vestis.config import Config
+from vestis.config import Config, DataConfig
 from vestis.data.crops import CropAugment
 from vestis.data.dataset import AttributeDataset
 from vestis.data.taxonomy import Taxonomy
@@ -35,7 +35,7 @@ from vestis.models.hierarchical import OBJECT_TYPE_META, Stage2Layout
 from vestis.train.cache import FeatureCache
 from vestis.train.tasks import Task, Validation
 
-__all__ = ["STAGE2_METRICS", "Stage2Loss", "Stage2Task", "object_type_indices"]
+__all__ = ["STAGE2_METRICS", "Stage2Loss", "Stage2Task", "object_type_indices", "stage2_outputs"]
 
 STAGE2_METRICS = (
     "category_top1",
@@ -116,25 +116,9 @@ class Stage2Task(Task):
         types = self.train_types[batch["index"]].to(dev)
         return (x, types, self.layout.category_targets(targets, masks)), targets, masks, n
 
-    @torch.no_grad()
     def outputs(self, core: nn.Module, loader: DataLoader, types: Tensor, dev: torch.device) -> dict[str, np.ndarray]:
-        """Category softmax (N, C), attribute sigmoid (N, A) probabilities and the targets of a split, in order."""
-        was = core.training
-        core.eval()
-        parts: dict[str, list[np.ndarray]] = {"category": [], "attributes": [], "labels": [], "targets": []}
-        try:
-            for batch in loader:
-                x = prepare_batch(batch["image"].to(dev), self.cfg.data)
-                out = core(x, object_types=types[batch["index"]].to(dev))
-                parts["category"].append(out["category"].float().softmax(1).cpu().numpy())
-                parts["attributes"].append(out["attributes"].float().sigmoid().cpu().numpy())
-                parts["labels"].append(self.layout.category_targets(batch["targets"], batch["masks"]).numpy())
-                parts["targets"].append(self.layout.flat_targets(batch["targets"], batch["masks"]).numpy())
-        finally:
-            core.train(was)
-        a, c = self.layout.num_attributes, len(self.layout.categories)
-        empty = {"category": (0, c), "attributes": (0, a), "labels": (0,), "targets": (0, a)}
-        return {k: np.concatenate(v) if v else np.zeros(empty[k]) for k, v in parts.items()}
+        """:func:`stage2_outputs` of a split."""
+        return stage2_outputs(core, loader, types, self.layout, self.cfg.data, dev)
 
     def validate(
         self, core: nn.Module, net: nn.Module, loader: DataLoader, cache: FeatureCache | None, dev: torch.device
@@ -149,3 +133,39 @@ class Stage2Task(Task):
         defined = [p for p in parts if p is not None]
         summary["stage2_score"] = float(np.mean(defined)) if defined else None
         return Validation({"summary": summary, "stage2": dict(summary)})
+
+
+@torch.no_grad()
+def stage2_outputs(
+    model: nn.Module, loader: DataLoader, types: Tensor, layout: Stage2Layout, data_cfg: DataConfig, dev: torch.device
+) -> dict[str, np.ndarray]:
+    """A stage-2 model's outputs on an :class:`~vestis.data.dataset.AttributeDataset` loader, in order.
+
+    Args:
+        model: the stage-2 model.
+        loader: batches with ``image``, ``index``, ``targets`` and ``masks``.
+        types: (N,) detector class of every row of the dataset (:func:`object_type_indices`).
+        layout: the model's layout.
+        data_cfg: the preprocessing.
+        dev: where the model runs.
+
+    Returns:
+        ``category`` (N, C) softmax and ``attributes`` (N, A) sigmoid probabilities, ``labels`` (N,) category
+        indices (-1 missing) and ``targets`` (N, A) flat attribute targets in {0, 1, -1}.
+    """
+    was = model.training
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {"category": [], "attributes": [], "labels": [], "targets": []}
+    try:
+        for batch in loader:
+            x = prepare_batch(batch["image"].to(dev), data_cfg)
+            out = model(x, object_types=types[batch["index"]].to(dev))
+            parts["category"].append(out["category"].float().softmax(1).cpu().numpy())
+            parts["attributes"].append(out["attributes"].float().sigmoid().cpu().numpy())
+            parts["labels"].append(layout.category_targets(batch["targets"], batch["masks"]).numpy())
+            parts["targets"].append(layout.flat_targets(batch["targets"], batch["masks"]).numpy())
+    finally:
+        model.train(was)
+    a, c = layout.num_attributes, len(layout.categories)
+    empty = {"category": (0, c), "attributes": (0, a), "labels": (0,), "targets": (0, a)}
+    return {k: np.concatenate(v) if v else np.zeros(empty[k]) for k, v in parts.items()}
