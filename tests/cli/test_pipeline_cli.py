@@ -97,3 +97,8 @@ def test_export_then_predict_with_the_exported_folder(tmp_path):
         assert abs(g["category_score"] - h["category_score"]) < 1e-4
     res = _run("export", out, "--out", folder, "--int8")
     assert res.exit_code == 1 and "fp32 only" in res.output
+    cut = tmp_path / "cut.vestis"
+    cut.write_bytes(out.read_bytes()[:1000])
+    for cmd in (["predict", cut, tmp_path / "imgs", "--out", tmp_path / "x.jsonl"], ["export", cut, "--out", folder]):
+        res = _run(*cmd)
+        assert res.exit_code == 1 and f"{cut}: truncated" in res.output and "Traceback" not in res.output

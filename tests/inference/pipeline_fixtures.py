@@ -45,15 +45,16 @@ def crops_taxonomy() -> Taxonomy:
     )
 
 
-def stage2_checkpoint(path: Path, *, hand_set: bool = True, seed: int = 0) -> Path:
-    """A ``stl_hls_tiny`` checkpoint on :func:`crops_taxonomy` (heads as in the module docstring when ``hand_set``)."""
+def stage2_checkpoint(path: Path, *, hand_set: bool = True, seed: int = 0, model_name: str = "stl_hls_tiny") -> Path:
+    """A stage-2 checkpoint on :func:`crops_taxonomy`; ``stl_hls_tiny`` heads as in the module docstring when
+    ``hand_set``, random weights otherwise (any other model is random)."""
     cfg = load_config(
-        "tiny", ["model.name=stl_hls_tiny", "model.backbone=mobilenetv3_tiny", f"data.image_size={STAGE2_SIZE}"]
+        "tiny", [f"model.name={model_name}", "model.backbone=mobilenetv3_tiny", f"data.image_size={STAGE2_SIZE}"]
     )
     tax = crops_taxonomy()
     torch.manual_seed(seed)
     model = create_model(cfg.model, tax, image_size=STAGE2_SIZE)
-    if hand_set:
+    if hand_set and model_name == "stl_hls_tiny":
         layout = model.layout
         d = model.feature_channels
         with torch.no_grad():
@@ -70,10 +71,12 @@ def stage2_checkpoint(path: Path, *, hand_set: bool = True, seed: int = 0) -> Pa
     return save_checkpoint(path, model=model.eval(), config=cfg, taxonomy=tax)
 
 
-def make_pipeline(tmp: Path, settings: PipelineSettings | None = None, *, hand_set: bool = True) -> Path:
+def make_pipeline(
+    tmp: Path, settings: PipelineSettings | None = None, *, hand_set: bool = True, model_name: str = "stl_hls_tiny"
+) -> Path:
     """``tmp/outfit.vestis`` from the two checkpoints above (the detector at 32 px)."""
     det = full_image_checkpoint(tmp / "det.ckpt", image_size=32)
-    st = stage2_checkpoint(tmp / "stage2.ckpt", hand_set=hand_set)
+    st = stage2_checkpoint(tmp / "stage2.ckpt", hand_set=hand_set, model_name=model_name)
     return bundle_pipeline(det, st, tmp / "outfit.vestis", settings)
 
 

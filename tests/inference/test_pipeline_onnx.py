@@ -65,6 +65,20 @@ def test_onnx_runtime_gives_the_torch_garments(exported):
             assert ga.suppressed == gb.suppressed
 
 
+def test_rnn_va_stage2_uses_the_object_types_the_same_way_on_both_runtimes(tmp_path):
+    path = make_pipeline(tmp_path, hand_set=False, model_name="rnn_va_tiny")
+    r = export_pipeline_onnx(path, tmp_path / "out", opset=17, check_images=2)
+    assert r.max_diff < 1e-4
+    img = scene(tmp_path / "a.jpg")
+    [a] = OutfitPipeline.load(path, device="cpu").predict([img])
+    [b] = OutfitPipeline.load(tmp_path / "out", device="cpu").predict([img])
+    # the two garments have the same (whole-image) crop: only their object types tell them apart in stage 2
+    scores = [g.category_score for g in a.garments]
+    assert len(scores) == 2 and abs(scores[0] - scores[1]) > 1e-6
+    assert np.allclose(scores, [g.category_score for g in b.garments], atol=1e-4)
+    assert [g.category for g in a.garments] == [g.category for g in b.garments]
+
+
 def test_hostile_or_incomplete_folders_are_refused(exported, tmp_path):
     tmp, path, _ = exported
     src = tmp / "out"

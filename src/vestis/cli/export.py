@@ -86,7 +86,7 @@ def export_cmd(
     """
     from vestis.inference.pipeline_format import pipeline_kind
 
-    if pipeline_kind(checkpoint) == "bundle":
+    if pipeline_kind(checkpoint) == "bundle" or checkpoint.suffix == ".vestis":
         _export_pipeline(checkpoint, out, int8=int8, embedding=embedding, opset=opset, check_images=check_images)
         return
     from vestis.inference.export import export_onnx

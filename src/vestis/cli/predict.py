@@ -37,7 +37,7 @@ def predict_cmd(
     """Predict the attributes of every image (an outfit pipeline: its garments); a rerun continues where it stopped."""
     from vestis.inference.pipeline_format import pipeline_kind
 
-    if pipeline_kind(model) is not None:
+    if pipeline_kind(model) is not None or model.suffix == ".vestis":  # a damaged one gets the pipeline's message
         _predict_outfits(model, inputs, out, batch_size, workers, engine, device, restart, progress)
         return
     from vestis.inference.predictor import Predictor

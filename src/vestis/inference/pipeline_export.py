@@ -20,10 +20,12 @@ TorchScript exporter, ``opset >= 18`` through ``torch.onnx.export(dynamo=True)``
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,13 +82,31 @@ class PipelineExportResult:
         return max(self.parity.values(), default=0.0)
 
 
+@contextlib.contextmanager
+def _unchecked_labels(module: nn.Module) -> Iterator[None]:
+    """Skip the stage-2 model's check of its object-type indices while exporting.
+
+    The check reads the values (``int(labels.min())``), which ``torch.export`` cannot trace and a graph could not
+    raise anyway; the host only passes indices from the model's own layout (:class:`OutfitPipeline`).
+    """
+    model = getattr(module, "model", None)
+    if model is None or not hasattr(model, "check_labels"):
+        yield
+        return
+    model.check_labels = lambda *args, **kwargs: None  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del model.check_labels
+
+
 def _export_stage2(module: nn.Module, size: int, opset: int | None) -> tuple[Any, str]:
     """The stage-2 graph (two inputs) as an ``onnx.ModelProto``, and which exporter made it."""
     import onnx
 
     example = (torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8), torch.tensor([0, 1], dtype=torch.long))
-    with quiet_exporter():
-        if opset is not None and opset >= _MIN_DYNAMO_OPSET:
+    with quiet_exporter(), _unchecked_labels(module):
+        if opset is None or opset >= _MIN_DYNAMO_OPSET:
             batch = torch.export.Dim("batch")
             program = torch.onnx.export(
                 module, example, dynamo=True, input_names=list(STAGE2_INPUTS), output_names=list(STAGE2_OUTPUTS),
