@@ -1,6 +1,7 @@
 // The vestis web page: pick or drop an image, see every attribute with a confidence bar, overlay the
 // heat-map, download the JSON; with a catalog index, browse substitutes (chips to change or lock attributes,
-// a grid of thumbnails). Plain browser APIs; talks only to this server.
+// a grid of thumbnails). An outfit pipeline instead: each garment's box drawn over the image, and per garment
+// its object type, category and attributes. Plain browser APIs; talks only to this server.
 "use strict";
 
 (() => {
@@ -19,6 +20,7 @@
     taxonomy: null, file: null, result: null, heatmapUrl: null, previewUrl: null, request: 0,
     index: null, search: 0, // the catalog index (GET /v1/index) when the server has one; the latest search
     heatmap: true, // an embedding model has no POST /v1/heatmap
+    outfit: null, // GET /v1/model of an outfit pipeline: POST /v1/outfit instead of /v1/attributes
   };
 
   function setStatus(text, kind = "") {
@@ -39,6 +41,10 @@
   }
 
   async function loadModel() {
+    if (await loadOutfit()) {
+      pollReady();
+      return;
+    }
     try {
       const res = await fetch("/v1/taxonomy");
       if (!res.ok) throw new Error(await errorText(res));
@@ -52,6 +58,28 @@
     }
     pollReady();
     loadIndex();
+  }
+
+  // an outfit pipeline answers GET /v1/model with kind "outfit"; a single-product server has no /v1/model
+  async function loadOutfit() {
+    let info;
+    try {
+      const res = await fetch("/v1/model");
+      if (!res.ok) return false;
+      info = await res.json();
+    } catch {
+      return false;
+    }
+    if (info.kind !== "outfit") return false;
+    state.outfit = info;
+    state.heatmap = false;
+    $("model-name").textContent = `outfit pipeline · ${info.detector.labels.length} object types · ` +
+      `${info.stage2.labels.length} categories · ${info.stage2.attributes.length} attribute values`;
+    $("controls").hidden = true;
+    $("result-title").textContent = "Garments";
+    $("drop-hint").querySelector("strong").textContent = "Drop an outfit photo here";
+    setStatus("Choose an outfit photo to see its garments.");
+    return true;
   }
 
   // an embedding model: no heat map, and attributes without a recognition column come from the nearest prototype
@@ -107,6 +135,9 @@
     $("download").disabled = true;
     $("heatmap-toggle").disabled = true;
     $("attributes").replaceChildren();
+    $("garments").replaceChildren();
+    $("boxes").replaceChildren();
+    $("boxes").hidden = true;
     $("chips").replaceChildren();
     $("hits").replaceChildren();
     state.search++; // a search of the previous image that answers late is dropped
@@ -124,7 +155,7 @@
     const t0 = performance.now();
     let res;
     try {
-      res = await fetch("/v1/attributes", { method: "POST", body: form(file) });
+      res = await fetch(state.outfit ? "/v1/outfit" : "/v1/attributes", { method: "POST", body: form(file) });
     } catch (e) {
       if (request === state.request) setStatus(`The server did not answer (${e.message}).`, "error");
       return;
@@ -136,6 +167,10 @@
     }
     state.result = await res.json();
     const ms = performance.now() - t0;
+    if (state.outfit) {
+      showOutfit(state.result, ms);
+      return;
+    }
     const r = state.result.results[0];
     $("file-meta").textContent += ` · ${r.width}×${r.height}`;
     $("timing").textContent = `${ms.toFixed(0)} ms`;
@@ -314,6 +349,85 @@
     }
   }
 
+  // --- an outfit pipeline: boxes over the preview and one card per garment -------------------------------------
+  function showOutfit(result, ms) {
+    $("file-meta").textContent += ` · ${result.width}×${result.height}`;
+    $("timing").textContent = `${ms.toFixed(0)} ms`;
+    renderGarments(result.garments);
+    const preview = $("preview");
+    if (preview.complete && preview.naturalWidth) drawBoxes();
+    else preview.addEventListener("load", drawBoxes, { once: true });
+    const n = result.garments.length;
+    setStatus(n ? "" : "No garment found.");
+    $("download").disabled = false;
+  }
+
+  // the preview is drawn with object-fit: contain; the boxes (upload pixels) go on the area the image fills
+  function drawBoxes() {
+    const result = state.result;
+    const layer = $("boxes");
+    layer.replaceChildren();
+    if (!state.outfit || !result || !result.garments.length) {
+      layer.hidden = true;
+      return;
+    }
+    const preview = $("preview");
+    const w = preview.clientWidth;
+    const h = preview.clientHeight;
+    const scale = Math.min(w / result.width, h / result.height);
+    const left = (w - result.width * scale) / 2;
+    const top = (h - result.height * scale) / 2;
+    result.garments.forEach((g, i) => {
+      const [x0, y0, x1, y1] = g.box;
+      const box = el("div", "box");
+      box.dataset.index = String(i);
+      box.style.left = `${left + x0 * scale}px`;
+      box.style.top = `${top + y0 * scale}px`;
+      box.style.width = `${(x1 - x0) * scale}px`;
+      box.style.height = `${(y1 - y0) * scale}px`;
+      box.title = `${g.object_type} ${pct(g.object_score)} · ${g.category}`;
+      box.append(el("span", "box-label", `${i + 1} ${g.object_type}`));
+      layer.append(box);
+    });
+    layer.hidden = false;
+  }
+
+  function highlight(i, on) {
+    for (const node of document.querySelectorAll(`.box[data-index="${i}"], .garment[data-index="${i}"]`)) {
+      node.classList.toggle("active", on);
+    }
+  }
+
+  function renderGarments(garments) {
+    const list = $("garments");
+    list.replaceChildren();
+    garments.forEach((g, i) => {
+      const item = el("li", "garment");
+      item.dataset.index = String(i);
+      const head = el("div", "garment-head");
+      head.append(
+        el("span", "garment-type", `${i + 1} · ${g.object_type} ${pct(g.object_score)}`),
+        el("span", "garment-category", `${g.category} ${pct(g.category_score)}`),
+      );
+      item.append(head);
+      const attrs = el("dl", "garment-attributes");
+      for (const [name, values] of Object.entries(g.attributes)) {
+        const dd = el("dd", "garment-values", values.map(([v, s]) => `${v} ${pct(s)}`).join(", "));
+        dd.dataset.attribute = name;
+        attrs.append(el("dt", "", name), dd);
+      }
+      if (attrs.children.length) item.append(attrs);
+      else item.append(el("div", "muted", "no attribute above its threshold"));
+      if (g.suppressed.length) {
+        item.append(el("div", "garment-suppressed muted", `does not apply to ${g.category}: ${g.suppressed.join(", ")}`));
+      }
+      item.addEventListener("mouseenter", () => highlight(i, true));
+      item.addEventListener("mouseleave", () => highlight(i, false));
+      list.append(item);
+    });
+    list.hidden = false;
+  }
+
   function resetHeatmap() {
     if (state.heatmapUrl) URL.revokeObjectURL(state.heatmapUrl);
     state.heatmapUrl = null;
@@ -359,7 +473,7 @@
     const a = el("a");
     const base = (state.file && state.file.name ? state.file.name : "image").replace(/\.[^.]+$/, "");
     a.href = URL.createObjectURL(blob);
-    a.download = `${base}.attributes.json`;
+    a.download = `${base}.${state.outfit ? "outfit" : "attributes"}.json`;
     document.body.append(a);
     a.click();
     a.remove();
@@ -395,6 +509,9 @@
     });
     $("heatmap").style.opacity = String($("heatmap-opacity").value / 100);
     $("download").addEventListener("click", download);
+    window.addEventListener("resize", () => {
+      if (state.outfit) drawBoxes();
+    });
   }
 
   wire();
