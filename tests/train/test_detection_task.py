@@ -14,6 +14,7 @@ from vestis.config import load_config
 from vestis.data.detection import OBJECT_TYPES, read_coco_detection
 from vestis.data.synthetic import generate_catalog
 from vestis.errors import VestisError
+from vestis.inference.predictor import Predictor
 from vestis.train.detection_task import DetectionTask, _hflip, prepare_detection_data
 from vestis.train.loop import train
 
@@ -46,6 +47,8 @@ def test_train_writes_a_detector_checkpoint_selected_on_map(scenes, tmp_path):
     assert set(det) == {"boxes", "scores", "labels"} and det["boxes"].shape[1] == 4
     # the checkpoint rebuilds the trained weights exactly
     torch.testing.assert_close(model.heatmap.out.weight, result.model.heatmap.out.weight)
+    with pytest.raises(VestisError, match="garment detector"):  # not an attribute classifier
+        Predictor.from_path(result.best)
 
 
 def test_validation_scores_perfect_boxes_as_map_1(scenes):

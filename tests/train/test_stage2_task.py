@@ -15,6 +15,7 @@ from vestis.data.detection import object_type
 from vestis.data.synthetic import generate_catalog
 from vestis.data.taxonomy import Attribute, Taxonomy, load_taxonomy, save_taxonomy
 from vestis.errors import VestisError
+from vestis.inference.predictor import Predictor
 from vestis.losses.hierarchical import HierarchicalLoss
 from vestis.models.hierarchical import Stage2Layout
 from vestis.train.loop import train
@@ -116,6 +117,8 @@ def test_train_a_stage2_model_on_crops(crops, tmp_path, name):
     assert out["attributes"].shape == (2, model.layout.num_attributes)
     if name.startswith("rnn_va"):
         assert out["attention"].shape[:2] == (2, 2)
+    with pytest.raises(VestisError, match="outfit pipeline"):  # not an attribute classifier on its own
+        Predictor.from_path(result.best)
 
 
 def test_object_types_come_from_the_manifest_and_validation_is_exact(crops):

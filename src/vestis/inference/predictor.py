@@ -229,6 +229,7 @@ class Predictor:
         state = load_checkpoint(path, trust=trust_checkpoint)
         if state.get("embedding"):
             raise VestisError(f"{path}: {_EMBEDDING_HINT.format(state['embedding'].get('model', 'embedding'))}")
+        _refuse_pipeline_stage(path, state)
         dev = torch_device(device)
         model = rebuild_model(state, source=str(path), map_location=dev)
         predictor = cls.from_model(
@@ -478,3 +479,21 @@ class Predictor:
         img = as_image(image, "image", self.max_pixels)
         _, heat = self.run(self.preprocess([img]))
         return project_heatmap(heat[0], img.size, self.image_size, size)
+
+
+def _refuse_pipeline_stage(path: Path, state: Mapping[str, Any]) -> None:
+    """A detector or a stage-2 checkpoint is not an attribute classifier: say what runs it instead."""
+    from vestis.train.tasks import model_task
+
+    name = str((state.get("config") or {}).get("model", {}).get("name", ""))
+    kind = model_task(name) if name else "classification"
+    if kind == "detection":
+        raise VestisError(
+            f"{path}: a garment detector ({name}); run it with `vestis detect`, or bundle it with a stage-2 model "
+            "(`vestis pipeline DETECTOR STAGE2 --out outfit.vestis`) and predict with the pipeline"
+        )
+    if kind == "stage2":
+        raise VestisError(
+            f"{path}: a stage-2 crop model ({name}); it runs inside an outfit pipeline: "
+            "`vestis pipeline DETECTOR STAGE2 --out outfit.vestis`, then `vestis predict outfit.vestis IMAGES`"
+        )
