@@ -197,19 +197,14 @@ def _summary(attrs: dict[str, Any]) -> dict[str, Any]:
 # --- scoring a checkpoint on a manifest -----------------------------------------------------------------------
 
 
-def _predict(
-    model: Any, data: Path, taxonomy: str | os.PathLike[str] | None, split: str, batch_size: int, workers: int,
-    device: Any, skip_invalid: bool,
-) -> tuple[dict[str, np.ndarray], EncodedTargets]:  # fmt: skip
-    """The model's probabilities and the targets on ``split`` of ``data`` (the split as ``vestis evaluate``'s)."""
-    from torch.utils.data import DataLoader
-
-    from vestis.data.dataset import AttributeDataset
+def _catalog_rows(
+    model: Any, data: Path, taxonomy: str | os.PathLike[str] | None, split: str, skip_invalid: bool
+) -> Any:  # a Manifest
+    """The validated rows of ``split`` of ``data`` (the split recomputed as ``vestis evaluate`` does)."""
     from vestis.data.manifest import read_manifest
     from vestis.data.splits import split_manifest
     from vestis.data.validate import clean_catalog, validate_manifest
     from vestis.eval.run import _check_taxonomy
-    from vestis.inference.batch import predict_loader
 
     cfg, tax = model.config, model.taxonomy
     _check_taxonomy(data, taxonomy, tax)
@@ -223,9 +218,21 @@ def _predict(
         )[split]
     if not manifest.records:
         raise VestisError(f"{data}: the {split} split is empty")
-    ds = AttributeDataset(manifest, tax, cfg.data)
+    return manifest
+
+
+def _predict(
+    model: Any, manifest: Any, batch_size: int, workers: int, device: Any
+) -> tuple[dict[str, np.ndarray], EncodedTargets]:
+    """The model's probabilities and the targets on ``manifest``'s rows."""
+    from torch.utils.data import DataLoader
+
+    from vestis.data.dataset import AttributeDataset
+    from vestis.inference.batch import predict_loader
+
+    ds = AttributeDataset(manifest, model.taxonomy, model.config.data)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
-    return predict_loader(model, loader, cfg.data, tax, device), ds.encoded
+    return predict_loader(model, loader, model.config.data, model.taxonomy, device), ds.encoded
 
 
 def compare_checkpoint(
@@ -275,9 +282,10 @@ def compare_checkpoint(
     model = load(checkpoint, map_location=dev, trust=trust_checkpoint)
     if isinstance(model, EmbeddingModel):
         raise VestisError(f"{checkpoint}: --compare needs an attribute classifier; this is an embedding model")
-    common = dict(batch_size=batch_size, workers=workers, device=dev, skip_invalid=skip_invalid)
-    probs_a, enc_a = _predict(model, Path(data), taxonomy, split, **common)
-    probs_b, enc_b = _predict(model, Path(compare), compare_taxonomy, compare_split, **common)
+    rows_a = _catalog_rows(model, Path(data), taxonomy, split, skip_invalid)  # both sets checked before any prediction
+    rows_b = _catalog_rows(model, Path(compare), compare_taxonomy, compare_split, skip_invalid)
+    probs_a, enc_a = _predict(model, rows_a, batch_size, workers, dev)
+    probs_b, enc_b = _predict(model, rows_b, batch_size, workers, dev)
     thresholds = {k: np.asarray(v, dtype=np.float64) for k, v in (model.thresholds or {}).items()} or None
     metrics = compare_predictions(
         model.taxonomy, probs_a, enc_a, probs_b, enc_b, threshold=model.config.train.threshold, thresholds=thresholds
