@@ -150,6 +150,12 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: str = "none"  # none | inverse | effective
     effective_beta: float = 0.999  # "effective number of samples" (Cui et al. 2019)
+    # per-instance loss weights (classifiers): the manifest's meta_<name> column, a number >= 0 per row (empty: 1);
+    # the loss is then the weighted mean over a batch's labelled rows. None: every row weighs 1
+    weight_column: str | None = None
+    # class-balanced sampling (classifiers): draw training rows with replacement so that every value of this
+    # single-label attribute comes equally often (vestis.train.sampling). None: a shuffled pass over the rows
+    balanced_sampling: str | None = None
     task_weights: dict[str, float] = field(default_factory=dict)
     max_steps: int = 0  # stop after N optimiser steps (0 = no limit); for smoke tests
     log_every: int = 10

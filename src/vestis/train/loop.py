@@ -44,6 +44,7 @@ from vestis.train.finetune import (
     init_from_checkpoint,
 )
 from vestis.train.optim import build_optimizer, build_scheduler
+from vestis.train.sampling import BalancedSampler, balanced_weights
 from vestis.train.selection import (
     SELECTION_KEYS,
     check_resume_selection,
@@ -279,9 +280,14 @@ def _train(
     task = make_task(cfg, taxonomy, train_ds, val_ds, rank=info.rank, world=info.world_size)
 
     # seeded per epoch (seed + epoch): the order of epoch e is the same with or without a resume before it
-    sampler = DistributedSampler(
+    sampler: DistributedSampler | BalancedSampler = DistributedSampler(
         train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=tc.seed, drop_last=False
     )
+    if tc.balanced_sampling:  # draws that balance one attribute's values (vestis.train.sampling), seeded the same way
+        if getattr(train_ds, "encoded", None) is None:
+            raise VestisError("train.balanced_sampling: expected a classifier run (attribute labels to balance)")
+        weights = balanced_weights(taxonomy, train_ds.encoded, tc.balanced_sampling)
+        sampler = BalancedSampler(weights, num_replicas=info.world_size, rank=info.rank, seed=tc.seed)
     per_rank = math.ceil(len(train_ds) / info.world_size)
     bs, workers, collate = tc.batch_size, dc.num_workers, task.collate
     train_loader = _loader(train_ds, bs, workers, sampler=sampler, drop_last=per_rank > bs, collate=collate)

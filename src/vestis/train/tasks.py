@@ -51,6 +51,7 @@ from vestis.inference.batch import collect_embeddings, embed_loader, predict_loa
 from vestis.losses import EmbeddingLoss, MaskedMultiTaskLoss, class_weights
 from vestis.registry import MODELS
 from vestis.train.cache import FeatureCache, predict_cache, random_hflip
+from vestis.train.sampling import instance_weights
 
 __all__ = [
     "Calibration",
@@ -229,6 +230,17 @@ class ClassifierTask(Task):
             task_weights=tc.task_weights,
             output=cfg.model.output,
         )
+        # per-instance weights (train.weight_column): carried by the masks, so the loss is a weighted mean
+        self.weights = None
+        if tc.weight_column:
+            self.weights = torch.from_numpy(instance_weights(train_ds.manifest, tc.weight_column))
+
+    def step_inputs(self, batch: Any, dev: torch.device, *rest: Any) -> Any:
+        args, targets, masks, n = super().step_inputs(batch, dev, *rest)
+        if self.weights is not None:
+            w = self.weights[torch.as_tensor(batch["index"])].to(dev)
+            masks = {k: v.to(w.dtype) * w for k, v in masks.items()}
+        return args, targets, masks, n
 
     def batches(self, epoch: int, sampler: DistributedSampler, loader: DataLoader, cache: FeatureCache | None):
         if cache is None:
@@ -397,6 +409,10 @@ def make_task(
 ) -> Task:
     """The task of ``cfg.model.name`` (see :func:`model_task`)."""
     kind = model_task(cfg.model.name)
+    tc = cfg.train
+    if kind != "classification" and (tc.weight_column or tc.balanced_sampling):
+        key = "train.weight_column" if tc.weight_column else "train.balanced_sampling"
+        raise VestisError(f"{key}: applies to attribute classifiers only, not to model {cfg.model.name!r} ({kind})")
     if kind == "embedding":
         return EmbeddingTask(cfg, taxonomy, train_ds, val_ds, rank=rank, world_size=world)
     if kind == "detection":
