@@ -112,14 +112,19 @@ def detector_checkpoint(path: Path) -> Path:
     return save_checkpoint(path, model=model, config=cfg, taxonomy=tax)
 
 
-def stage2_checkpoint(path: Path, name: str = "rnn_va_tiny", seed: int = 0) -> Path:
-    """A stage-2 checkpoint with the constant heads of the module docstring (``stl_tiny`` etc. without them)."""
+def stage2_checkpoint(
+    path: Path, name: str = "rnn_va_tiny", seed: int = 0, image_size: int = STAGE2_SIZE, sharpen: float = 1.0
+) -> Path:
+    """A stage-2 checkpoint with the constant heads of the module docstring (``stl_tiny`` etc. without them).
+
+    ``sharpen`` scales the attention's ``V`` (eq. 1), so the softmax of eq. 2 peaks instead of staying near uniform.
+    """
     cfg = load_config(
-        "tiny", [f"model.name={name}", "model.backbone=mobilenetv3_tiny", f"data.image_size={STAGE2_SIZE}"]
+        "tiny", [f"model.name={name}", "model.backbone=mobilenetv3_tiny", f"data.image_size={image_size}"]
     )
     tax = crops_taxonomy()
     torch.manual_seed(seed)
-    model = create_model(cfg.model, tax, image_size=STAGE2_SIZE)
+    model = create_model(cfg.model, tax, image_size=image_size)
     if name.startswith("rnn_va"):
         layout = model.layout
         assert layout.categories == CATEGORIES
@@ -129,15 +134,16 @@ def stage2_checkpoint(path: Path, name: str = "rnn_va_tiny", seed: int = 0) -> P
             last_c.bias.copy_(torch.tensor(CATEGORY_LOGITS))
             last_a.weight.zero_()
             last_a.bias.copy_(torch.tensor([ATTRIBUTE_LOGITS[av] for av in layout.attributes]))
+            model.attention.v.weight.mul_(sharpen)
     return save_checkpoint(path, model=model.eval(), config=cfg, taxonomy=tax)
 
 
-def make_pipeline(folder: Path) -> Path:
+def make_pipeline(folder: Path, stage2_size: int = STAGE2_SIZE, sharpen: float = 1.0) -> Path:
     """``folder/outfit.vestis``: the two checkpoints above, default settings (min_score 0.3)."""
     from vestis.inference.pipeline_format import bundle_pipeline
 
     det = detector_checkpoint(folder / "det.ckpt")
-    st = stage2_checkpoint(folder / "stage2.ckpt")
+    st = stage2_checkpoint(folder / "stage2.ckpt", image_size=stage2_size, sharpen=sharpen)
     return bundle_pipeline(det, st, folder / "outfit.vestis")
 
 
