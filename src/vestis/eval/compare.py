@@ -204,10 +204,10 @@ def _catalog_rows(
     from vestis.data.manifest import read_manifest
     from vestis.data.splits import split_manifest
     from vestis.data.validate import clean_catalog, validate_manifest
-    from vestis.eval.run import _check_taxonomy
+    from vestis.eval.run import check_taxonomy
 
     cfg, tax = model.config, model.taxonomy
-    _check_taxonomy(data, taxonomy, tax)
+    check_taxonomy(data, taxonomy, tax)
     manifest = read_manifest(data)
     problems = validate_manifest(manifest, tax, check_images=True, max_pixels=cfg.data.max_pixels)
     manifest = clean_catalog(manifest, tax, problems, skip_invalid=skip_invalid, skipped_path=None)

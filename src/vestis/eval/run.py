@@ -32,7 +32,7 @@ from vestis.io import atomic_write_text
 from vestis.models.embedding import EmbeddingModel
 from vestis.train.checkpoint import load
 
-__all__ = ["EvaluationResult", "evaluate_checkpoint"]
+__all__ = ["EvaluationResult", "check_taxonomy", "evaluate_checkpoint"]
 
 
 @dataclass
@@ -43,7 +43,7 @@ class EvaluationResult:
     kind: str = "classification"  # "embedding": the substitute-retrieval metrics; "stage2": crops (hierarchical)
 
 
-def _check_taxonomy(manifest_path: Path, taxonomy: str | os.PathLike[str] | None, ckpt_tax: Taxonomy) -> None:
+def check_taxonomy(manifest_path: Path, taxonomy: str | os.PathLike[str] | None, ckpt_tax: Taxonomy) -> None:
     """The manifest's taxonomy (given, or beside it) must be the one the model was trained on."""
     path = Path(taxonomy) if taxonomy is not None else manifest_path.parent / TAXONOMY_FILENAME
     if taxonomy is None and not path.is_file():
@@ -92,7 +92,7 @@ def evaluate_checkpoint(
     model = load(checkpoint, map_location=dev, trust=trust_checkpoint)
     cfg, tax = model.config, model.taxonomy
     data = Path(data)
-    _check_taxonomy(data, taxonomy, tax)
+    check_taxonomy(data, taxonomy, tax)
     manifest = read_manifest(data)
     problems = validate_manifest(manifest, tax, check_images=True, max_pixels=cfg.data.max_pixels)
     manifest = clean_catalog(manifest, tax, problems, skip_invalid=skip_invalid, skipped_path=None)
@@ -167,7 +167,7 @@ def _evaluate_onnx(
         raise VestisError(f"{path}: no vestis.config metadata, so its data split cannot be recomputed; re-export it")
     cfg = Config.from_dict(pred.config, source=f"{path} (vestis.config)")
     tax = pred.taxonomy
-    _check_taxonomy(data, taxonomy, tax)
+    check_taxonomy(data, taxonomy, tax)
     manifest = read_manifest(data)
     problems = validate_manifest(manifest, tax, check_images=True, max_pixels=pred.max_pixels)
     manifest = clean_catalog(manifest, tax, problems, skip_invalid=skip_invalid, skipped_path=None)

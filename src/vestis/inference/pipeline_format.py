@@ -39,7 +39,14 @@ from vestis.io import atomic_write_bytes
 # the checkpoint's tree codec and checks, reused so that a pipeline part reads exactly as a checkpoint does
 from vestis.train.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from vestis.train.checkpoint import VERSION as CHECKPOINT_VERSION
-from vestis.train.checkpoint import _Decoder, _Encoder, _sniff, _validate, fingerprint_of, load_checkpoint
+from vestis.train.checkpoint import (
+    TreeDecoder,
+    TreeEncoder,
+    fingerprint_of,
+    load_checkpoint,
+    sniff_checkpoint,
+    validate_state,
+)
 
 __all__ = [
     "FORMAT",
@@ -173,7 +180,7 @@ def check_pair(detector: Mapping[str, Any], stage2: Mapping[str, Any], *, source
 
 def encode_pipeline(detector: Mapping[str, Any], stage2: Mapping[str, Any], settings: PipelineSettings) -> bytes:
     """The bytes of a pipeline file for two checkpoint dicts (from :func:`~vestis.train.checkpoint.load_checkpoint`)."""
-    enc = _Encoder()
+    enc = TreeEncoder()
     metadata = {"format": FORMAT, "version": str(VERSION)}
     fps = {}
     for part, state in zip(PARTS, (detector, stage2), strict=True):
@@ -225,7 +232,7 @@ def bundle_pipeline(
 
 def _metadata(path: Path) -> dict[str, str] | None:
     """The safetensors header metadata of ``path``, or ``None`` when it is not a safetensors file."""
-    if _sniff(path) != "safetensors":
+    if sniff_checkpoint(path) != "safetensors":
         return None
     try:
         with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
@@ -261,7 +268,7 @@ def load_pipeline_file(path: str | os.PathLike[str]) -> PipelineBundle:
     path = Path(path)
     if not path.is_file():
         raise VestisError(f"{path}: pipeline file not found")
-    if _sniff(path) != "safetensors":  # also refuses an oversized or truncated header
+    if sniff_checkpoint(path) != "safetensors":  # also refuses an oversized or truncated header
         raise VestisError(f"{path}: not a vestis pipeline (expected a safetensors file from `vestis pipeline`)")
     try:
         with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
@@ -278,7 +285,7 @@ def load_pipeline_file(path: str | os.PathLike[str]) -> PipelineBundle:
         raise VestisError(f"{path}: version: expected an integer, got {version!r}")
     if int(version) > VERSION:
         raise VestisError(f"{path}: pipeline version {version} is newer than this vestis ({VERSION})")
-    dec = _Decoder(tensors, path)
+    dec = TreeDecoder(tensors, path)
     parts: dict[str, dict[str, Any]] = {}
     for part in PARTS:
         missing = [f for f in ("model", "config", "taxonomy", "preprocessing") if f"{part}.{f}" not in metadata]
@@ -289,7 +296,7 @@ def load_pipeline_file(path: str | os.PathLike[str]) -> PipelineBundle:
             key = f"{part}.{field}"
             if key in metadata:
                 state[field] = dec.decode(_json(metadata[key], path, key), key, 0)
-        _validate(state, Path(f"{path}: {part}"))  # the checkpoint's own checks, each message naming the part
+        validate_state(state, Path(f"{path}: {part}"))  # the checkpoint's own checks, each message naming the part
         parts[part] = state
     if "pipeline" not in metadata:
         raise VestisError(f"{path}: pipeline: missing (expected the pipeline's settings)")

@@ -63,12 +63,16 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "SIMILARITY",
     "VERSION",
+    "TreeDecoder",
+    "TreeEncoder",
     "embedding_entry",
     "fingerprint_of",
     "load",
     "load_checkpoint",
     "rebuild_model",
     "save_checkpoint",
+    "sniff_checkpoint",
+    "validate_state",
 ]
 
 FORMAT = "vestis-checkpoint"
@@ -163,7 +167,7 @@ def embedding_entry(model: nn.Module, name: str) -> dict[str, Any] | None:
 
 def encode_checkpoint(state: dict[str, Any]) -> bytes:
     """The bytes of a checkpoint file for the fields of ``state`` (the keys of :data:`FIELDS`)."""
-    enc = _Encoder()
+    enc = TreeEncoder()
     metadata = {"format": FORMAT, "version": str(VERSION)}
     for field in FIELDS:
         if field in state:
@@ -187,7 +191,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> dic
     path = Path(path)
     if not path.is_file():
         raise VestisError(f"{path}: checkpoint not found")
-    kind = _sniff(path)
+    kind = sniff_checkpoint(path)
     if kind == "pickle":
         if not trust:
             raise VestisError(f"{path}: an old pickle checkpoint, which can run code when loaded; {_TRUST_HINT}")
@@ -196,7 +200,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> dic
         state = _load_safetensors(path)
     else:
         raise VestisError(f"{path}: not a readable checkpoint (expected a safetensors file)")
-    _validate(state, path)
+    validate_state(state, path)
     return state
 
 
@@ -268,7 +272,7 @@ def _check_embedding(stored: Any, model: nn.Module, name: str, source: str) -> N
 # --- reading ------------------------------------------------------------------------------------------------
 
 
-def _sniff(path: Path) -> str:
+def sniff_checkpoint(path: Path) -> str:
     """``pickle`` (a torch zip or a raw pickle), ``safetensors`` or ``unknown``, from the first bytes only."""
     with path.open("rb") as f:
         head = f.read(9)
@@ -318,7 +322,7 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
     if version > VERSION:
         raise VestisError(f"{path}: checkpoint version {version} is newer than this vestis ({VERSION})")
     state: dict[str, Any] = {"format": FORMAT, "version": version}
-    dec = _Decoder(tensors, path)
+    dec = TreeDecoder(tensors, path)
     for field in FIELDS:
         if field in metadata:
             try:
@@ -329,7 +333,7 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
     return state
 
 
-def _validate(state: dict[str, Any], path: Path) -> None:
+def validate_state(state: dict[str, Any], path: Path) -> None:
     """The structure :func:`load` and the training loop rely on, each gap as ``path: field: expected``."""
     if state.get("format") != FORMAT:
         raise VestisError(f"{path}: not a vestis checkpoint")
@@ -385,7 +389,7 @@ def _validate_embedding(entry: Any, path: Path) -> None:
 # --- the tree codec ------------------------------------------------------------------------------------------
 
 
-class _Encoder:
+class TreeEncoder:
     """Tree -> JSON-able tree, collecting tensors in :attr:`tensors` (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -436,7 +440,7 @@ class _Encoder:
         return name
 
 
-class _Decoder:
+class TreeDecoder:
     """JSON tree -> tree, with the tensors of the file; anything malformed is a :class:`VestisError`."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
