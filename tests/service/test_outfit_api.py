@@ -189,3 +189,17 @@ def test_vestis_serve_an_outfit_pipeline(pipeline_path, monkeypatch, tmp_path):
         _check_garment(garment, expected_garment(64))
     res = CliRunner().invoke(vestis.cli.app, ["serve", str(pipeline_path), "--index", str(tmp_path)])
     assert res.exit_code == 1 and "serves no --index" in res.output
+
+
+def test_an_exported_pipeline_serves_the_same_garment_on_onnx_runtime(pipeline_path, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from vestis.inference.pipeline import OutfitPipeline
+    from vestis.inference.pipeline_export import export_pipeline_onnx
+
+    export_pipeline_onnx(pipeline_path, tmp_path / "exported", check_images=0)
+    onnx = OutfitPipeline.load(tmp_path / "exported", device="cpu")
+    with _client(onnx) as client:
+        wait_ready(client)
+        assert client.get("/v1/model").json()["runtime"] == "onnx"
+        [garment] = _upload(client, png((200, 40, 40), (64, 64))).json()["garments"]
+    _check_garment(garment, expected_garment(64))
