@@ -203,3 +203,42 @@ def test_an_exported_pipeline_serves_the_same_garment_on_onnx_runtime(pipeline_p
         assert client.get("/v1/model").json()["runtime"] == "onnx"
         [garment] = _upload(client, png((200, 40, 40), (64, 64))).json()["garments"]
     _check_garment(garment, expected_garment(64))
+
+
+def test_concurrent_uploads_share_one_pipeline_call(pipeline):
+    import asyncio
+    import time
+
+    import httpx
+
+    sizes: list[int] = []
+    predict = pipeline.predict
+
+    def counting(images):
+        sizes.append(len(images))
+        return predict(images)
+
+    pipeline.predict = counting
+    # the batch runs once it holds 3 images (5 s is only the bound for the first one's wait)
+    app = create_app(pipeline, ServiceConfig(max_batch_size=3, max_wait_ms=5000))
+    sides = (32, 64, 96)
+
+    async def main() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as c:
+                deadline = time.monotonic() + 10
+                while (await c.get("/readyz")).status_code != 200:
+                    assert time.monotonic() < deadline, "not ready"
+                    await asyncio.sleep(0.01)
+                posts = [
+                    c.post("/v1/outfit", files={"file": (f"{s}.png", png((9, 9, 9), (s, s)), "image/png")})
+                    for s in sides
+                ]
+                return await asyncio.gather(*posts)
+
+    responses = asyncio.run(main())
+    assert sizes == [1, 3]  # the warm-up, then the three uploads together
+    for side, r in zip(sides, responses, strict=True):
+        assert r.status_code == 200 and r.json()["image"] == f"{side}.png"
+        _check_garment(r.json()["garments"][0], expected_garment(side))  # each answer is its own image's
