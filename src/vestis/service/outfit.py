@@ -168,23 +168,25 @@ class OutfitService(_Service):
         self.ready, self.status = True, "ready"
         self.metrics.ready.set(1)
 
+    async def _predict(self, image: Image.Image) -> Any:
+        """The ``OutfitResult`` of one decoded image, through the batcher (admitted by :meth:`admit`)."""
+        assert self.batcher is not None  # admit() answered 503 otherwise
+        try:
+            [result] = await self.batcher.submit([image], shed=False)
+        except Exception as e:
+            log.exception("outfit prediction failed")
+            raise ServiceError(500, "prediction failed", f"{type(e).__name__}: {e}") from None
+        return result
+
     async def outfit(self, raw: RawImage) -> dict[str, Any]:
         """The garments of one uploaded image, as the response body."""
         [head] = await self.headers([raw])  # a request that can never be served gets its 4xx, not a 503
         try:
             with self.admit(1):
-                async with self.memory(head.decoded_bytes):
+                async with self.memory(head.decoded_bytes):  # held until the crops are cut from the pixels
                     decoded = await run_in_threadpool(decode_image, raw, self.limits.max_pixels, None)
                     try:
-                        if self.batcher is None or not self.batcher.running:
-                            raise ServiceError(503, "not ready", "the model is not loaded yet; see /readyz")
-                        try:
-                            [result] = await self.batcher.submit([decoded.image], shed=False)
-                        except ServiceError:
-                            raise
-                        except Exception as e:
-                            log.exception("outfit prediction failed")
-                            raise ServiceError(500, "prediction failed", f"{type(e).__name__}: {e}") from None
+                        result = await self._predict(decoded.image)
                     finally:
                         decoded.image.close()
         finally:
