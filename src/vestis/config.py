@@ -74,8 +74,9 @@ class DataConfig:
     num_workers: int = 2
     # Detectors (vestis train --task detect): the validation COCO JSON; None holds out val_fraction of the images
     val_data: str | None = None
-    # detectors: none, or downsample (randomly drop training images until every box class is in at most as many
-    # images as the rarest, towards MeanIR = 1, the hierarchical-label paper's balancing)
+    # detectors: none, downsample (randomly drop training images until every box class is in at most as many
+    # images as the rarest) or upsample (repeat images of the rarer classes, each repeat with its own random flip,
+    # an image at most 4 times): towards MeanIR = 1, the hierarchical-label paper's balancing
     balance: str = "none"
 
 

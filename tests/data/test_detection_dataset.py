@@ -23,6 +23,7 @@ from vestis.data.detection import (
     object_type,
     read_coco_detection,
     unletterbox_boxes,
+    upsample_to_mean_ir,
 )
 from vestis.data.synthetic import generate_catalog
 from vestis.errors import VestisError
@@ -198,3 +199,24 @@ def test_downsample_multi_label_caps_every_class() -> None:
     assert after["counts"][rarest] == cap  # the rarest class keeps every image
     assert all(c <= cap for c in after["counts"].values())
     assert after["mean_ir"] < before["mean_ir"]
+
+
+def test_upsample_single_label_reaches_mean_ir_one() -> None:
+    sets = [[0]] * 6 + [[1]] * 3 + [[2]] * 2 + [[]]
+    picked = upsample_to_mean_ir(sets, seed=0)
+    assert picked[: len(sets)] == list(range(len(sets)))  # every image once, then the repeats
+    after = box_class_stats([sets[i] for i in picked])
+    assert after["counts"] == {"0": 6, "1": 6, "2": 6} and after["mean_ir"] == 1.0
+    assert picked == upsample_to_mean_ir(sets, seed=0)
+    # class 2 has 2 images: at most 2 uses each reaches only 4 of the 6
+    capped = box_class_stats([sets[i] for i in upsample_to_mean_ir(sets, seed=0, max_factor=2)])
+    assert capped["counts"] == {"0": 6, "1": 6, "2": 4}
+
+
+def test_upsample_prefers_images_without_the_frequent_class() -> None:
+    sets = [[0]] * 5 + [[0, 1]] + [[1]]  # class 1: 2 images, one of them also holds the frequent class 0
+    picked = upsample_to_mean_ir(sets, seed=3)
+    repeats = picked[len(sets) :]
+    # the image of class 1 alone first, up to max_factor (4 uses: 3 repeats), then the shared one once
+    assert repeats == [6, 6, 6, 5]
+    assert box_class_stats([sets[i] for i in picked])["counts"] == {"0": 7, "1": 6}

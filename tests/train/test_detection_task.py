@@ -111,6 +111,10 @@ def test_validation_json_and_balancing(scenes, tmp_path):
         before[sorted(set(im.labels.tolist()))] += 1
     assert len(train_ds) < len(images) and counts.max() <= before[before > 0].min() + len(OBJECT_TYPES)
     assert "downsample" in lines[1]
+    cfg = _cfg("data.balance=upsample").resolved()
+    lines = []
+    train_ds, _, _ = prepare_detection_data(cfg, scenes, log=lines.append)
+    assert len(train_ds) > len(images) and "upsample" in lines[1]
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ __all__ = [
     "object_type",
     "read_coco_detection",
     "unletterbox_boxes",
+    "upsample_to_mean_ir",
 ]
 
 # Table 1 of the hierarchical pipeline paper: the object types of stage 1, in class-index order.
@@ -373,3 +374,44 @@ def downsample_to_mean_ir(labelsets: Sequence[Iterable[Any]], seed: int = 0, kee
             keep.append(i)
             kept_counts.update(sets[i])
     return sorted(keep)
+
+
+def upsample_to_mean_ir(labelsets: Sequence[Iterable[Any]], seed: int = 0, max_factor: int = 4) -> list[int]:
+    """Repeat images of the rarer classes so that every class approaches the most frequent one's image count.
+
+    The paper's other balancing direction: the repeats are new samples because every pass draws its own
+    augmentation (the detector's random flip). Classes are topped up rarest first; each repeat is a random image
+    holding the class, preferring images whose other classes are still under the target (so the frequent classes
+    grow least). No image is used more than ``max_factor`` times in all, which bounds the epoch length; with one
+    class per image and enough images this gives MeanIR 1.
+
+    Args:
+        labelsets: the classes present in each image.
+        seed: seeds the choice of the repeated images.
+        max_factor: the most times one image may appear (itself included).
+
+    Returns:
+        every image index once, then the repeats, in a deterministic order.
+    """
+    if max_factor < 1:
+        raise VestisError(f"max_factor: expected an integer >= 1, got {max_factor}")
+    sets = [frozenset(s) for s in labelsets]
+    counts = Counter(c for s in sets for c in s)
+    out = list(range(len(sets)))
+    if not counts:
+        return out
+    target = max(counts.values())
+    uses = Counter(out)
+    rng = random.Random(seed)
+    for cls in sorted(counts, key=lambda c: (counts[c], str(c))):
+        holders = [i for i, s in enumerate(sets) if cls in s]
+        while counts[cls] < target:
+            free = [i for i in holders if uses[i] < max_factor]
+            if not free:
+                break
+            best = [i for i in free if all(counts[c] < target for c in sets[i])] or free
+            i = rng.choice(best)
+            out.append(i)
+            uses[i] += 1
+            counts.update(sets[i])
+    return out

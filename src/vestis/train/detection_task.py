@@ -7,7 +7,9 @@ DetectionDataset` splits, the classes becoming the checkpoint's taxonomy (one si
 (``data.val_fraction``) of the training images.
 
 Balancing follows the paper's §4.1: IR, MeanIR and SCUMBLE of the box classes are logged, and ``data.balance:
-downsample`` randomly drops training images towards MeanIR = 1 (:func:`~vestis.data.detection.downsample_to_mean_ir`).
+downsample`` randomly drops training images towards MeanIR = 1 (:func:`~vestis.data.detection.downsample_to_mean_ir`),
+``upsample`` repeats images of the rarer classes, each repeat drawing its own flip
+(:func:`~vestis.data.detection.upsample_to_mean_ir`).
 
 A batch goes through the model with its boxes (CenterNet encodes its targets and returns its named losses in
 training mode); the only augmentation is a horizontal flip of image and boxes (``data.augment.hflip``), the other
@@ -37,6 +39,7 @@ from vestis.data.detection import (
     downsample_to_mean_ir,
     read_coco_detection,
     unletterbox_boxes,
+    upsample_to_mean_ir,
 )
 from vestis.data.images import load_image
 from vestis.data.taxonomy import Attribute, Taxonomy
@@ -50,7 +53,7 @@ __all__ = ["CLASS_ATTRIBUTE", "DETECTION_METRICS", "DetectionTask", "prepare_det
 
 CLASS_ATTRIBUTE = "object_type"  # the one attribute of a detector's taxonomy: its classes
 DETECTION_METRICS = ("mAP", "AP50", "AP75", "AR@100")
-BALANCE = ("none", "downsample")
+BALANCE = ("none", "downsample", "upsample")
 
 
 def prepare_detection_data(
@@ -89,10 +92,14 @@ def prepare_detection_data(
     if not train:
         raise VestisError(f"{data}: no training image")
     log(f"box classes (train, {len(train)} images): {_balance_line(train, classes)}")
-    if dc.balance == "downsample":
-        keep = downsample_to_mean_ir([tuple(im.labels.tolist()) for im in train], seed=dc.split_seed)
-        train = [train[i] for i in keep]
-        log(f"data.balance=downsample: {len(train)} training images kept: {_balance_line(train, classes)}")
+    if dc.balance != "none":
+        sets = [tuple(im.labels.tolist()) for im in train]
+        if dc.balance == "downsample":
+            picked = downsample_to_mean_ir(sets, seed=dc.split_seed)
+        else:
+            picked = upsample_to_mean_ir(sets, seed=dc.split_seed)
+        train = [train[i] for i in picked]
+        log(f"data.balance={dc.balance}: {len(train)} training images: {_balance_line(train, classes)}")
     if check_images:
         for im in (*train, *val):
             _check_image(im, dc.max_pixels)
