@@ -80,9 +80,25 @@ def train_cmd(
             help="--task detect: the validation COCO JSON (data.val_data); default: data.val_fraction of --data.",
         ),
     ] = None,
+    per_attribute: Annotated[
+        bool,
+        typer.Option(
+            "--per-attribute",
+            help="Train one classifier per attribute (one-attribute taxonomy, same settings) into RUN/<attribute>/ "
+            "and write RUN/combined.json, which predict, export and serve take as one model; a finished attribute "
+            "is skipped on a rerun (default: off, one model for all attributes).",
+        ),
+    ] = False,
+    attributes: Annotated[
+        str | None,
+        typer.Option(
+            "--attributes",
+            help="With --per-attribute: the attributes to train, comma-separated (default: every attribute).",
+        ),
+    ] = None,
 ) -> None:
     """Train an attribute classifier, an embedding model, a garment detector or a stage-2 crop model; writes
-    RUN_DIR/last.ckpt and best.ckpt."""
+    RUN_DIR/last.ckpt and best.ckpt (with --per-attribute: RUN_DIR/<attribute>/ and RUN_DIR/combined.json)."""
     from vestis.config import list_presets, load_config
     from vestis.errors import VestisError
     from vestis.train.loop import train
@@ -110,8 +126,15 @@ def train_cmd(
         raise VestisError(f"--task {task}: model {cfg.model.name!r} is a {kind} model; pick a {task} model (--model)")
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only the first process reports
     say = echo if main_process else (lambda *_: None)
+    if attributes is not None and not per_attribute:
+        raise VestisError("--attributes: only with --per-attribute")
     say(f"model {cfg.model.name} on {cfg.model.backbone}, {cfg.data.image_size}px, {cfg.train.epochs} epochs -> {out}")
     shown = " ".join([f"--config {config}", *(overrides or []), *extra])
+    if per_attribute:
+        _train_per_attribute(
+            cfg, data, out, taxonomy, attributes, resume, skip_invalid, device, trust_checkpoint, shown
+        )
+        return
     # a new run records its settings before it starts (a crash keeps them); a resume only once train() has
     # accepted them, and an --out holding another run keeps its own config.yaml (train() refuses it)
     fresh = not resume and not (out / "last.ckpt").exists()
@@ -127,6 +150,27 @@ def train_cmd(
         shown_best = "None" if result.best_metric is None else f"{result.best_metric:.4g}"
         say(f"best: {result.best} ({result.metric} = {shown_best})")
     say(f"last: {result.last}")
+
+
+def _train_per_attribute(
+    cfg: Config, data: Path, out: Path, taxonomy: Path | None, attributes: str | None, resume: bool,
+    skip_invalid: bool, device: str | None, trust_checkpoint: bool, shown: str,
+) -> None:  # fmt: skip
+    """``--per-attribute``: one run per attribute and RUN/combined.json (vestis.train.per_attribute)."""
+    from vestis.errors import VestisError
+    from vestis.train.per_attribute import train_per_attribute
+
+    names = None
+    if attributes is not None:
+        names = [a.strip() for a in attributes.split(",") if a.strip()]
+        if not names:
+            raise VestisError(f"--attributes: expected attribute names separated by commas, got {attributes!r}")
+    result = train_per_attribute(
+        cfg, data, out, taxonomy=taxonomy, attributes=names, resume=resume, skip_invalid=skip_invalid, device=device,
+        progress=sys.stderr.isatty(), log=echo, trust_checkpoint=trust_checkpoint,
+        command=f"vestis train --per-attribute {shown}",
+    )  # fmt: skip
+    echo(f"combined: {result.combined} ({len(result.members)} attributes, {result.fingerprint})")
 
 
 # --task -> what vestis.train.tasks.model_task calls the kind of model it trains

@@ -18,6 +18,11 @@ The exported graph is :class:`InferenceModule`:
   fingerprint of the model it was quantised from). A model file is enough to run and decode predictions, as a
   checkpoint is.
 
+Per-attribute models combined by ``vestis train --per-attribute`` (``RUN/combined.json`` or ``RUN``) export as
+one graph, :class:`~vestis.inference.combined.CombinedModule`: every member's outputs, a backbone shared by
+several members computed once, the same metadata (the combined taxonomy, thresholds and fingerprint) and
+``vestis.members`` (attribute -> member fingerprint).
+
 Exporter: ``torch.onnx.export(dynamo=True)`` at its default opset or at ``opset >= 18``, the TorchScript
 exporter below (:func:`vestis.inference.exporter.torch_export`, shared with the embedding export).
 
@@ -53,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from vestis.errors import VestisError
+from vestis.inference.combined import is_combined, load_combined
 from vestis.inference.export_embedding import export_embedding_onnx, is_embedding_checkpoint
 from vestis.inference.exporter import ExportResult, load_sample_images, opset_of, quiet_exporter, torch_export
 from vestis.inference.onnx_format import (
@@ -158,7 +164,7 @@ def export_onnx(
     :func:`vestis.inference.export_embedding.export_embedding_onnx` with the same arguments.
 
     Args:
-        checkpoint: a vestis checkpoint.
+        checkpoint: a vestis checkpoint, or a combined per-attribute model (``combined.json`` or its folder).
         out: the ``.onnx`` file to write (atomically).
         int8: quantise to int8 (static, QDQ).
         opset: the default-domain opset; ``None`` for the exporter's default.
@@ -190,12 +196,18 @@ def export_onnx(
         raise VestisError("ONNX export needs the onnx extra: pip install 'vestis[onnx]'") from None
     if Path(checkpoint).suffix.lower() == ".onnx":
         raise VestisError(f"{checkpoint}: expected a checkpoint to export, got an ONNX file")
-    if embedding or is_embedding_checkpoint(checkpoint, trust=trust_checkpoint):
+    combined = is_combined(checkpoint)
+    if combined and embedding:
+        raise VestisError(f"{checkpoint}: --embedding: a combined per-attribute model exports its attributes only")
+    if not combined and (embedding or is_embedding_checkpoint(checkpoint, trust=trust_checkpoint)):
         return export_embedding_onnx(
             checkpoint, out, int8=int8, opset=opset, calibration=calibration, check_images=check_images,
             trust_checkpoint=trust_checkpoint,
         )  # fmt: skip
-    reference = Predictor.from_checkpoint(checkpoint, device="cpu", trust_checkpoint=trust_checkpoint)
+    if combined:  # one graph: every member's outputs, a shared backbone once
+        reference = load_combined(checkpoint, device="cpu", trust_checkpoint=trust_checkpoint)
+    else:
+        reference = Predictor.from_checkpoint(checkpoint, device="cpu", trust_checkpoint=trust_checkpoint)
     prep = reference.preprocessing
     size, pad = int(prep["image_size"]), int(prep["pad_value"])
     module = reference.module
@@ -238,6 +250,8 @@ def export_onnx(
     }
     if reference.fingerprint:
         metadata["vestis.fingerprint"] = reference.fingerprint
+    if combined:
+        metadata["vestis.members"] = json.dumps(reference.info["members"])
     onnx.helper.set_model_props(proto, metadata)
     proto.producer_name = "vestis"
     proto.doc_string = f"vestis attribute model exported from {Path(checkpoint).name}"

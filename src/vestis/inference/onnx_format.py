@@ -71,10 +71,21 @@ class InferenceModule(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         """Probabilities of every attribute in taxonomy order, then the heat-map ``(B, h, w)``."""
+        return self.from_features(self.model.backbone(self.normalize(images)))
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """``uint8`` images -> the backbone's float input."""
         # same operations, in the same order, as vestis.data.transforms.normalize
-        x = (images.float().div(255.0) - self.mean) / self.std
+        return (images.float().div(255.0) - self.mean) / self.std
+
+    def from_features(self, feats: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """What :meth:`forward` returns, from the backbone's maps of the normalised images.
+
+        :class:`~vestis.inference.combined.CombinedModule` runs one backbone for several models whose backbone
+        weights are identical, then this on each.
+        """
         m = self.model
-        levels = list(m.neck(m.backbone(x)).values())
+        levels = list(m.neck(feats).values())
         pooled, maps = [], []
         for att, feat in zip(m.attention, levels, strict=True):
             y, weights = att.forward_with_map(feat)

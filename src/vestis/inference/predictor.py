@@ -188,10 +188,12 @@ class Predictor:
         threads: int | None = None,
         trust_checkpoint: bool = False,
     ) -> Predictor:
-        """A ``.onnx`` file (ONNX Runtime) or a checkpoint (PyTorch).
+        """A ``.onnx`` file (ONNX Runtime), a checkpoint (PyTorch) or per-attribute models combined into one
+        (``combined.json`` or its run folder from ``vestis train --per-attribute``; see
+        :mod:`vestis.inference.combined`).
 
         Args:
-            path: the model file.
+            path: the model file (or a per-attribute run folder).
             device: ``cpu``, ``cuda`` or ``cuda:N``; ``None`` picks CUDA when available (the CUDA execution
                 provider for ONNX), else the CPU.
             threads: CPU threads per model call; ``None`` leaves the runtime's default (all cores). For ONNX
@@ -204,7 +206,11 @@ class Predictor:
             VestisError: a missing or unreadable file, a file without vestis metadata, an old pickle checkpoint
                 without ``trust_checkpoint``, an unavailable device.
         """
+        from vestis.inference.combined import is_combined, load_combined
+
         path = Path(path)
+        if is_combined(path):  # per-attribute models served as one (vestis train --per-attribute)
+            return load_combined(path, device, threads=threads, trust_checkpoint=trust_checkpoint)
         if not path.is_file():
             raise VestisError(f"{path}: model file not found")
         if path.suffix.lower() == ".onnx":

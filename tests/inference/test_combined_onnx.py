@@ -1,0 +1,91 @@
+"""The ONNX export of a combined per-attribute model: one graph computing every member's outputs (a shared trunk
+once), with the single-model metadata, that the predictor, tagging and evaluation take like any export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.inference.combined_fixtures import ATTRIBUTES, images_of, make_runs
+from vestis.inference.predictor import Predictor
+
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    return make_runs(tmp_path_factory.mktemp("combined-onnx"))
+
+
+def _conv_calls(module: torch.nn.Module, x) -> int:
+    """How many convolutions one forward of ``module`` runs (a module called twice counts twice)."""
+    calls = []
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in convs]
+    with torch.inference_mode():
+        module(torch.from_numpy(x) if isinstance(x, np.ndarray) else x)
+    for h in hooks:
+        h.remove()
+    return len(calls)
+
+
+def test_onnx_export_computes_the_combined_outputs(runs, tmp_path) -> None:
+    from vestis.eval.run import evaluate_checkpoint
+    from vestis.inference.export import export_onnx
+
+    single = export_onnx(
+        runs["free"] / "pattern" / "best.ckpt", tmp_path / "one.onnx", opset=17, check_images=0
+    ).metadata
+    for name in ("free", "shared"):
+        torch_p = Predictor.from_path(runs[name], device="cpu")
+        result = export_onnx(runs[name], tmp_path / f"{name}.onnx", opset=17, check_images=6)
+        assert result.parity is not None and result.parity.max_diff < 1e-4
+        onnx_p = Predictor.from_path(result.path, device="cpu")
+        assert onnx_p.taxonomy.to_dict() == torch_p.taxonomy.to_dict()
+        assert onnx_p.thresholds == torch_p.thresholds and onnx_p.fingerprint == torch_p.fingerprint
+        assert json.loads(result.metadata["vestis.members"]) == torch_p.info["members"]
+        assert set(result.metadata) == set(single) | {"vestis.members"}  # the single-model metadata, and the members
+        batch = torch_p.preprocess(images_of(runs["data"]))
+        want, got = torch_p.run(batch), onnx_p.run(batch)
+        for a in torch_p.taxonomy.names:
+            np.testing.assert_allclose(got[0][a], want[0][a], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got[1], want[1], atol=1e-4, rtol=0)
+        convs = sum(n.op_type == "Conv" for n in onnx.load(str(result.path)).graph.node)
+        assert convs == _conv_calls(torch_p.module, batch[:2]), name  # the graph runs what the torch module runs
+        module = torch_p.module
+        own = sum(_conv_calls(m, batch[:2]) for m in module.members)  # each member alone (its trunk included)
+        trunk = _conv_calls(module.members[0].model.backbone, module.members[0].normalize(torch.from_numpy(batch[:2])))
+        assert trunk > 0 and convs == own - trunk * (len(module.members) - len(module.groups)), name
+    # the exported file of every attribute evaluates on the catalog like a single model's
+    report = evaluate_checkpoint(tmp_path / "free.onnx", runs["data"], tmp_path / "eval", split="all", workers=0)
+    assert set(report.metrics["attributes"]) == set(ATTRIBUTES)
+
+
+def test_cli_exports_and_predicts_a_combined_model(runs, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    import vestis.cli
+
+    run, cli = runs["shared"], CliRunner()
+    res = cli.invoke(vestis.cli.app, ["export", str(run / "combined.json"), "--out", str(tmp_path / "m.onnx"),
+                                      "--opset", "17", "--check-images", "3"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "against PyTorch on 3 images" in res.output
+    images = sorted((runs["data"].parent / "full" / "images").iterdir())[:5]
+    rows = {}
+    for name, model in (("torch", run / "combined.json"), ("onnx", tmp_path / "m.onnx")):
+        out = tmp_path / f"{name}.jsonl"
+        res = cli.invoke(vestis.cli.app, ["predict", str(model), *map(str, images), "--out", str(out), "--workers", "0",
+                                          "--device", "cpu"])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        rows[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    fp = Predictor.from_path(run).fingerprint
+    assert {r["model"] for r in rows["torch"] + rows["onnx"]} == {fp}
+    for a, b in zip(rows["torch"], rows["onnx"], strict=True):
+        assert a["id"] == b["id"] and set(a["attributes"]) == set(b["attributes"]) <= {"category", "pattern"}
+        for k, v in a["attributes"].items():
+            assert b["attributes"][k]["scores"] == pytest.approx(v["scores"], abs=1e-4)
