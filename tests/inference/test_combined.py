@@ -42,6 +42,8 @@ def test_each_attribute_is_its_members_own_prediction(runs) -> None:
     for a, m in members.items():
         assert m.taxonomy.names == [a]
         assert np.array_equal(probs[a], m.predict_arrays(batch)[a]), a  # the member's computation, bit for bit
+    heat = np.mean([m.run(batch)[1] for m in members.values()], axis=0)  # where the members looked, on average
+    np.testing.assert_allclose(combined.run(batch)[1], heat, atol=1e-6, rtol=0)
     assert "occasion" in combined.thresholds  # calibrated on the validation rows
     assert combined.thresholds == {a: m.thresholds[a] for a, m in members.items() if a in m.thresholds}
     assert combined.thresholds_for("occasion").tolist() == members["occasion"].thresholds_for("occasion").tolist()
