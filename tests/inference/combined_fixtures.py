@@ -45,14 +45,18 @@ def train_run(data: Path, out: Path, extra: list[str] | None = None, attributes:
 
 
 def make_runs(root: Path) -> dict[str, Path]:
-    """The catalog (``data``), a run of every attribute whose members trained apart (``free``) and a run of
-    ``category`` and ``pattern`` refined from ``free``'s category member with a frozen trunk (``shared``)."""
+    """The catalog (``data``), a run of every attribute whose members trained apart (``free``), a run of
+    ``category`` and ``pattern`` refined from ``free``'s category member with a frozen trunk (``shared``) and one of
+    ``category`` and ``occasion`` refined from it with the last backbone block trained (``partial``)."""
     data = small_catalog(root / "cat")
     free = train_run(data, root / "free")
     # a frozen trunk (BatchNorm too) from one base: both members keep it bit for bit
     base = f"model.init={free / 'category' / 'best.ckpt'}"
     shared = train_run(data, root / "shared", [base, *FROZEN], attributes=["category", "pattern"])
-    return {"data": data, "free": free, "shared": shared}
+    # the same base with its last backbone block trained: the blocks below it stay the base's
+    last = ["train.trainable_blocks=1", "train.freeze_bn=true"]
+    partial = train_run(data, root / "partial", [base, *last], attributes=["category", "occasion"])
+    return {"data": data, "free": free, "shared": shared, "partial": partial}
 
 
 def images_of(data: Path, n: int = 12) -> list[Image.Image]:

@@ -13,7 +13,13 @@ import torch
 from tests.inference.combined_fixtures import ATTRIBUTES, images_of, make_runs
 from vestis.data.taxonomy import load_taxonomy
 from vestis.errors import VestisError
-from vestis.inference.combined import COMBINED_FILENAME, backbone_groups, combined_fingerprint, write_combined
+from vestis.inference.combined import (
+    COMBINED_FILENAME,
+    backbone_groups,
+    combined_fingerprint,
+    shared_blocks,
+    write_combined,
+)
 from vestis.inference.predictor import Predictor
 from vestis.inference.tagging import tag_catalog
 from vestis.train.checkpoint import encode_checkpoint, load_checkpoint
@@ -158,3 +164,24 @@ def test_members_with_other_preprocessing_are_refused(runs, tmp_path) -> None:
     with pytest.raises(VestisError, match=r"preprocessing .* differs from member 'category'"):
         write_combined(run, tax, members)
     other.unlink()
+
+
+def test_trunks_refined_in_their_last_block_share_the_blocks_below(runs) -> None:
+    run = runs["partial"]
+    names = ("category", "occasion")
+    members = {a: Predictor.from_path(run / a / "best.ckpt", device="cpu") for a in names}
+    bbs = [m.module.model.backbone for m in members.values()]
+    n = len(bbs[0].blocks())
+    assert shared_blocks(*bbs) == n - 1  # every block but the last one, which trained apart
+    combined = Predictor.from_path(run, device="cpu")
+    assert combined.info["backbone_groups"] == [["category"], ["occasion"]]
+    assert combined.info["shared_blocks"] == [{"groups": [["category"], ["occasion"]], "blocks": n - 1}]
+    module = combined.module
+    own = [m.model.backbone for m in module.members]
+    first = [_counting(bb.get_submodule(bb.blocks()[0].paths[0])) for bb in own]
+    last = [_counting(bb.get_submodule(bb.blocks()[-1].paths[0])) for bb in own]
+    batch = combined.preprocess(images_of(runs["data"]))
+    probs = combined.predict_arrays(batch)
+    for a, m in members.items():
+        assert np.array_equal(probs[a], m.predict_arrays(batch)[a]), a
+    assert first == [[12], []] and last == [[12], [12]]  # the stem once, each member's last block on its own

@@ -47,6 +47,7 @@ from vestis.errors import VestisError
 from vestis.fingerprint import PREFIX, canonical_json
 from vestis.inference.onnx_format import InferenceModule
 from vestis.io import atomic_write_text
+from vestis.models.backbones.base import Backbone
 
 __all__ = [
     "COMBINED_FILENAME",
@@ -57,6 +58,8 @@ __all__ = [
     "is_combined",
     "load_combined",
     "read_combined",
+    "shared_blocks",
+    "trunk_groups",
     "write_combined",
 ]
 
@@ -262,12 +265,49 @@ def _same_backbone(a: nn.Module, b: nn.Module) -> bool:
     if type(a) is not type(b) or getattr(a, "out_features", None) != getattr(b, "out_features", None):
         return False
     sa, sb = a.state_dict(), b.state_dict()
-    if list(sa) != list(sb):
-        return False
-    return all(
-        x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
-        for x, y in zip(sa.values(), sb.values(), strict=True)
-    )
+    return list(sa) == list(sb) and all(_same_tensor(x, y) for x, y in zip(sa.values(), sb.values(), strict=True))
+
+
+def shared_blocks(a: nn.Module, b: nn.Module) -> int:
+    """How many leading backbone blocks of ``a`` and ``b`` hold identical tensors (0 when they are not two
+    :class:`~vestis.models.backbones.base.Backbone` of one architecture with the same maps)."""
+    if not (isinstance(a, Backbone) and isinstance(b, Backbone)) or type(a) is not type(b):
+        return 0
+    blocks = a.blocks()
+    if [k.name for k in blocks] != [k.name for k in b.blocks()] or a.out_features != b.out_features:
+        return 0
+    sa, sb = a.state_dict(), b.state_dict()
+    n = 0
+    for block in blocks:
+        prefixes = tuple(f"{path}." for path in block.paths)
+        ka = [k for k in sa if k.startswith(prefixes)]
+        if ka != [k for k in sb if k.startswith(prefixes)] or not all(_same_tensor(sa[k], sb[k]) for k in ka):
+            break
+        n += 1
+    return n
+
+
+def _same_tensor(x: Tensor, y: Tensor) -> bool:
+    return x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
+
+
+def trunk_groups(models: Sequence[nn.Module], groups: Sequence[Sequence[int]]) -> list[tuple[list[int], int]]:
+    """Backbone groups whose backbones begin with the same blocks: ``(group indices, shared blocks)``.
+
+    A trunk of one group shares nothing below it (``0``); several groups share the blocks every one of them has in
+    common with the first (a trunk refined in its last blocks only, from the same base model).
+    """
+    trunks: list[tuple[list[int], int]] = []
+    for gi, g in enumerate(groups):
+        bb = models[g[0]].backbone
+        for t, (members, k) in enumerate(trunks):
+            n = shared_blocks(models[groups[members[0]][0]].backbone, bb)
+            if n > 0:
+                trunks[t] = ([*members, gi], n if len(members) == 1 else min(k, n))
+                break
+        else:
+            trunks.append(([gi], 0))
+    return trunks
 
 
 class CombinedModule(nn.Module):
@@ -275,7 +315,8 @@ class CombinedModule(nn.Module):
     outputs of each member and the mean heat-map out (the graph :func:`load_combined`'s predictor runs).
 
     Members of one group (see :func:`backbone_groups`) are given the first one's backbone module, which runs
-    once per batch; the others' identical backbones are dropped.
+    once per batch; the others' identical backbones are dropped. Groups whose backbones begin with identical blocks
+    (:func:`trunk_groups`) run those blocks once (``forward_until``), then each group the rest (``forward_from``).
 
     Args:
         members: one inference module per member; they normalise alike (the first one's mean and std are used).
@@ -293,9 +334,11 @@ class CombinedModule(nn.Module):
         if not members:
             raise VestisError("CombinedModule: no member")
         self.members = nn.ModuleList(members)
-        self.groups = [list(g) for g in (groups if groups is not None else backbone_groups([m.model for m in members]))]
+        models = [m.model for m in members]
+        self.groups = [list(g) for g in (groups if groups is not None else backbone_groups(models))]
         if sorted(i for g in self.groups for i in g) != list(range(len(members))):
             raise VestisError(f"CombinedModule: groups {self.groups} must hold every member once")
+        self.trunks = trunk_groups(models, self.groups)
         for g in self.groups:
             shared = members[g[0]].model.backbone
             for i in g[1:]:
@@ -306,10 +349,16 @@ class CombinedModule(nn.Module):
         """The chosen probabilities in order, then the heat-map ``(B, h, w)``."""
         x = self.members[0].normalize(images)
         results: list[tuple[Tensor, ...]] = [() for _ in self.members]
-        for g in self.groups:
-            feats = self.members[g[0]].model.backbone(x)  # once for the group
-            for i in g:
-                results[i] = self.members[i].from_features(feats)
+        for trunk, k in self.trunks:
+            backbones = [self.members[self.groups[gi][0]].model.backbone for gi in trunk]
+            if k:  # the shared lower blocks once, the rest of each group's backbone on their output
+                cut, taps = backbones[0].forward_until(x, k)
+                feats = [bb.forward_from(cut, k, taps) for bb in backbones]
+            else:
+                feats = [bb(x) for bb in backbones]
+            for gi, f in zip(trunk, feats, strict=True):
+                for i in self.groups[gi]:
+                    results[i] = self.members[i].from_features(f)
         probs = [results[i][j] for i, j in self.outputs]
         heats = [r[-1] for r in results]
         size = heats[0].shape[-2:]
@@ -388,6 +437,12 @@ def load_combined(
         "quantization": "none",
         "members": {a.name: doc["members"][a.name]["fingerprint"] for a in taxonomy},
         "backbone_groups": [[taxonomy.names[i] for i in g] for g in module.groups],
+        # groups whose backbones begin alike, and how many blocks of it run once for them
+        "shared_blocks": [
+            {"groups": [[taxonomy.names[i] for i in module.groups[gi]] for gi in t], "blocks": k}
+            for t, k in module.trunks
+            if k
+        ],
     }
     return Predictor(
         _TorchBackend(module, dev),
