@@ -16,7 +16,9 @@ returns an ordinary :class:`~vestis.inference.predictor.Predictor` whose module 
 * every image is decoded and letterboxed once for all members (one preprocessing, refused when members differ);
 * members whose backbones hold identical tensors (a frozen or cached trunk refined from the same base model)
   share one backbone module, run once per batch; each member's neck, attention and heads run on its output
-  (:meth:`~vestis.inference.onnx_format.InferenceModule.from_features`); other members run their own backbone;
+  (:meth:`~vestis.inference.onnx_format.InferenceModule.from_features`); backbones that only begin with identical
+  blocks (refined in their last blocks from one base model) run those blocks once and each the rest; other
+  members run their own backbone (``info["backbone_groups"]`` and ``info["shared_blocks"]`` say which);
 * the outputs are the union of the members' attributes, in taxonomy order, each with its member's calibrated
   thresholds; the heat-map is the mean of the members' heat-maps (on the first member's grid).
 
