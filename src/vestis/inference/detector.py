@@ -27,16 +27,36 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vestis.data.detection import Letterbox, letterbox, unletterbox_boxes
+from vestis.data.detection import Letterbox, letterbox
 from vestis.data.images import DEFAULT_MAX_PIXELS
 from vestis.data.transforms import normalize
 from vestis.errors import VestisError
 from vestis.inference.inputs import ImageInput, as_image
 from vestis.inference.runtime import torch_device
 
-__all__ = ["Detections", "Detector"]
+__all__ = ["Detections", "Detector", "letterbox_batch"]
 
-DETECTOR_ATTRIBUTE = "object_type"  # the one attribute of a detector checkpoint's taxonomy (its classes)
+
+def letterbox_batch(images: Sequence[Image.Image], size: int, pad_value: int) -> tuple[np.ndarray, list[Letterbox]]:
+    """The detector's preprocessing before normalisation, shared by :class:`Detector` and the outfit pipeline.
+
+    Args:
+        images: RGB images.
+        size: the square side (the detector's ``image_size``).
+        pad_value: the grey level of the padding.
+
+    Returns:
+        ``uint8`` ``(B, 3, S, S)`` (C-contiguous) and each image's placement.
+    """
+    fill = (int(pad_value),) * 3
+    arrays, placements = [], []
+    for img in images:
+        boxed, lb = letterbox(img, size, fill=fill)
+        arrays.append(np.asarray(boxed, dtype=np.uint8).transpose(2, 0, 1))
+        placements.append(lb)
+    if not arrays:
+        return np.zeros((0, 3, size, size), dtype=np.uint8), placements
+    return np.ascontiguousarray(np.stack(arrays)), placements
 
 
 @dataclass(frozen=True)
@@ -167,6 +187,7 @@ class Detector:
         """
         from vestis.models.detection import DETECTORS, is_detector
         from vestis.train.checkpoint import load_checkpoint, rebuild_model
+        from vestis.train.detection_task import CLASS_ATTRIBUTE
 
         path = Path(path)
         state = load_checkpoint(path, trust=trust_checkpoint)
@@ -179,9 +200,9 @@ class Detector:
             )
         attrs = state["taxonomy"].get("attributes")
         if not (isinstance(attrs, list) and len(attrs) == 1 and isinstance(attrs[0], dict)
-                and attrs[0].get("name") == DETECTOR_ATTRIBUTE):  # fmt: skip
+                and attrs[0].get("name") == CLASS_ATTRIBUTE):  # fmt: skip
             raise VestisError(
-                f"{path}: taxonomy: a detector checkpoint has one attribute {DETECTOR_ATTRIBUTE!r} (its classes)"
+                f"{path}: taxonomy: a detector checkpoint has one attribute {CLASS_ATTRIBUTE!r} (its classes)"
             )
         dev = torch_device(device)
         model = rebuild_model(state, source=str(path), map_location=dev)
@@ -207,13 +228,8 @@ class Detector:
 
     def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[Letterbox]]:
         """Letterbox and normalise: ``(B, 3, S, S)`` float on the model's device, and each image's placement."""
-        fill = (self.pad_value,) * 3
-        arrays, placements = [], []
-        for img in images:
-            boxed, lb = letterbox(img, self.image_size, fill=fill)
-            arrays.append(np.asarray(boxed, dtype=np.uint8))
-            placements.append(lb)
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self._device)  # (B, 3, S, S) uint8
+        arrays, placements = letterbox_batch(images, self.image_size, self.pad_value)
+        batch = torch.from_numpy(arrays).to(self._device)  # (B, 3, S, S) uint8
         return normalize(batch, self.mean, self.std), placements
 
     def detect(
@@ -228,10 +244,10 @@ class Detector:
     ) -> list[Detections]:
         """The garments of each image.
 
-        Boxes below ``min_score`` are dropped, then class-wise NMS (:func:`vestis.models.detection.nms`) runs at
-        ``nms_iou`` on the boxes in original pixels, and the best ``max_detections`` stay. A box that lies in
-        the letterbox padding only (nothing left after clipping to the image) is dropped. The model itself
-        returns at most its own top-K (``max_detections`` of the detector, 100 by default).
+        The boxes go through :func:`vestis.models.detection.boxes.postprocess_boxes` (shared with the outfit
+        pipeline and the detector's validation): back in original pixels and clipped, boxes below ``min_score`` or
+        in the letterbox padding only dropped, class-wise NMS at ``nms_iou``, the best ``max_detections``.
+        The model itself returns at most its own top-K (``max_detections`` of the detector, 100 by default).
 
         Args:
             images: PIL images, paths (decoded with the pixel cap) or ``uint8`` ``(H, W, 3)`` arrays.
@@ -247,8 +263,6 @@ class Detector:
         Raises:
             VestisError: an argument out of range, an unreadable or oversized image (the message names it).
         """
-        from vestis.models.detection import nms
-
         _check_range("min_score", min_score, 0.0, 1.0)
         if nms_iou is not None:
             _check_range("nms_iou", nms_iou, 0.0, 1.0)
@@ -265,7 +279,7 @@ class Detector:
             with torch.inference_mode():
                 raw = self.model(x)
             for img, lb, det in zip(pils, placements, raw, strict=True):
-                out.append(self._postprocess(det, lb, img.width, img.height, min_score, nms_iou, max_detections, nms))
+                out.append(self._postprocess(det, lb, img.width, img.height, min_score, nms_iou, max_detections))
             if progress is not None:
                 progress(len(out), total)
         return out
@@ -279,27 +293,19 @@ class Detector:
         min_score: float,
         nms_iou: float | None,
         max_detections: int,
-        nms: Callable[..., torch.Tensor],
     ) -> Detections:
-        scores = det["scores"].detach().float().cpu()
-        labels = det["labels"].detach().cpu().long()
-        boxes = torch.from_numpy(unletterbox_boxes(det["boxes"].float(), lb))  # (K, 4) original pixels
-        limit = torch.tensor([width, height, width, height], dtype=torch.float32)
-        boxes = torch.minimum(boxes.clamp(min=0), limit)
-        keep = (scores >= min_score) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        if nms_iou is not None:
-            order = nms(boxes, scores, labels, nms_iou)
-        else:
-            order = torch.argsort(scores, descending=True, stable=True)
-        order = order[:max_detections]
-        boxes, scores, labels = boxes[order], scores[order], labels[order]
+        from vestis.models.detection.boxes import postprocess_boxes
+
+        boxes, scores, labels = postprocess_boxes(
+            det["boxes"], det["scores"], det["labels"], lb, width, height,
+            min_score=min_score, nms_iou=nms_iou, max_detections=max_detections,
+        )  # fmt: skip
         if len(labels) and (labels.min() < 0 or labels.max() >= len(self.classes)):
             raise VestisError(f"detector: labels outside the {len(self.classes)} classes {list(self.classes)}")
         return Detections(
-            boxes=boxes.numpy().astype(np.float32).reshape(-1, 4),
-            scores=scores.numpy().astype(np.float32),
-            labels=labels.numpy().astype(np.int64),
+            boxes=boxes.astype(np.float32).reshape(-1, 4),
+            scores=scores.astype(np.float32),
+            labels=labels.astype(np.int64),
             names=tuple(self.classes[i] for i in labels.tolist()),
             classes=self.classes,
             width=int(width),

@@ -36,11 +36,11 @@ import torch
 from PIL import Image
 
 from vestis.data.crops import crop_box
-from vestis.data.detection import Letterbox, letterbox
 from vestis.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from vestis.data.taxonomy import Taxonomy
 from vestis.data.transforms import letterbox_array
 from vestis.errors import VestisError
+from vestis.inference.detector import letterbox_batch
 from vestis.inference.outfit_results import Garment, OutfitResult
 from vestis.inference.pipeline_format import (
     MANIFEST_NAME,
@@ -262,14 +262,8 @@ class OutfitPipeline:
         """Stage 1 on RGB images: the garments' boxes (original pixels), scores and classes, best first."""
         if not images:
             return []
-        s = self.spec.detector_size
-        boxed: list[np.ndarray] = []
-        lbs: list[Letterbox] = []
-        for img in images:
-            canvas, lb = letterbox(img, s, (self.spec.detector_pad,) * 3)
-            boxed.append(np.asarray(canvas, dtype=np.uint8).transpose(2, 0, 1))
-            lbs.append(lb)
-        heat, size, offset = self._runner.run_detector(np.ascontiguousarray(np.stack(boxed)))
+        boxed, lbs = letterbox_batch(images, self.spec.detector_size, self.spec.detector_pad)
+        heat, size, offset = self._runner.run_detector(boxed)
         return decode_detections(
             heat, size, offset, stride=self.spec.stride, candidates=self.spec.candidates, letterboxes=lbs,
             image_sizes=[img.size for img in images], settings=self.settings,

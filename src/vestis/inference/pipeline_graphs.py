@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vestis.data.detection import Letterbox, unletterbox_boxes
+from vestis.data.detection import Letterbox
 from vestis.errors import VestisError
 from vestis.inference.pipeline_format import PipelineSettings
-from vestis.models.detection import decode_centernet, nms
+from vestis.models.detection import decode_centernet
+from vestis.models.detection.boxes import postprocess_boxes
 from vestis.models.hierarchical import apply_taxonomy
 
 __all__ = [
@@ -126,9 +127,10 @@ def decode_detections(
 ) -> list[Detections]:
     """The detector's maps -> garments per image.
 
-    CenterNet's peaks (the best ``candidates``), boxes back in original pixels and clipped to the image, those
-    scoring ``>= settings.min_score`` with a non-empty box kept, class-wise NMS at ``settings.nms_iou``, the best
-    ``settings.max_garments`` (the order of :class:`vestis.inference.detector.Detector`).
+    CenterNet's peaks (the best ``candidates``), then :func:`vestis.models.detection.boxes.postprocess_boxes` (the
+    post-processing of :class:`vestis.inference.detector.Detector` too): boxes back in original pixels and clipped,
+    those scoring ``>= settings.min_score`` with a non-empty box kept, class-wise NMS at ``settings.nms_iou``, the best
+    ``settings.max_garments``.
 
     Args:
         heatmap: ``(B, K, h, w)`` probabilities.
@@ -151,15 +153,11 @@ def decode_detections(
     )
     out = []
     for det, lb, (w, h) in zip(decoded, letterboxes, image_sizes, strict=True):
-        # as vestis.inference.detector.Detector: back to original pixels, clip, drop, then NMS there
-        b = unletterbox_boxes(det["boxes"], lb)
-        b = np.stack([b[:, 0].clip(0, w), b[:, 1].clip(0, h), b[:, 2].clip(0, w), b[:, 3].clip(0, h)], axis=1)
-        scores, labels = det["scores"].numpy(), det["labels"].numpy()
-        ok = np.flatnonzero((scores >= settings.min_score) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))
-        boxes, scores, labels = b[ok].reshape(-1, 4), scores[ok], labels[ok]
-        keep = nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), settings.nms_iou)
-        idx = keep.numpy()[: settings.max_garments]
-        out.append(Detections(boxes[idx].astype(np.float64), scores[idx].astype(np.float64), labels[idx]))
+        boxes, scores, labels = postprocess_boxes(
+            det["boxes"], det["scores"], det["labels"], lb, w, h,
+            min_score=settings.min_score, nms_iou=settings.nms_iou, max_detections=settings.max_garments,
+        )  # fmt: skip
+        out.append(Detections(boxes.astype(np.float64), scores.astype(np.float64), labels))
     return out
 
 

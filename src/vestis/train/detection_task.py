@@ -46,6 +46,7 @@ from vestis.data.taxonomy import Attribute, Taxonomy
 from vestis.data.transforms import normalize
 from vestis.errors import VestisError
 from vestis.eval.detection import coco_detection_metrics
+from vestis.models.detection.boxes import postprocess_boxes
 from vestis.train.cache import FeatureCache
 from vestis.train.tasks import Task, Validation
 
@@ -191,6 +192,12 @@ class DetectionTask(Task):
     def validate(
         self, core: nn.Module, net: nn.Module, loader: DataLoader, cache: FeatureCache | None, dev: torch.device
     ) -> Validation:
+        """COCO mAP, AP50, AP75, AR@100 (and per-class AP) of the validation images, in original pixels.
+
+        The decoded peaks go through :func:`vestis.models.detection.boxes.postprocess_boxes` with ``min_score=0``
+        and its default NMS (``DEFAULT_NMS_IOU``, 100 boxes), the defaults of ``vestis detect --gt``, so the
+        checkpoint is selected on the mAP that command reports.
+        """
         was = core.training
         core.eval()
         dc = self.cfg.data
@@ -201,11 +208,11 @@ class DetectionTask(Task):
                 dets = core(normalize(images.to(dev), dc.mean, dc.std))
                 for d, t in zip(dets, targets, strict=True):
                     lb = t["letterbox"]
-                    preds.append({
-                        "boxes": unletterbox_boxes(d["boxes"].float().cpu(), lb),
-                        "scores": d["scores"].float().cpu().numpy(),
-                        "labels": d["labels"].cpu().numpy(),
-                    })  # fmt: skip
+                    h, w = t["size"]
+                    boxes, scores, labels = postprocess_boxes(
+                        d["boxes"], d["scores"], d["labels"], lb, int(w), int(h), min_score=0.0
+                    )  # vestis detect --gt's defaults: every score, NMS at DEFAULT_NMS_IOU, 100 boxes
+                    preds.append({"boxes": boxes, "scores": scores, "labels": labels})
                     gts.append({"boxes": unletterbox_boxes(t["boxes"], lb), "labels": t["labels"].numpy()})
         finally:
             core.train(was)

@@ -5,13 +5,25 @@ Boxes are ``(x0, y0, x1, y1)`` in input pixels (``xyxy``) unless a name says ``x
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from vestis.errors import VestisError
 
-__all__ = ["box_iou", "decode_centernet", "nms", "xywh_to_xyxy", "xyxy_to_xywh"]
+__all__ = [
+    "DEFAULT_MAX_DETECTIONS",
+    "DEFAULT_NMS_IOU",
+    "box_iou",
+    "decode_centernet",
+    "nms",
+    "postprocess_boxes",
+    "xywh_to_xyxy",
+    "xyxy_to_xywh",
+]
 
 
 def xywh_to_xyxy(boxes: Tensor) -> Tensor:
@@ -137,3 +149,60 @@ def decode_centernet(
             det = {key: v[keep] for key, v in det.items()}
         out.append(det)
     return out
+
+
+DEFAULT_NMS_IOU = 0.5  # the class-wise NMS overlap of `vestis detect` (also with --gt) and of detector validation
+DEFAULT_MAX_DETECTIONS = 100  # COCO's AR@100 counts this many boxes per image
+
+
+def postprocess_boxes(
+    boxes: Tensor | np.ndarray,
+    scores: Tensor | np.ndarray,
+    labels: Tensor | np.ndarray,
+    letterbox: Any,
+    width: int,
+    height: int,
+    *,
+    min_score: float = 0.0,
+    nms_iou: float | None = DEFAULT_NMS_IOU,
+    max_detections: int = DEFAULT_MAX_DETECTIONS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decoded boxes of one letterboxed image -> the detections in the original image, best first.
+
+    The one post-processing of every path that turns a detector's peaks into boxes: :class:`vestis.inference.
+    detector.Detector` (``vestis detect``, ``vestis crops``), the outfit pipeline (both runtimes) and the detector's
+    validation in training (with ``min_score=0`` and the default ``nms_iou``, as ``vestis detect --gt`` scores it,
+    so ``best.ckpt`` is selected on the mAP that command reports). In order: the boxes back in original pixels
+    (``(b - pad) / scale``), clipped to ``[0, width] x [0, height]``; boxes scoring below ``min_score`` or empty after
+    clipping (in the letterbox padding only) dropped; class-wise :func:`nms` at ``nms_iou`` (``None``: none, by
+    decreasing score); the best ``max_detections``.
+
+    Args:
+        boxes: ``(K, 4)`` xyxy in the letterboxed image's pixels.
+        scores: ``(K,)``.
+        labels: ``(K,)`` integer classes.
+        letterbox: the image's placement (a :class:`vestis.data.detection.Letterbox`: ``scale_x``, ``scale_y``,
+            ``pad_x``, ``pad_y``).
+        width: the original image's width.
+        height: the original image's height.
+        min_score: the lowest score kept.
+        nms_iou: the NMS overlap, or ``None``.
+        max_detections: the most boxes returned.
+
+    Returns:
+        ``boxes`` ``(N, 4)`` float32, ``scores`` ``(N,)`` float32, ``labels`` ``(N,)`` int64, by decreasing score.
+    """
+    b = torch.as_tensor(np.asarray(boxes.detach().cpu() if isinstance(boxes, Tensor) else boxes, dtype=np.float32))
+    s = torch.as_tensor(np.asarray(scores.detach().cpu() if isinstance(scores, Tensor) else scores, dtype=np.float32))
+    lab = torch.as_tensor(np.asarray(labels.detach().cpu() if isinstance(labels, Tensor) else labels, dtype=np.int64))
+    b = b.reshape(-1, 4)
+    scale = torch.tensor([letterbox.scale_x, letterbox.scale_y] * 2, dtype=torch.float32)
+    pad = torch.tensor([letterbox.pad_x, letterbox.pad_y] * 2, dtype=torch.float32)
+    b = (b - pad) / scale
+    limit = torch.tensor([width, height, width, height], dtype=torch.float32)
+    b = torch.minimum(b.clamp(min=0), limit)
+    keep = (s >= min_score) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    b, s, lab = b[keep], s[keep], lab[keep]
+    order = nms(b, s, lab, nms_iou) if nms_iou is not None else torch.argsort(s, descending=True, stable=True)
+    order = order[:max_detections]
+    return b[order].numpy().reshape(-1, 4), s[order].numpy(), lab[order].numpy()
