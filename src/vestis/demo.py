@@ -1,5 +1,6 @@
 """The main job on the embedded default (``make demo``): synth -> validate -> stats -> train -> evaluate -> index
-and one substitute search ("like this test item, but in another colour").
+and one substitute search ("like this test item, but in another colour"), then the outfit pipeline on synthetic
+outfit scenes (:mod:`vestis.demo_outfit`: detector, crops, stage-2 model, the garments of two outfit photos).
 
 Every step writes under ``--out`` and prints where; running it again reuses the catalog and continues
 (or re-evaluates) the run instead of starting over.
@@ -19,6 +20,7 @@ from vestis.data.splits import split_manifest
 from vestis.data.stats import compute_stats, write_stats
 from vestis.data.synthetic import generate_catalog
 from vestis.data.validate import summarize, validate_file
+from vestis.demo_outfit import run_outfit_demo
 from vestis.errors import VestisError
 from vestis.eval.evaluator import format_table
 from vestis.eval.run import evaluate_checkpoint
@@ -35,36 +37,36 @@ def run_demo(out: Path, *, n: int, size: int, seed: int, overrides: list[str]) -
     stamp_file = data / "demo.json"
     t0 = time.perf_counter()
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
-        echo(f"1/6 synth: reusing {data}")
+        echo(f"1/10 synth: reusing {data}")
     else:
-        echo(f"1/6 synth: drawing {n} catalog images of {size} px into {data}")
+        echo(f"1/10 synth: drawing {n} catalog images of {size} px into {data}")
         generate_catalog(data, n=n, size=size, seed=seed)
         stamp_file.write_text(json.dumps(stamp))
     manifest = data / "manifest.csv"
 
-    echo("2/6 validate")
+    echo("2/10 validate")
     catalog, taxonomy, problems = validate_file(manifest)
     if problems:
         raise VestisError(f"{manifest}: {len(problems)} problem(s): {summarize(problems)}")
     echo(f"    OK: {manifest} against {data / 'taxonomy.yaml'}")
 
-    echo("3/6 stats")
+    echo("3/10 stats")
     stats = compute_stats(catalog, taxonomy)
     write_stats(stats, stats_dir)
     echo(f"    {stats_dir / 'stats.md'}")
 
     cfg = load_config("default", overrides)
     resume = (run_dir / "last.ckpt").is_file()
-    echo(f"4/6 train: {cfg.model.name} on {cfg.model.backbone}, {cfg.data.image_size} px, {cfg.train.epochs} epochs"
+    echo(f"4/10 train: {cfg.model.name} on {cfg.model.backbone}, {cfg.data.image_size} px, {cfg.train.epochs} epochs"
          f"{' (continuing the previous run)' if resume else ''}")  # fmt: skip
     result = train(cfg, manifest, run_dir, resume=resume, log=echo)
 
-    echo("5/6 evaluate (test split)")
+    echo("5/10 evaluate (test split)")
     ev = evaluate_checkpoint(result.best, manifest, report_dir, split="test")
     echo("")
     echo(format_table(ev.metrics))
     echo("")
-    echo("6/6 index the catalog (the classifier's attribute-based sub-embeddings) and search for a substitute")
+    echo("6/10 index the catalog (the classifier's attribute-based sub-embeddings) and search for a substitute")
     index_dir = out / "index"
     built = build_index(result.best, manifest, index_dir, restart=True, workers=2)
     echo(f"    {built.count} items in {index_dir} ({built.embedded / max(built.seconds, 1e-9):.0f} images/s)")
@@ -77,18 +79,22 @@ def run_demo(out: Path, *, n: int, size: int, seed: int, overrides: list[str]) -
         echo(f"      {h.id:>8}  distance {h.distance:.3f}  {change[0]}={h.attributes[change[0]]}  "
              f"category={h.attributes.get('category')}")  # fmt: skip
     echo("")
+    outfit = run_outfit_demo(out / "outfit", seed=seed, step=7, steps=10)
+    echo("")
     echo(f"done in {time.perf_counter() - t0:.0f} s")
     echo(f"  catalog:    {manifest}")
     echo(f"  stats:      {stats_dir / 'stats.md'}")
     echo(f"  checkpoint: {result.best}")
     echo(f"  report:     {ev.files['report.html']}")
     echo(f"  index:      {index_dir}")
+    echo(f"  outfits:    {outfit['pipeline']} (detector + stage-2 model)")
     return {
         "manifest": manifest,
         "stats": stats_dir,
         "checkpoint": result.best,
         "report": ev.files["report.html"],
         "index": index_dir,
+        "pipeline": outfit["pipeline"],
     }
 
 
