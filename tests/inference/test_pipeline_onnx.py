@@ -114,3 +114,42 @@ def test_hostile_or_incomplete_folders_are_refused(exported, tmp_path):
         OutfitPipeline.load(src, runtime="torch")
     with pytest.raises(VestisError, match="expected a folder"):
         export_pipeline_onnx(path, tmp / "s0.jpg")
+
+
+def test_graphs_that_do_not_match_pipeline_json_are_refused(exported, tmp_path):
+    tmp, _, _ = exported
+    src = tmp / "out"
+    meta = json.loads((src / MANIFEST_NAME).read_text())
+
+    def folder(name, manifest, swap=False):
+        d = tmp_path / name
+        d.mkdir()
+        files = {"detector.onnx": "stage2.onnx", "stage2.onnx": "detector.onnx"} if swap else {}
+        for f in ("detector.onnx", "stage2.onnx"):
+            (d / f).write_bytes((src / files.get(f, f)).read_bytes())
+        (d / MANIFEST_NAME).write_text(json.dumps(manifest))
+        return d
+
+    # one class more than the graph's heatmap has channels
+    det = {**meta["detector"], "classes": [*meta["detector"]["classes"], "hat"]}
+    with pytest.raises(VestisError, match=r"detector\.onnx: output heatmap: 4 channels, but pipeline\.json gives 5"):
+        OutfitPipeline.load(folder("a", {**meta, "detector": det}))
+    # a stage-2 layout with a value more than the graph's attribute output (fingerprints re-signed, so only the
+    # widths tell)
+    tax = json.loads(json.dumps(meta["stage2"]["taxonomy"]))
+    next(a for a in tax["attributes"] if a["name"] == "colour")["values"].append("green")
+    st = {**meta["stage2"], "taxonomy": tax, "thresholds": [*meta["stage2"]["thresholds"], 0.5]}
+    with pytest.raises(VestisError, match=r"stage2\.onnx: output attributes: 5 channels, but pipeline\.json gives 6"):
+        OutfitPipeline.load(folder("b", {**meta, "stage2": st}))
+    # the two files swapped
+    with pytest.raises(VestisError, match=r"detector\.onnx: metadata vestis\.part: expected 'detector'"):
+        OutfitPipeline.load(folder("c", meta, swap=True))
+    # a pipeline.json of another detector (its fingerprint and the pair's re-computed, so it reads)
+    from vestis.inference.pipeline_format import pipeline_fingerprint
+
+    other = {**meta, "detector": {**meta["detector"], "fingerprint": "sha256:" + "0" * 64}}
+    other["fingerprint"] = pipeline_fingerprint(
+        other["detector"]["fingerprint"], meta["stage2"]["fingerprint"], PipelineSettings.from_dict(meta["settings"])
+    )
+    with pytest.raises(VestisError, match=r"detector\.onnx: metadata vestis\.fingerprint"):
+        OutfitPipeline.load(folder("d", other))

@@ -377,15 +377,68 @@ def _load_onnx(folder: Path, device: str | None, threads: int | None) -> tuple[P
             raise VestisError(f"threads: expected a positive number of threads, got {threads}")
         options.intra_op_num_threads = threads
     sessions = []
-    for name in (DETECTOR_FILE, STAGE2_FILE):
+    for name, part in ((DETECTOR_FILE, "detector"), (STAGE2_FILE, "stage2")):
         p = folder / name
         if not p.is_file():
             raise VestisError(f"{p}: missing (expected {DETECTOR_FILE} and {STAGE2_FILE} beside {MANIFEST_NAME})")
         try:
-            sessions.append(ort.InferenceSession(str(p), options, providers=providers))
+            sess = ort.InferenceSession(str(p), options, providers=providers)
         except Exception as e:  # onnxruntime's own exception types for bad files
             raise VestisError(f"{p}: not a loadable ONNX model ({str(e).strip()[:300]})") from None
+        _check_graph(sess, part, p, spec, settings)
+        sessions.append(sess)
     return spec, settings, _OnnxRuntime(*sessions)
+
+
+def _check_graph(sess: Any, part: str, path: Path, spec: PipelineSpec, settings: PipelineSettings) -> None:
+    """Refuse a graph that is not the ``part`` of the pipeline ``pipeline.json`` describes.
+
+    Checked: the ``vestis.*`` metadata :func:`vestis.inference.pipeline_export.export_pipeline_onnx` writes (format,
+    part, the part's and the pair's fingerprints), the input and output names, and the output widths: the heatmap's
+    channels are the detector's classes, stage 2's outputs are the layout's ``C`` categories and ``A`` attribute
+    values. A mismatch is a one-line error naming the file, not a shape error at the first image.
+    """
+    from vestis.inference.pipeline_graphs import DETECTOR_OUTPUTS, STAGE2_OUTPUTS
+
+    try:
+        meta = dict(sess.get_modelmeta().custom_metadata_map)
+    except Exception:  # a runtime without metadata access: then the checks below refuse it
+        meta = {}
+    fp = spec.detector_fingerprint if part == "detector" else spec.stage2_fingerprint
+    expected = {
+        "vestis.format": ONNX_MANIFEST_FORMAT,
+        "vestis.part": part,
+        "vestis.fingerprint": fp,
+        "vestis.pipeline": pipeline_fingerprint(spec.detector_fingerprint, spec.stage2_fingerprint, settings),
+    }
+    for key, want in expected.items():
+        got = meta.get(key)
+        if got != want:
+            what = "fingerprint of" if "fingerprint" in key or key == "vestis.pipeline" else "value of"
+            raise VestisError(
+                f"{path}: metadata {key}: expected {want!r} ({what} {MANIFEST_NAME}'s {part}), got {got!r}; "
+                f"the graph is not the {part} this {MANIFEST_NAME} describes (export again with `vestis export`)"
+            )
+    inputs = [i.name for i in sess.get_inputs()]
+    outputs = sess.get_outputs()
+    if part == "detector":
+        want_in, want_out = [DETECTOR_INPUT], list(DETECTOR_OUTPUTS)
+        widths = {"heatmap": len(spec.classes), "size": 2, "offset": 2}
+    else:
+        want_in, want_out = list(STAGE2_INPUTS), list(STAGE2_OUTPUTS)
+        widths = {"category": len(spec.layout.categories), "attributes": len(spec.layout.attributes)}
+    if inputs != want_in or [o.name for o in outputs] != want_out:
+        raise VestisError(
+            f"{path}: expected inputs {want_in} and outputs {want_out}, got {inputs} and {[o.name for o in outputs]}"
+        )
+    for o in outputs:
+        shape = list(o.shape or [])
+        width = shape[1] if len(shape) > 1 else None
+        if width != widths[o.name]:
+            what = "classes" if o.name == "heatmap" else "values of the layout"
+            raise VestisError(
+                f"{path}: output {o.name}: {width!r} channels, but {MANIFEST_NAME} gives {widths[o.name]} {what}"
+            )
 
 
 def _field(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
