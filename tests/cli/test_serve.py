@@ -31,7 +31,7 @@ def test_serve_builds_the_app_with_the_options(tmp_path, captured):
     args += ["--max-images", "2", "--max-pixels", "5000", "--max-upload-mb", "0.5", "--device", "cpu"]
     res = CliRunner().invoke(vestis.cli.app, args)
     assert res.exit_code == 0, res.output
-    assert "http://0.0.0.0:8123/" in res.output and "torch on cpu" in res.output and "up to 4" in res.output
+    assert "http://0.0.0.0:8123/" in res.output and "onnx on cpu" in res.output and "up to 4" in res.output
     assert captured["kwargs"] == {"host": "0.0.0.0", "port": 8123, "log_level": "info"}
     service = captured["app"].state.service
     assert (service.config.max_batch_size, service.config.max_wait_ms) == (4, 2.0)

@@ -12,6 +12,8 @@ from vestis.errors import VestisError
 from vestis.service.config import ServiceConfig
 
 _D = ServiceConfig()
+_SERVE_OPSET = 17  # vestis.service.startup.SERVE_OPSET, written out (tests/service/test_onnx_runtime.py)
+_RUNTIMES = ("onnx", "torch")  # vestis.service.startup.RUNTIMES, written out (tests/service/test_onnx_runtime.py)
 
 
 @command("serve")
@@ -54,6 +56,36 @@ def serve_cmd(
     max_queue_wait_ms: Annotated[
         float, typer.Option("--max-queue-wait-ms", min=1, help="Answer 503 + Retry-After if the wait would be longer.")
     ] = _D.max_queue_wait_ms,
+    decode_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--decode-workers", min=1, help="Threads decoding uploads (default: one per usable CPU core, at most 16)."
+        ),
+    ] = _D.decode_workers,
+    decode_queue: Annotated[
+        int,
+        typer.Option(
+            "--decode-queue", min=0, help="Images that may wait for a busy decode thread; one more is answered 503."
+        ),
+    ] = _D.decode_queue,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            "--runtime",
+            help="onnx: export a checkpoint to ONNX at start-up (parity checked) and run ONNX Runtime; torch: PyTorch "
+            "(default: onnx for a classifier checkpoint when onnxruntime is installed; an ONNX file is always onnx; "
+            "embedding models and outfit pipelines run as their file says).",
+        ),
+    ] = None,
+    opset: Annotated[
+        int,
+        typer.Option(
+            "--opset",
+            min=7,
+            help="ONNX opset of the start-up export: below 18 the TorchScript exporter (quick to start), 18 and "
+            "above the dynamo exporter (as `vestis export` by default).",
+        ),
+    ] = _SERVE_OPSET,
     index: Annotated[
         Path | None,
         typer.Option(
@@ -69,6 +101,10 @@ def serve_cmd(
 ) -> None:
     """Serve MODEL over HTTP: /v1/attributes, /v1/heatmap, /v1/taxonomy, health, metrics and a web page at /.
 
+    A classifier checkpoint runs on ONNX Runtime: it is exported at start-up (the graph `vestis export` writes, fp32)
+    and checked against PyTorch on a few generated images, and start-up stops if they disagree; --runtime torch
+    serves it on PyTorch. GET /v1/model names the runtime.
+
     An outfit pipeline (a detector and a stage-2 model) serves POST /v1/outfit instead (the garments of a photo:
     box, object type, category and attributes of each), GET /v1/model and the page, which draws the boxes.
 
@@ -81,17 +117,24 @@ def serve_cmd(
         import uvicorn
     except ImportError:
         raise VestisError("vestis serve needs uvicorn: pip install 'vestis[serve]'") from None
-    from vestis.inference.predictor import Predictor
     from vestis.service import create_app
 
+    if runtime is not None and runtime not in _RUNTIMES:
+        raise typer.BadParameter(f"expected one of {', '.join(_RUNTIMES)}, got {runtime!r}", param_hint="--runtime")
     config = ServiceConfig(
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
         max_images=max_images, max_request_pixels=max_request_pixels, decode_budget_mb=decode_budget_mb,
-        max_json_depth=max_json_depth, max_queue_wait_ms=max_queue_wait_ms,
+        max_json_depth=max_json_depth, max_queue_wait_ms=max_queue_wait_ms, decode_workers=decode_workers,
+        decode_queue=decode_queue,
     )  # fmt: skip
     from vestis.inference.pipeline_format import pipeline_kind
 
     if pipeline_kind(model) is not None:
+        if runtime is not None:
+            raise VestisError(
+                f"{model}: --runtime: an outfit pipeline runs as its file says (a pipeline file on PyTorch, a folder "
+                "from `vestis export` on ONNX Runtime)"
+            )
         _serve_outfit(model, config, index=index, device=device, host=host, port=port, log_level=log_level)
         return
     from vestis.service.embedding import embedding_model_name
@@ -102,7 +145,21 @@ def serve_cmd(
             f"{model}: an embedding model ({embedding}) needs --index INDEX: it serves substitute search over an "
             f"index built from it (`vestis index {model} CATALOG --out INDEX`) and predicts no attributes alone"
         )
-    predictor: Any = None if embedding else Predictor.from_path(model, device=device, trust_checkpoint=trust_checkpoint)
+    if embedding and runtime is not None:
+        raise VestisError(f"{model}: --runtime: an embedding model runs as its file says (a checkpoint on PyTorch)")
+    predictor: Any = None
+    export: dict[str, Any] | None = None
+    if not embedding:
+        from vestis.service.startup import load_served
+
+        predictor, startup, note = load_served(
+            model, runtime, device=device, opset=opset, trust_checkpoint=trust_checkpoint
+        )
+        if note:
+            echo(note)
+        if startup is not None:
+            echo(startup.summary())
+            export = startup.to_dict()
     catalog = None
     if index is not None:
         from vestis.retrieval.catalog_index import CatalogIndex
@@ -117,12 +174,13 @@ def serve_cmd(
             predictor = EmbeddingAttributes.from_index(catalog, device)
         else:
             catalog.embedder(device)
-    app = create_app(predictor, config, index=catalog)
+    app = create_app(predictor, config, index=catalog, export=export)
     shown = f"[{host}]" if ":" in host else host
     searching = f" · searching {len(catalog):,} items of {index}" if catalog is not None else ""
     echo(
         f"serving {model} ({predictor.backend} on {predictor.device}, {len(predictor.taxonomy)} attributes) "
-        f"at http://{shown}:{port}/ · batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms{searching}"
+        f"at http://{shown}:{port}/ · batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms · "
+        f"{config.decode_threads} decode threads{searching}"
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 

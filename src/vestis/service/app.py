@@ -5,13 +5,15 @@ A request goes through stages, and the model code never sees HTTP::
     read_images  (HTTP body -> image files; size, count and JSON depth limits)  on the event loop
     headers      (pixel limits per image and per request, before decoding)     in the request thread pool
     admit        (shed the request with 503 + Retry-After if the model is too far behind)
-    decode       (one file at a time -> RGB -> uint8 (3, S, S), holding its share of the memory budget)
+    decode       (one file at a time -> RGB -> uint8 (3, S, S), holding its share of the memory budget)  in the
+                 bounded decode pool (vestis.service.decode_pool: 503 + Retry-After when it is full)
     batch        (MicroBatcher: items of concurrent requests -> (B, 3, S, S))
     predict      (predictor.predict_arrays)                                 in the one model thread
     unbatch      (per-attribute (B, K) -> one row per item)
-    encode       (predictor.decode -> AttributesResponse JSON)
+    encode       (predictor.decode -> AttributesResponse JSON; orjson when installed, vestis.service.responses)
 
-Endpoints: ``POST /v1/attributes``, ``POST /v1/heatmap``, ``GET /v1/taxonomy``, ``GET /healthz``,
+Endpoints: ``POST /v1/attributes``, ``POST /v1/heatmap``, ``GET /v1/taxonomy``, ``GET /v1/model`` (the model and
+its runtime), ``GET /healthz``,
 ``GET /readyz``, ``GET /metrics`` and the web page at ``/``; with a catalog index, the search endpoints of
 :mod:`vestis.service.search`. An embedding model (:mod:`vestis.service.embedding`, served with its index) answers
 ``/v1/attributes`` from its recognition columns, else from the index's nearest prototypes, and has no
@@ -50,6 +52,7 @@ from vestis.errors import VestisError
 from vestis.service.batching import MicroBatcher, Overloaded
 from vestis.service.budget import MemoryBudget, trim_heap
 from vestis.service.config import ServiceConfig
+from vestis.service.decode_pool import DecodePool
 from vestis.service.decoding import (
     BodyLimitMiddleware,
     DecodedImage,
@@ -63,12 +66,14 @@ from vestis.service.decoding import (
 from vestis.service.handlers import add_error_handlers
 from vestis.service.heatmap import fit_size, render_heatmap
 from vestis.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
+from vestis.service.responses import fast_json_response
 from vestis.service.schemas import (
     ERROR_RESPONSES,
     IMAGE_REQUEST_BODY,
     AttributesResponse,
     Health,
     ImageResult,
+    ModelInfo,
     Readiness,
     TaxonomyResponse,
 )
@@ -131,12 +136,14 @@ class _Service:
         self.executor: ThreadPoolExecutor | None = None
         self.batcher: MicroBatcher[np.ndarray, dict[str, np.ndarray]] | None = None
         self.budget = MemoryBudget(config.decode_budget_bytes)
+        self.decoder = DecodePool(config.decode_threads, config.decode_queue)
         self.wait_s = config.max_queue_wait_ms / 1000.0
         self.decoded_since_trim = 0
         self.last_trim = 0.0
         self.ready = False
         self.status = "starting"
         metrics.track_decode_bytes(lambda: self.budget.in_use)
+        metrics.track_decode_pending(lambda: self.decoder.pending)
 
     @property
     def input_size(self) -> int | None:
@@ -198,6 +205,13 @@ class _Service:
         if idle and time.monotonic() - self.last_trim > _TRIM_EVERY_S:
             await self.trim()
 
+    async def in_decoder(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` in the decode pool, or a 503 now when the pool is full (shed for ``decode``)."""
+        try:
+            return await self.decoder.run(fn, *args)
+        except Overloaded as e:
+            raise self.shed("decode", e) from None
+
     def _to_input(self, raw: RawImage) -> np.ndarray:
         decoded = decode_image(raw, self.limits.max_pixels, self.input_size)
         try:
@@ -209,12 +223,13 @@ class _Service:
         """Files -> the model input ``uint8`` ``(N, 3, S, S)``.
 
         One image at a time, each holding its decoded size of the budget only until it is reduced to the
-        model input, so a request of many large images never holds more than one of them decoded.
+        model input, so a request of many large images never holds more than one of them decoded. The decoding
+        runs in the decode pool; the budget is held before the image enters it.
         """
         arrays = []
         for raw, head in zip(raws, heads, strict=True):
             async with self.memory(head.decoded_bytes):
-                arrays.append(await run_in_threadpool(self._to_input, raw))
+                arrays.append(await self.in_decoder(self._to_input, raw))
         return np.concatenate(arrays)  # (N, 3, S, S)
 
     def predict_batch(self, items: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -268,6 +283,7 @@ class _Service:
 
     # --- life cycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
+        self.decoder.start()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vestis-model")
         self.batcher = MicroBatcher(
             self.predict_batch,
@@ -308,6 +324,7 @@ class _Service:
             await self.batcher.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        self.decoder.stop()
         self.batcher, self.executor = None, None
 
 
@@ -317,6 +334,7 @@ def create_app(
     *,
     index: CatalogIndex | None = None,
     registry: CollectorRegistry | None = None,
+    export: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """The FastAPI application serving ``predictor``, and substitute search over ``index`` when given.
 
@@ -329,6 +347,8 @@ def create_app(
         index: a catalog index built with the same model: adds ``POST /v1/search``, ``GET /v1/items/{id}``,
             its thumbnail and ``GET /v1/index`` (see :mod:`vestis.service.search`).
         registry: the Prometheus registry for the metrics; a fresh one by default.
+        export: how a checkpoint was exported to ONNX at start-up
+            (:meth:`vestis.service.startup.StartupExport.to_dict`), shown by ``GET /v1/model``.
     """
     from vestis.service import outfit as outfit_routes  # it builds on _Service below
 
@@ -384,7 +404,7 @@ def create_app(
     if isinstance(service, outfit_routes.OutfitService):
         outfit_routes.add_outfit_routes(app, service)
     else:
-        _add_attribute_routes(app, service, has_heatmap)
+        _add_attribute_routes(app, service, has_heatmap, export)
         outfit_routes.add_no_outfit_route(app)
 
     @app.get("/healthz", response_model=Health, summary="The process is up", tags=["operations"])
@@ -425,9 +445,14 @@ def create_app(
     return app
 
 
-def _add_attribute_routes(app: FastAPI, service: _Service, has_heatmap: bool) -> None:
-    """The single-product endpoints: ``/v1/attributes``, ``/v1/heatmap`` (when the model has one), ``/v1/taxonomy``."""
+def _add_attribute_routes(
+    app: FastAPI, service: _Service, has_heatmap: bool, export: Mapping[str, Any] | None = None
+) -> None:
+    """The single-product endpoints: ``/v1/attributes``, ``/v1/heatmap`` (when the model has one), ``/v1/taxonomy``
+    and ``/v1/model``."""
     predictor = service.predictor
+    runtime = _runtime(predictor)
+    fast_json = fast_json_response()  # None: FastAPI serialises the response model
 
     @app.post(
         "/v1/attributes",
@@ -452,7 +477,12 @@ def _add_attribute_routes(app: FastAPI, service: _Service, has_heatmap: bool) ->
                 rows = await service.predict(batch)
         finally:
             await service.settle()
-        return service.encode(raws, heads, rows, calibrated)
+        body = service.encode(raws, heads, rows, calibrated)
+        if fast_json is None:
+            return body
+        if body.get("model") is None:  # as response_model_exclude_none does
+            body.pop("model", None)
+        return fast_json(body)
 
     if has_heatmap:  # an embedding model has no class activation to show: no route, none in the OpenAPI
 
@@ -481,7 +511,7 @@ def _add_attribute_routes(app: FastAPI, service: _Service, has_heatmap: bool) ->
                 raise ServiceError(422, "one image expected", f"the heat-map takes exactly one image, got {len(raws)}")
             [head] = await service.headers(raws)
             async with service.memory(head.decoded_bytes):
-                decoded = await run_in_threadpool(decode_image, raws[0], service.limits.max_pixels, service.input_size)
+                decoded = await service.in_decoder(decode_image, raws[0], service.limits.max_pixels, service.input_size)
                 try:
                     png = await service.heatmap(decoded, style)
                 finally:
@@ -503,7 +533,31 @@ def _add_attribute_routes(app: FastAPI, service: _Service, has_heatmap: bool) ->
             heatmap=has_heatmap,
             embedding=getattr(predictor, "embedding", None),
             model=service.fingerprint,
+            runtime=runtime,
         )
+
+    @app.get("/v1/model", response_model=ModelInfo, summary="The model served and what runs it", tags=["model"])
+    async def model() -> ModelInfo:
+        try:
+            size: int | None = int(predictor.preprocessing["image_size"])
+        except (KeyError, TypeError, ValueError):
+            size = None
+        device = getattr(predictor, "device", None)
+        return ModelInfo(
+            model=service.fingerprint,
+            name=_model_name(predictor),
+            runtime=runtime,
+            device=str(device) if device is not None else None,
+            image_size=size,
+            attributes=[a.name for a in predictor.taxonomy],
+            export=dict(export) if export is not None else None,
+        )
+
+
+def _runtime(predictor: AttributePredictor) -> str | None:
+    """``onnx`` or ``torch``: the predictor's ``backend`` (or ``runtime``); ``None`` when it names neither."""
+    value = getattr(predictor, "backend", None) or getattr(predictor, "runtime", None)
+    return str(value) if value is not None else None
 
 
 def _model_name(predictor: AttributePredictor) -> str | None:

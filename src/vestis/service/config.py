@@ -35,8 +35,9 @@ class ServiceConfig:
     """How the service batches and what it accepts (the ``vestis serve`` options).
 
     Attributes:
-        max_batch_size: the most images in one model call; 1 turns micro-batching off.
-        max_wait_ms: how long the first image of a batch may wait for others.
+        max_batch_size: the most images in one model call; 1 turns micro-batching off (default 16).
+        max_wait_ms: how long the first image of a batch may wait for others (default 10 ms). Neither default is
+            tuned by measurement yet.
         max_upload_mb: the largest request body, in MiB.
         max_pixels: the largest image (width x height), checked before decoding.
         max_images: the most images in one request.
@@ -49,6 +50,10 @@ class ServiceConfig:
         max_queue_wait_ms: load shedding: a request whose images would wait longer than this for the model
             (or for decode memory) is answered 503 with ``Retry-After`` at once, so accepted requests keep a
             bounded latency under overload.
+        decode_workers: threads that decode uploads (:mod:`vestis.service.decode_pool`); ``None``: one per CPU
+            core this process may use, at most 16.
+        decode_queue: images that may wait for a decode thread when all are busy; one more is answered 503 with
+            ``Retry-After`` at once.
         heatmap_max_side: heat-maps are computed at most this many pixels on their longer side.
         warmup: run one batch before reporting ready (the first real request then pays no start-up cost).
     """
@@ -62,6 +67,8 @@ class ServiceConfig:
     max_json_depth: int = 32
     decode_budget_mb: float = 1024.0
     max_queue_wait_ms: float = 2000.0
+    decode_workers: int | None = None
+    decode_queue: int = 64
     heatmap_max_side: int = 512
     warmup: bool = True
 
@@ -77,6 +84,8 @@ class ServiceConfig:
             "decode_budget_mb": self.decode_budget_mb > 0,
             "max_queue_wait_ms": self.max_queue_wait_ms > 0,
             "heatmap_max_side": self.heatmap_max_side >= 1,
+            "decode_workers": self.decode_workers is None or self.decode_workers >= 1,
+            "decode_queue": self.decode_queue >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -98,8 +107,19 @@ class ServiceConfig:
         )
 
     @property
+    def decode_threads(self) -> int:
+        """``decode_workers``, or the default from the cores when it is ``None``."""
+        from vestis.service.decode_pool import default_decode_workers
+
+        return self.decode_workers if self.decode_workers is not None else default_decode_workers()
+
+    @property
     def decode_budget_bytes(self) -> int:
         return int(self.decode_budget_mb * 2**20)
 
 
-_EXPECTED = {"max_json_depth": "at least 2 (a request is an object holding a list)"}
+_EXPECTED = {
+    "max_json_depth": "at least 2 (a request is an object holding a list)",
+    "decode_workers": "at least 1 thread, or None for one per core",
+    "decode_queue": "0 or more images",
+}

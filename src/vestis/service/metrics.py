@@ -13,9 +13,11 @@ name                                       type       labels / meaning
 ``vestis_queue_wait_seconds``              histogram  per image: from joining the queue to its batch's start
 ``vestis_estimated_wait_seconds``          gauge      what a new image would wait now (the shedding signal)
 ``vestis_shed_requests_total``             counter    ``reason``: refused with 503 + Retry-After, ``queue``
-                                                      (the model is too far behind) or ``memory`` (the
-                                                      decode budget stayed full)
+                                                      (the model is too far behind), ``memory`` (the
+                                                      decode budget stayed full) or ``decode`` (every
+                                                      decode thread and queue place was taken)
 ``vestis_decode_bytes_in_flight``          gauge      decoded image bytes held by requests right now
+``vestis_decode_pending``                  gauge      images decoding or waiting for a decode thread
 ``vestis_client_disconnects_total``        counter    clients that went away while their body was read
 ``vestis_ready``                           gauge      1 once the model is loaded and warmed up
 ``vestis_model_info``                      gauge      always 1; ``fingerprint`` (``sha256:...``, ``unknown``
@@ -87,14 +89,17 @@ class ServiceMetrics:
         self.shed = Counter(
             "vestis_shed_requests",
             "Requests refused with 503 and Retry-After, by reason (queue: the model is behind; memory: "
-            "the decode budget stayed full).",
+            "the decode budget stayed full; decode: the decode pool was full).",
             ["reason"],
             registry=r,
         )
-        for reason in ("queue", "memory"):  # present at 0 from the start, so a rate is defined
+        for reason in ("queue", "memory", "decode"):  # present at 0 from the start, so a rate is defined
             self.shed.labels(reason)
         self.decode_bytes = Gauge(
             "vestis_decode_bytes_in_flight", "Decoded image bytes held by requests right now.", registry=r
+        )
+        self.decode_pending = Gauge(
+            "vestis_decode_pending", "Images decoding or waiting for a decode thread right now.", registry=r
         )
         self.client_disconnects = Counter(
             "vestis_client_disconnects", "Clients that went away while their request body was read.", registry=r
@@ -133,6 +138,10 @@ class ServiceMetrics:
     def track_decode_bytes(self, in_flight: Callable[[], int]) -> None:
         """Read the decoded bytes in flight from ``in_flight`` at every scrape."""
         self.decode_bytes.set_function(in_flight)
+
+    def track_decode_pending(self, pending: Callable[[], int]) -> None:
+        """Read the images in the decode pool from ``pending`` at every scrape."""
+        self.decode_pending.set_function(pending)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every collector."""

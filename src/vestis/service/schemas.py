@@ -32,6 +32,7 @@ __all__ = [
     "IndexAttribute",
     "IndexInfo",
     "ItemResponse",
+    "ModelInfo",
     "Readiness",
     "SearchHit",
     "SearchOptions",
@@ -120,6 +121,25 @@ class TaxonomyResponse(BaseModel):
         None, description="The embedding model served (csn, triplet, datrnet, ...); null for a classifier."
     )
     model: str | None = Field(None, description="Fingerprint (sha256:...) of the model served; null when unknown.")
+    runtime: str | None = Field(None, description="What runs the model: onnx (ONNX Runtime) or torch (PyTorch).")
+
+
+class ModelInfo(BaseModel):
+    """The single-product model served and what runs it."""
+
+    model: str | None = Field(None, description="Fingerprint (sha256:...) of the model served; null when unknown.")
+    name: str | None = Field(None, description="The registered model name (a3, csn, ...); null when unknown.")
+    runtime: str | None = Field(None, description="What runs the model: onnx (ONNX Runtime) or torch (PyTorch).")
+    device: str | None = Field(None, description="Where it runs: cpu or cuda.")
+    image_size: int | None = Field(None, description="The side of the square model input, in pixels.")
+    attributes: list[str] = Field(..., description="The attributes predicted, in taxonomy order.")
+    export: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "A checkpoint served on ONNX Runtime: the start-up export (seconds, exporter, opset) and its parity "
+            "against PyTorch on generated images (max_abs_diff, heatmap_max_abs_diff, tolerance); null otherwise."
+        ),
+    )
 
 
 class Health(BaseModel):
