@@ -53,7 +53,8 @@ from vestis.train.selection import (
     selection_metric,
     selection_record,
 )
-from vestis.train.tasks import make_task, model_task
+from vestis.train.task_registry import make_task
+from vestis.train.tasks import model_task
 
 __all__ = ["TrainResult", "train"]
 

@@ -61,7 +61,6 @@ __all__ = [
     "Validation",
     "calibrate_split",
     "embed_split",
-    "make_task",
     "mean_kind_score",
     "model_task",
 ]
@@ -402,25 +401,3 @@ def embed_split(
         return collect_embeddings(outs, taxonomy, getattr(core, "output", "kind"))
     finally:
         net.train(was)
-
-
-def make_task(
-    cfg: Config, taxonomy: Taxonomy, train_ds: AttributeDataset, val_ds: AttributeDataset, *, rank: int, world: int
-) -> Task:
-    """The task of ``cfg.model.name`` (see :func:`model_task`)."""
-    kind = model_task(cfg.model.name)
-    tc = cfg.train
-    if kind != "classification" and (tc.weight_column or tc.balanced_sampling):
-        key = "train.weight_column" if tc.weight_column else "train.balanced_sampling"
-        raise VestisError(f"{key}: applies to attribute classifiers only, not to model {cfg.model.name!r} ({kind})")
-    if kind == "embedding":
-        return EmbeddingTask(cfg, taxonomy, train_ds, val_ds, rank=rank, world_size=world)
-    if kind == "detection":
-        from vestis.train.detection_task import DetectionTask
-
-        return DetectionTask(cfg, taxonomy, train_ds, val_ds)
-    if kind == "stage2":
-        from vestis.train.stage2_task import Stage2Task
-
-        return Stage2Task(cfg, taxonomy, train_ds, val_ds)
-    return ClassifierTask(cfg, taxonomy, train_ds, val_ds)
