@@ -12,13 +12,19 @@ import typer
 from vestis.cli._app import ProgressOpt, TrustCheckpointOpt, command, echo
 from vestis.errors import VestisError
 
-__all__ = ["detect_cmd", "metrics_path"]
+__all__ = ["categories_path", "detect_cmd", "metrics_path"]
 
 
 def metrics_path(out: Path) -> Path:
     """Where the metrics of ``--out`` go: ``boxes.json`` -> ``boxes.metrics.json`` beside it."""
     stem = out.stem if out.suffix.lower() == ".json" else out.name
     return out.with_name(f"{stem}.metrics.json")
+
+
+def categories_path(out: Path) -> Path:
+    """Where the categories of the results of ``--out`` go: ``boxes.json`` -> ``boxes.categories.json``."""
+    stem = out.stem if out.suffix.lower() == ".json" else out.name
+    return out.with_name(f"{stem}.categories.json")
 
 
 def _images_path(out: Path) -> Path:
@@ -71,13 +77,27 @@ def detect_cmd(
     ] = 100,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 8,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
+    detector_ids: Annotated[
+        bool,
+        typer.Option(
+            "--detector-ids",
+            help="Write category_id = the detector's class index + 1 even when the images come from an annotations "
+            "JSON (default: off: the JSON's category ids, matched to the detector's classes by name).",
+        ),
+    ] = False,
     progress: ProgressOpt = True,
     trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
-    """Detect the garments of every image and write their boxes in the COCO results format."""
+    """Detect the garments of every image and write their boxes in the COCO results format.
+
+    The results' category_id is the id of the detected class in the annotations JSON they refer to (IMAGES or
+    --gt), matched by name; a JSON whose categories are not the detector's classes one to one (e.g. DeepFashion2's,
+    several per object type) is refused unless --detector-ids. Images given as files get the detector's ids (class
+    index + 1). The ids used are always listed in OUT.categories.json ([{"id", "name"}]).
+    """
     from vestis.cli._progress import StepProgress
     from vestis.data.detection import read_coco_detection
-    from vestis.inference.detector import Detector
+    from vestis.inference.detector import Detector, coco_category_ids
     from vestis.inference.items import collect_inputs
     from vestis.io import atomic_write_text
 
@@ -108,16 +128,22 @@ def detect_cmd(
             [p for _, p in inputs], min_score=min_score, nms_iou=nms_iou, max_detections=max_detections,
             batch_size=batch_size, progress=bar,
         )  # fmt: skip
-    results = [entry for (image_id, _), d in zip(inputs, dets, strict=True) for entry in d.to_coco(image_id)]
+    ids = list(range(1, len(detector.classes) + 1))
+    if truth_file is not None and not detector_ids:
+        ids = coco_category_ids(truth_file, detector.classes)
+    results = [entry for (image_id, _), d in zip(inputs, dets, strict=True) for entry in d.to_coco(image_id, ids)]
+    categories = [{"id": i, "name": c} for i, c in zip(ids, detector.classes, strict=True)]
     atomic_write_text(out, json.dumps(results) + "\n")
+    atomic_write_text(categories_path(out), json.dumps(categories, indent=1) + "\n")
     echo(f"{len(results)} boxes in {len(dets)} images (min score {min_score:g}); wrote {out}")
+    echo(f"category ids: {categories_path(out)}")
     if not jsons:
         listing = {
             "images": [
                 {"id": image_id, "file_name": str(path), "width": d.width, "height": d.height}
                 for (image_id, path), d in zip(inputs, dets, strict=True)
             ],
-            "categories": [{"id": i + 1, "name": c} for i, c in enumerate(detector.classes)],
+            "categories": categories,
         }
         atomic_write_text(_images_path(out), json.dumps(listing, indent=1) + "\n")
         echo(f"image ids: {_images_path(out)}")
@@ -144,6 +170,7 @@ def detect_cmd(
         "min_score": min_score,
         "nms_iou": nms_iou,
         "max_detections": max_detections,
+        "categories": categories,
     }
     mpath = atomic_write_text(metrics_path(out), json.dumps(report, indent=1) + "\n")
     echo(f"mAP {_fmt(metrics['map'])}  AP50 {_fmt(metrics['ap50'])}  AP75 {_fmt(metrics['ap75'])}  "

@@ -27,14 +27,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vestis.data.detection import Letterbox, letterbox
+from vestis.data.detection import OBJECT_TYPES, Letterbox, letterbox, object_type
 from vestis.data.images import DEFAULT_MAX_PIXELS
 from vestis.data.transforms import normalize
 from vestis.errors import VestisError
 from vestis.inference.inputs import ImageInput, as_image
 from vestis.inference.runtime import torch_device
 
-__all__ = ["Detections", "Detector", "letterbox_batch"]
+__all__ = ["Detections", "Detector", "coco_category_ids", "letterbox_batch"]
 
 
 def letterbox_batch(images: Sequence[Image.Image], size: int, pad_value: int) -> tuple[np.ndarray, list[Letterbox]]:
@@ -84,22 +84,27 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
-    def to_coco(self, image_id: int) -> list[dict[str, Any]]:
-        """COCO *results* entries of these boxes: ``bbox`` ``[x, y, w, h]``, ``category_id`` = label + 1.
+    def to_coco(self, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """COCO *results* entries of these boxes: ``bbox`` ``[x, y, w, h]`` and each box's ``category_id``.
 
         Args:
             image_id: the image's id in the COCO file the results refer to.
+            category_ids: the category id of each class (index order), e.g. from :func:`coco_category_ids` for the
+                file the results refer to; ``None``: the detector's own ids, ``label + 1``.
 
         Returns:
             one ``{"image_id", "category_id", "bbox", "score"}`` per box, by decreasing score.
         """
+        ids = list(range(1, len(self.classes) + 1)) if category_ids is None else [int(i) for i in category_ids]
+        if len(ids) != len(self.classes):
+            raise VestisError(f"category_ids: expected one id per class ({len(self.classes)}), got {len(ids)}")
         out = []
         for (x0, y0, x1, y1), label, score in zip(self.boxes.tolist(), self.labels.tolist(), self.scores.tolist(),
                                                   strict=True):  # fmt: skip
             out.append(
                 {
                     "image_id": int(image_id),
-                    "category_id": int(label) + 1,
+                    "category_id": ids[int(label)],
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "score": score,
                 }
@@ -109,6 +114,54 @@ class Detections:
     def to_metrics_input(self) -> dict[str, np.ndarray]:
         """``{"boxes", "scores", "labels"}`` as :func:`vestis.eval.detection.coco_detection_metrics` reads them."""
         return {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
+
+
+def _is_type_name(name: str) -> bool:
+    """Whether a category name is an object type itself (in any spelling), not a category mapped onto one."""
+    return "-".join(name.strip().lower().replace("_", " ").replace("-", " ").split()) in OBJECT_TYPES
+
+
+def coco_category_ids(path: str | os.PathLike[str], classes: Sequence[str]) -> list[int]:
+    """The category id of each detector class in a COCO annotations file, matched by name.
+
+    COCO results must use the ids of the file they refer to (the COCO importer keeps the original ids, so they are
+    not the detector's ``label + 1`` in general). Every class needs exactly one category of that name in the file;
+    an object type matches any spelling of it (``upper body``), a DeepFashion2 category (``short sleeve top``) none.
+
+    Args:
+        path: the COCO annotations JSON.
+        classes: the detector's classes, in label order.
+
+    Returns:
+        one category id per class, in label order.
+
+    Raises:
+        VestisError: an unreadable file, or categories that are not the detector's object types one to one (e.g.
+            DeepFashion2's 13 categories, several per object type): the message names them.
+    """
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        cats = data["categories"]
+        named = [(str(c["name"]).strip(), c["id"]) for c in cats]
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError) as e:
+        raise VestisError(f"{path}: categories: not readable ({e})") from None
+    ids = []
+    for c in classes:
+        hits = [i for name, i in named if name == c or (_is_type_name(name) and object_type(name) == c)]
+        if len(hits) != 1:
+            names = ", ".join(sorted({n for n, _ in named}))
+            raise VestisError(
+                f"{path}: categories: {'no' if not hits else len(hits)} categor{'y' if len(hits) < 2 else 'ies'} "
+                f"named {c!r}; COCO results refer to the file's category ids, which are matched to the detector's "
+                f"classes ({', '.join(classes)}) by name, but the file has {names}. Pass --detector-ids to write the "
+                "detector's own ids (listed in OUT.categories.json)"
+            )
+        if isinstance(hits[0], bool) or not isinstance(hits[0], int | float):
+            raise VestisError(f"{path}: categories: the id of {c!r} is not a number ({hits[0]!r})")
+        ids.append(int(hits[0]))
+    return ids
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
