@@ -53,7 +53,7 @@ def test_onnx_export_computes_the_combined_outputs(runs, tmp_path) -> None:
     single = export_onnx(
         runs["free"] / "pattern" / "best.ckpt", tmp_path / "one.onnx", opset=17, check_images=0
     ).metadata
-    for name in ("free", "shared", "partial"):
+    for name in ("free", "shared"):  # "partial" is exported through the CLI below
         torch_p = Predictor.from_path(runs[name], device="cpu")
         result = export_onnx(runs[name], tmp_path / f"{name}.onnx", opset=17, check_images=3)
         assert result.parity is not None and result.parity.max_diff < 1e-4
@@ -79,11 +79,14 @@ def test_cli_exports_and_predicts_a_combined_model(runs, tmp_path) -> None:
 
     import vestis.cli
 
-    run, cli = runs["shared"], CliRunner()
+    run, cli = runs["partial"], CliRunner()
     res = cli.invoke(vestis.cli.app, ["export", str(run / "combined.json"), "--out", str(tmp_path / "m.onnx"),
                                       "--opset", "17", "--check-images", "3"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "against PyTorch on 3 images" in res.output
+    torch_p = Predictor.from_path(run, device="cpu")
+    assert torch_p.info["shared_blocks"]  # the lower blocks of both trunks are one in the graph
+    assert _saved_convs(torch_p.module, torch.zeros((2, 3, 32, 32), dtype=torch.uint8), tmp_path / "m.onnx") > 0
     images = sorted((runs["data"].parent / "full" / "images").iterdir())[:5]
     rows = {}
     for name, model in (("torch", run / "combined.json"), ("onnx", tmp_path / "m.onnx")):
@@ -95,6 +98,6 @@ def test_cli_exports_and_predicts_a_combined_model(runs, tmp_path) -> None:
     fp = Predictor.from_path(run).fingerprint
     assert {r["model"] for r in rows["torch"] + rows["onnx"]} == {fp}
     for a, b in zip(rows["torch"], rows["onnx"], strict=True):
-        assert a["id"] == b["id"] and set(a["attributes"]) == set(b["attributes"]) <= {"category", "pattern"}
+        assert a["id"] == b["id"] and set(a["attributes"]) == set(b["attributes"]) == {"category", "occasion"}
         for k, v in a["attributes"].items():
             assert b["attributes"][k]["scores"] == pytest.approx(v["scores"], abs=1e-4)
