@@ -13,7 +13,9 @@ endpoints' ones; the pipeline (detector, crops, stage-2 model) is the model and 
     encode    (OutfitResult.to_dict(), named by the upload's file name)
 
 The decoded image holds its share of the decode budget until its garments are found (the crops are cut from its
-full-size pixels). The endpoints of a single-product model (``/v1/attributes``, ``/v1/heatmap``,
+full-size pixels). The batch owns the image: a request cancelled by its client (a disconnect) stops waiting, but its
+image stays open and its budget held until the model thread has finished the batch it is in.
+The endpoints of a single-product model (``/v1/attributes``, ``/v1/heatmap``,
 ``/v1/taxonomy``) answer 404 with a pointer to ``/v1/outfit``; a classifier's server answers ``/v1/outfit`` with
 a 404 that says it serves no outfit pipeline.
 """
@@ -178,17 +180,24 @@ class OutfitService(_Service):
             raise ServiceError(500, "prediction failed", f"{type(e).__name__}: {e}") from None
         return result
 
+    async def _decode_and_predict(self, raw: RawImage, nbytes: int) -> Any:
+        """Decode (holding ``nbytes`` of the budget), predict, then close the image and free the budget."""
+        async with self.memory(nbytes):  # held until the crops are cut from the pixels
+            decoded = await run_in_threadpool(decode_image, raw, self.limits.max_pixels, None)
+            try:
+                return await self._predict(decoded.image)
+            finally:
+                decoded.image.close()
+
     async def outfit(self, raw: RawImage) -> dict[str, Any]:
         """The garments of one uploaded image, as the response body."""
         [head] = await self.headers([raw])  # a request that can never be served gets its 4xx, not a 503
         try:
             with self.admit(1):
-                async with self.memory(head.decoded_bytes):  # held until the crops are cut from the pixels
-                    decoded = await run_in_threadpool(decode_image, raw, self.limits.max_pixels, None)
-                    try:
-                        result = await self._predict(decoded.image)
-                    finally:
-                        decoded.image.close()
+                # the image belongs to its batch: a client that goes away cancels this request, not the work, so the
+                # pixels are closed and the budget freed only once the model thread is done with them
+                work = asyncio.ensure_future(self._decode_and_predict(raw, head.decoded_bytes))
+                result = await asyncio.shield(work)
         finally:
             await self.settle()
         try:
