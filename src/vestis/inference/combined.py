@@ -62,6 +62,7 @@ __all__ = [
     "read_combined",
     "shared_blocks",
     "trunk_groups",
+    "union_taxonomy",
     "write_combined",
 ]
 
