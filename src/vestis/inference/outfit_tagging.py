@@ -9,13 +9,12 @@ journal is the classifier tagger's (:mod:`vestis.inference.tagging`): rows appen
 a torn last line cut off, a rerun predicting only the ids not yet in the file, a second writer refused by a lock,
 and rows of another model (another fingerprint, which includes the pipeline's settings) refused unless
 ``restart``. Inputs are folders, manifests and image files (:func:`~vestis.inference.items.collect_inputs`).
-Images are decoded whole (the crops need the original pixels) in ``workers`` DataLoader processes.
+Images are decoded whole (the crops need the original pixels) in ``workers`` threads, ahead of the batch being
+predicted, with at most ``decode_budget`` bytes of decoded pixels in memory at a time (:data:`DEFAULT_DECODE_BYTES`).
 """
 
 from __future__ import annotations
 
-import functools
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,11 +23,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from vestis.data.images import ImageError, load_image
 from vestis.errors import VestisError
-from vestis.inference.items import ImageItem, _as_list, _worker_init, collect_inputs
+from vestis.inference.items import ImageItem, collect_inputs
 from vestis.inference.pipeline import OutfitPipeline
 from vestis.inference.tagging import (
     TagResult,
@@ -39,7 +38,7 @@ from vestis.inference.tagging import (
     _repair,
 )
 
-__all__ = ["outfit_rows", "tag_outfits"]
+__all__ = ["DEFAULT_DECODE_BYTES", "outfit_rows", "tag_outfits"]
 
 
 class _DecodeWhole(Dataset):
@@ -63,21 +62,76 @@ class _DecodeWhole(Dataset):
             return i, None, f"unreadable image ({type(e).__name__}: {e})"
 
 
+DEFAULT_DECODE_BYTES = 1 << 30  # decoded pixels in memory at a time: the batch being predicted and those ahead
+
+
+def _decoded_bytes(path: Path, max_pixels: int) -> int:
+    """The RGB bytes an image will take decoded, from its header (what the cap allows when unreadable)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Exception:  # the decoder reports the reason; the header costs nothing then
+        return 0
+    return 3 * min(int(w) * int(h), max_pixels)
+
+
 def _decoded(
-    items: Sequence[ImageItem], max_pixels: int, batch_size: int, workers: int
+    items: Sequence[ImageItem],
+    max_pixels: int,
+    batch_size: int,
+    workers: int,
+    budget: int = DEFAULT_DECODE_BYTES,
 ) -> Iterator[tuple[list[ImageItem], list[np.ndarray | None], list[str | None]]]:
-    forked = workers > 0 and multiprocessing.get_start_method() == "fork"
-    loader = DataLoader(
-        _DecodeWhole(items, max_pixels),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_as_list,
-        prefetch_factor=2 if workers else None,
-        worker_init_fn=functools.partial(_worker_init, os.getpid() if forked else None) if workers else None,
-    )
-    for batch in loader:
-        yield [items[b[0]] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
+    """Batches of decoded images, in order, with at most ``budget`` bytes of pixels decoded at a time.
+
+    ``workers`` threads decode ahead (Pillow decodes without the GIL) while a batch is predicted; an image is only
+    started when its decoded size (read from its header) fits in what the batch being predicted and the images
+    ahead leave of ``budget`` -- an image larger than the whole budget runs alone. A batch closes at
+    ``batch_size`` images or when the next image would not fit beside it.
+    """
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    dataset = _DecodeWhole(items, max_pixels)
+    n = len(items)
+    cost = [-1] * n  # decoded bytes, read from the header when first needed
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vestis-decode") if workers else None
+    ahead: deque[tuple[int, Future[Any] | None]] = deque()  # submitted, not yet handed out
+    held = 0  # bytes of the images ahead and of the batch last handed out
+    nxt = 0
+
+    def submit() -> None:
+        nonlocal held, nxt
+        while nxt < n and len(ahead) < max(batch_size * 2, 1):
+            if cost[nxt] < 0:
+                cost[nxt] = _decoded_bytes(items[nxt].path, max_pixels)
+            c = cost[nxt]
+            if held and held + c > budget:
+                return
+            held += c
+            ahead.append((nxt, pool.submit(dataset.__getitem__, nxt) if pool is not None else None))
+            nxt += 1
+
+    try:
+        last = 0
+        while nxt < n or ahead:
+            held -= last  # the caller is done with the batch it was handed
+            last = 0
+            submit()
+            batch: list[tuple[int, np.ndarray | None, str | None]] = []
+            while ahead and len(batch) < batch_size:
+                i, fut = ahead.popleft()
+                batch.append(fut.result() if fut is not None else dataset[i])
+                last += cost[i]
+                if pool is not None:
+                    submit()  # the next images decode while this batch is predicted
+            yield [items[b[0]] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
+    finally:
+        if pool is not None:
+            for _, fut in ahead:
+                if fut is not None:
+                    fut.cancel()
+            pool.shutdown(wait=True)
 
 
 def outfit_rows(
@@ -111,6 +165,7 @@ def tag_outfits(
     restart: bool = False,
     progress: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    decode_budget: int = DEFAULT_DECODE_BYTES,
 ) -> TagResult:
     """Tag every image of ``inputs`` into the JSONL file ``out``, resuming a killed run (module docstring).
 
@@ -119,11 +174,12 @@ def tag_outfits(
         inputs: folders, manifests and image paths, or already collected items.
         out: the ``.jsonl`` output.
         batch_size: images per detector call (their crops go through stage 2 together).
-        workers: decoding processes (0: decode here).
+        workers: decoding threads (0: decode here, between batches).
         device: as in :meth:`OutfitPipeline.load` (when ``pipeline`` is a path).
         restart: discard earlier results in ``out`` and start over.
         progress: progress with images/s on stderr.
         on_batch: called with the number of images after each batch is written.
+        decode_budget: the most bytes of decoded pixels in memory at a time (an image larger than it runs alone).
 
     Returns:
         Counts and timing of this run.
@@ -135,8 +191,11 @@ def tag_outfits(
     out = Path(out)
     if out.suffix.lower() != ".jsonl":
         raise VestisError(f"{out}: an outfit pipeline writes nested rows; expected a .jsonl output")
-    if batch_size < 1 or workers < 0:
-        raise VestisError(f"expected batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
+    if batch_size < 1 or workers < 0 or decode_budget < 1:
+        raise VestisError(
+            f"expected batch_size >= 1, workers >= 0 and decode_budget >= 1, got {batch_size}, {workers} and "
+            f"{decode_budget}"
+        )
     items = list(inputs) if inputs and isinstance(next(iter(inputs)), ImageItem) else collect_inputs(inputs)
     pipe = pipeline if isinstance(pipeline, OutfitPipeline) else OutfitPipeline.load(pipeline, device=device)
     writer = _Journal(out)  # lock first, then read: a concurrent writer cannot slip in between
@@ -153,7 +212,7 @@ def tag_outfits(
         t0 = time.perf_counter()
         with _Progress(progress, len(items), len(items) - len(todo)) as bar:
             if todo:
-                for its, arrays, errs in _decoded(todo, pipe.max_pixels, batch_size, workers):
+                for its, arrays, errs in _decoded(todo, pipe.max_pixels, batch_size, workers, decode_budget):
                     rows = outfit_rows(pipe, its, arrays, errs)
                     writer.append(rows)
                     n_err = sum("error" in r for r in rows)

@@ -62,9 +62,10 @@ from vestis.inference.pipeline_graphs import (
 )
 from vestis.inference.runtime import torch_device
 
-__all__ = ["RUNTIMES", "OutfitPipeline", "PipelineSpec"]
+__all__ = ["MAX_IMAGE_SIZE", "RUNTIMES", "OutfitPipeline", "PipelineSpec", "check_image_sizes"]
 
 RUNTIMES = ("torch", "onnx")
+MAX_IMAGE_SIZE = 4096  # the largest input side of either model a pipeline file or folder may ask for
 DETECTOR_FILE, STAGE2_FILE = "detector.onnx", "stage2.onnx"
 ONNX_MANIFEST_FORMAT = "vestis-pipeline-onnx"
 ONNX_MANIFEST_VERSION = 1
@@ -136,6 +137,21 @@ def _rebuild(state: dict[str, Any], source: str) -> torch.nn.Module:
     return rebuild_model(state, source=source)
 
 
+def check_image_sizes(detector: int, stage2: int, source: str, key: str = "image_size") -> None:
+    """Refuse input sides a hostile file could use to allocate without bound.
+
+    Raises:
+        VestisError: a side outside ``[32, MAX_IMAGE_SIZE]`` (the detector's also a multiple of 32) or a stage-2 side
+            outside ``[1, MAX_IMAGE_SIZE]``.
+    """
+    if not 32 <= detector <= MAX_IMAGE_SIZE or detector % 32:
+        raise VestisError(
+            f"{source}: detector: {key}: expected a multiple of 32 in [32, {MAX_IMAGE_SIZE}], got {detector}"
+        )
+    if not 1 <= stage2 <= MAX_IMAGE_SIZE:
+        raise VestisError(f"{source}: stage2: {key}: expected a side in [1, {MAX_IMAGE_SIZE}], got {stage2}")
+
+
 def torch_parts(bundle: PipelineBundle) -> tuple[DetectorMaps, Stage2Logits, PipelineSpec]:
     """The two graphs (on the CPU, eval mode) and the spec of a read pipeline file."""
     src = str(bundle.path or "<pipeline>")
@@ -143,8 +159,7 @@ def torch_parts(bundle: PipelineBundle) -> tuple[DetectorMaps, Stage2Logits, Pip
     stage2 = _rebuild(bundle.stage2, f"{src}: stage2")
     dp, sp = bundle.detector["preprocessing"], bundle.stage2["preprocessing"]
     det_size, st_size = int(dp["image_size"]), int(sp["image_size"])
-    if det_size % 32:
-        raise VestisError(f"{src}: detector: preprocessing.image_size: expected a multiple of 32, got {det_size}")
+    check_image_sizes(det_size, st_size, src, "preprocessing.image_size")
     cfg = stage2.config
     spec = PipelineSpec(
         classes=tuple(detector.classes),
@@ -171,6 +186,7 @@ class OutfitPipeline:
         settings: ``min_score``, ``nms_iou``, ``max_garments``, ``margin`` in use.
         runtime: ``torch`` or ``onnx``.
         path: the file or folder it was loaded from.
+        batch_size: images per detector call; :meth:`predict` decodes this many paths at a time.
     """
 
     def __init__(
@@ -184,11 +200,15 @@ class OutfitPipeline:
         stage2_batch: int = 64,
         top_k: int = 3,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        batch_size: int = 8,
     ) -> None:
-        if stage2_batch < 1 or top_k < 1:
-            raise VestisError(f"expected stage2_batch >= 1 and top_k >= 1, got {stage2_batch} and {top_k}")
+        if stage2_batch < 1 or top_k < 1 or batch_size < 1:
+            raise VestisError(
+                f"expected stage2_batch, top_k and batch_size >= 1, got {stage2_batch}, {top_k} and {batch_size}"
+            )
         self._runner, self.spec, self.settings, self.runtime, self.path = runner, spec, settings, runtime, path
         self.stage2_batch, self.top_k, self.max_pixels = stage2_batch, top_k, max_pixels
+        self.batch_size = batch_size
         # detector class index -> the stage-2 model's object-type index (by name; -1: unknown to it)
         self._types = np.array([spec.layout.object_type_index(c) for c in spec.classes], dtype=np.int64)
 
@@ -210,6 +230,7 @@ class OutfitPipeline:
         margin: float | None = None,
         threads: int | None = None,
         stage2_batch: int = 64,
+        batch_size: int = 8,
     ) -> OutfitPipeline:
         """Load a pipeline file (runtime ``torch``) or an exported folder / its ``pipeline.json`` (``onnx``).
 
@@ -224,6 +245,7 @@ class OutfitPipeline:
             margin: see ``min_score``.
             threads: ONNX Runtime intra-op threads (``None``: its default).
             stage2_batch: crops per stage-2 call.
+            batch_size: images per detector call (and decoded at a time by :meth:`predict`).
 
         Raises:
             VestisError: an unknown runtime, a path that is neither kind, a runtime the path cannot run, a damaged
@@ -255,19 +277,23 @@ class OutfitPipeline:
             folder = path if path.is_dir() else path.parent
             spec, settings, runner = _load_onnx(folder, device, threads)
             settings = settings.replace(**overrides)
-        return cls(runner, spec, settings, runtime=runtime, path=path, stage2_batch=stage2_batch)
+        return cls(runner, spec, settings, runtime=runtime, path=path, stage2_batch=stage2_batch, batch_size=batch_size)
 
     # --- the stages ----------------------------------------------------------------------------------------
     def detect(self, images: Sequence[Image.Image]) -> list[Detections]:
         """Stage 1 on RGB images: the garments' boxes (original pixels), scores and classes, best first."""
         if not images:
             return []
-        boxed, lbs = letterbox_batch(images, self.spec.detector_size, self.spec.detector_pad)
-        heat, size, offset = self._runner.run_detector(boxed)
-        return decode_detections(
-            heat, size, offset, stride=self.spec.stride, candidates=self.spec.candidates, letterboxes=lbs,
-            image_sizes=[img.size for img in images], settings=self.settings,
-        )  # fmt: skip
+        out: list[Detections] = []
+        for i in range(0, len(images), self.batch_size):  # one letterboxed batch of batch_size images at a time
+            chunk = images[i : i + self.batch_size]
+            boxed, lbs = letterbox_batch(chunk, self.spec.detector_size, self.spec.detector_pad)
+            heat, size, offset = self._runner.run_detector(boxed)
+            out += decode_detections(
+                heat, size, offset, stride=self.spec.stride, candidates=self.spec.candidates, letterboxes=lbs,
+                image_sizes=[img.size for img in chunk], settings=self.settings,
+            )  # fmt: skip
+        return out
 
     def crops(self, image: Image.Image, boxes: np.ndarray) -> list[Image.Image]:
         """The crops of ``(K, 4)`` xyxy boxes (original pixels), with the pipeline's margin."""
@@ -335,25 +361,35 @@ class OutfitPipeline:
         return out
 
     def predict(self, images: Sequence[Image.Image | str | os.PathLike[str]]) -> list[OutfitResult]:
-        """Garments of each image (PIL images or paths; a path's result names it).
+        """Garments of each image (PIL images or paths; a path's result names it), ``batch_size`` at a time.
 
         Raises:
             VestisError: an image that cannot be read (the message names it).
         """
-        pils, names = [], []
         for i, x in enumerate(images):
-            if isinstance(x, Image.Image):
-                pils.append(x)
-                names.append(None)
-                continue
-            if not isinstance(x, str | os.PathLike):
+            if not isinstance(x, Image.Image | str | os.PathLike):
                 raise VestisError(f"images[{i}]: expected a PIL image or a path, got {type(x).__name__}")
+        out: list[OutfitResult] = []
+        for start in range(0, len(images), self.batch_size):  # at most batch_size decoded paths at a time
+            pils, names, opened = [], [], []
             try:
-                pils.append(load_image(x, max_pixels=self.max_pixels))
-            except ImageError as e:
-                raise VestisError(str(e)) from None
-            names.append(str(x))
-        return self.predict_images(pils, names)
+                for x in images[start : start + self.batch_size]:
+                    if isinstance(x, Image.Image):
+                        pils.append(x)
+                        names.append(None)
+                        continue
+                    try:
+                        img = load_image(x, max_pixels=self.max_pixels)
+                    except ImageError as e:
+                        raise VestisError(str(e)) from None
+                    opened.append(img)
+                    pils.append(img)
+                    names.append(str(x))
+                out += self.predict_images(pils, names)
+            finally:
+                for img in opened:
+                    img.close()
+        return out
 
 
 # --- the ONNX runtime ------------------------------------------------------------------------------------------
@@ -491,6 +527,7 @@ def read_manifest(path: Path) -> tuple[PipelineSpec, PipelineSettings]:
         if v < (0 if key == "pad_value" else 1):
             raise VestisError(f"{src}: {part}: {key}: expected a positive integer, got {v}")
         sizes[f"{part}.{key}"] = v
+    check_image_sizes(sizes["detector.image_size"], sizes["stage2.image_size"], src)
     spec = PipelineSpec(
         classes=tuple(classes),
         detector_size=sizes["detector.image_size"],
