@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -45,12 +46,22 @@ def crops_taxonomy() -> Taxonomy:
     )
 
 
-def stage2_checkpoint(path: Path, *, hand_set: bool = True, seed: int = 0, model_name: str = "stl_hls_tiny") -> Path:
+def stage2_checkpoint(
+    path: Path,
+    *,
+    hand_set: bool = True,
+    seed: int = 0,
+    model_name: str = "stl_hls_tiny",
+    object_types: tuple[str, ...] | None = None,
+) -> Path:
     """A stage-2 checkpoint on :func:`crops_taxonomy`; ``stl_hls_tiny`` heads as in the module docstring when
-    ``hand_set``, random weights otherwise (any other model is random)."""
+    ``hand_set``, random weights otherwise (any other model is random). ``object_types``: the model's
+    ``model.object_types`` (default: the detector's classes, in its order)."""
     cfg = load_config(
         "tiny", [f"model.name={model_name}", "model.backbone=mobilenetv3_tiny", f"data.image_size={STAGE2_SIZE}"]
     )
+    if object_types is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, object_types=tuple(object_types)))
     tax = crops_taxonomy()
     torch.manual_seed(seed)
     model = create_model(cfg.model, tax, image_size=STAGE2_SIZE)

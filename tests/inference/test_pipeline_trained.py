@@ -1,5 +1,6 @@
 """A stage-2 checkpoint from the training loop (one epoch on synthetic crops) in a pipeline: it bundles, predicts
-within its taxonomy, and the decisions use the checkpoint's own thresholds."""
+within its taxonomy, and the decisions use the thresholds stored in the checkpoint (given explicitly here, as the
+one-epoch run calibrates none)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from vestis.data.synthetic import generate_catalog
 from vestis.data.taxonomy import load_taxonomy, save_taxonomy
 from vestis.inference.pipeline import OutfitPipeline
 from vestis.inference.pipeline_format import bundle_pipeline
-from vestis.train.checkpoint import load_checkpoint
+from vestis.train.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 from vestis.train.loop import train
+
+THRESHOLDS = {"colour": [1.5] * 10, "occasion": [0.0] * 4}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +42,13 @@ def trained(tmp_path_factory):
     )
     result = train(cfg, root / "crops.csv", root / "run", taxonomy=root / "crops_taxonomy.yaml", progress=False,
                    log=lambda *_: None)  # fmt: skip
+    # stored thresholds: colour (single-label) never reaches 1.5, every occasion (multi-label) value reaches 0
+    state = load_checkpoint(result.best)
+    model = rebuild_model(state)
+    best = save_checkpoint(root / "thresholded.ckpt", model=model, config=model.config, taxonomy=model.taxonomy,
+                           metrics=state.get("metrics"), thresholds=THRESHOLDS)  # fmt: skip
     det = full_image_checkpoint(root / "det.ckpt")
-    return root, bundle_pipeline(det, result.best, root / "outfit.vestis"), result.best
+    return root, bundle_pipeline(det, best, root / "outfit.vestis"), best
 
 
 def test_a_trained_stage2_model_predicts_within_its_taxonomy(trained):
@@ -50,14 +58,19 @@ def test_a_trained_stage2_model_predicts_within_its_taxonomy(trained):
     assert pipe.spec.stage2_fingerprint == state["fingerprint"]
     layout = pipe.spec.layout
     tax = pipe.spec.stage2_taxonomy
-    # the thresholds in use: the checkpoint's calibrated ones where it has them, else train.threshold
+    # the thresholds in use: the checkpoint's stored ones where it has them, else train.threshold
+    assert state["thresholds"] == THRESHOLDS
+    default = state["config"]["train"]["threshold"]
     for attr, block in layout.blocks.items():
-        want = state["thresholds"].get(attr, [state["config"]["train"]["threshold"]] * (block.stop - block.start))
+        want = THRESHOLDS.get(attr, [default] * (block.stop - block.start))
         assert np.allclose(pipe.spec.thresholds[block], want), attr
     results = pipe.predict([scene(root / f"s{i}.jpg", size=(32 + 8 * i, 40)) for i in range(3)])
     garments = [g for r in results for g in r.garments]
     assert len(garments) == 6
     for g in garments:
+        # the stored thresholds decide: no colour ever, every occasion value always (occasion applies to all)
+        assert "colour" not in g.attributes and not any(s.startswith("colour=") for s in g.suppressed)
+        assert sorted(v for v, _ in g.attributes["occasion"]) == sorted(tax["occasion"].values)
         assert g.category in layout.categories
         assert g.category_top[0][0] == g.category
         for attr, values in g.attributes.items():
