@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import vestis.cli
 import vestis.service.app as service_app
+import vestis.service.attribute_routes as routes
 from tests.service.conftest import assert_result, expected, image_bytes, make_checkpoint, metric_samples, wait_ready
 from vestis.errors import VestisError
 from vestis.service import ServiceConfig, create_app
@@ -28,7 +29,7 @@ def _files(color: tuple[int, int, int], size: tuple[int, int] = (16, 16)) -> lis
 def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The thread of every decode and of every request read (which runs on the event loop)."""
     seen: dict[str, Any] = {"decode": [], "loop": []}
-    real_decode, real_read = service_app.decode_image, service_app.read_images
+    real_decode, real_read = service_app.decode_image, routes.read_images
 
     def decode(*args: Any) -> Any:
         seen["decode"].append((threading.get_ident(), threading.current_thread().name))
@@ -39,7 +40,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return await real_read(*args)
 
     monkeypatch.setattr(service_app, "decode_image", decode)
-    monkeypatch.setattr(service_app, "read_images", read)
+    monkeypatch.setattr(routes, "read_images", read)
     return seen
 
 
@@ -158,7 +159,7 @@ def test_decode_pool_bounds_and_errors():
 
 
 def test_the_decode_settings_are_checked_and_reach_the_app(tmp_path, monkeypatch):
-    assert 1 <= default_decode_workers() <= DEFAULT_MAX_DECODE_WORKERS
+    assert 2 <= default_decode_workers() <= DEFAULT_MAX_DECODE_WORKERS
     assert ServiceConfig().decode_threads == default_decode_workers()
     assert ServiceConfig(decode_workers=3).decode_threads == 3
     with pytest.raises(VestisError, match="decode_workers: expected at least 1"):

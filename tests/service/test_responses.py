@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import vestis.service.app as service_app
+import vestis.service.attribute_routes as routes
 from tests.service.conftest import ColourPredictor, expected, image_bytes, wait_ready
 from vestis.service import ServiceConfig, create_app
 from vestis.service.responses import OrjsonResponse, fast_json_response
@@ -22,7 +22,7 @@ def _answers(monkeypatch: pytest.MonkeyPatch, fast: bool, fingerprint: str | Non
     real = OrjsonResponse.render
     monkeypatch.setattr(OrjsonResponse, "render", lambda self, c: rendered.append(1) or real(self, c))
     if not fast:
-        monkeypatch.setattr(service_app, "fast_json_response", lambda: None)
+        monkeypatch.setattr(routes, "fast_json_response", lambda: None)
     p = ColourPredictor()
     if fingerprint:
         p.fingerprint = fingerprint

@@ -59,7 +59,7 @@ def serve_cmd(
     decode_workers: Annotated[
         int | None,
         typer.Option(
-            "--decode-workers", min=1, help="Threads decoding uploads (default: one per usable CPU core, at most 16)."
+            "--decode-workers", min=1, help="Threads decoding uploads (default: one per usable CPU core, 2 to 16)."
         ),
     ] = _D.decode_workers,
     decode_queue: Annotated[
@@ -73,8 +73,9 @@ def serve_cmd(
         typer.Option(
             "--runtime",
             help="onnx: export a checkpoint to ONNX at start-up (parity checked) and run ONNX Runtime; torch: PyTorch "
-            "(default: onnx for a classifier checkpoint when onnxruntime is installed; an ONNX file is always onnx; "
-            "embedding models and outfit pipelines run as their file says).",
+            "(default: onnx for a classifier checkpoint when onnxruntime is installed, torch for a combined "
+            "per-attribute run; an ONNX file is always onnx; embedding models and outfit pipelines run as their file "
+            "says).",
         ),
     ] = None,
     opset: Annotated[
@@ -103,7 +104,7 @@ def serve_cmd(
 
     A classifier checkpoint runs on ONNX Runtime: it is exported at start-up (the graph `vestis export` writes, fp32)
     and checked against PyTorch on a few generated images, and start-up stops if they disagree; --runtime torch
-    serves it on PyTorch. GET /v1/model names the runtime.
+    serves it on PyTorch. GET /v1/taxonomy names the runtime.
 
     An outfit pipeline (a detector and a stage-2 model) serves POST /v1/outfit instead (the garments of a photo:
     box, object type, category and attributes of each), GET /v1/model and the page, which draws the boxes.
@@ -147,9 +148,23 @@ def serve_cmd(
         )
     if embedding and runtime is not None:
         raise VestisError(f"{model}: --runtime: an embedding model runs as its file says (a checkpoint on PyTorch)")
+    if not model.exists():
+        raise VestisError(f"{model}: model file not found")
+    catalog = None
+    if index is not None:  # before the model is loaded (and exported): a mismatched index fails at once
+        from vestis.retrieval.catalog_index import CatalogIndex
+        from vestis.service.search import check_index_model
+
+        catalog = CatalogIndex.open(index)
+        check_index_model(catalog, model)
     predictor: Any = None
     export: dict[str, Any] | None = None
-    if not embedding:
+    if embedding:
+        from vestis.service.embedding import EmbeddingAttributes
+
+        assert catalog is not None  # an embedding model without --index was refused above
+        predictor = EmbeddingAttributes.from_index(catalog, device)
+    else:
         from vestis.service.startup import load_served
 
         predictor, startup, note = load_served(
@@ -160,20 +175,8 @@ def serve_cmd(
         if startup is not None:
             echo(startup.summary())
             export = startup.to_dict()
-    catalog = None
-    if index is not None:
-        from vestis.retrieval.catalog_index import CatalogIndex
-        from vestis.service.search import check_index_model
-
-        catalog = CatalogIndex.open(index)
-        check_index_model(catalog, model)
-        # image queries embed with it: a missing model file fails here, not per request
-        if embedding:
-            from vestis.service.embedding import EmbeddingAttributes
-
-            predictor = EmbeddingAttributes.from_index(catalog, device)
-        else:
-            catalog.embedder(device)
+        if catalog is not None:
+            catalog.embedder(device)  # image queries embed with it: a missing model file fails here, not per request
     app = create_app(predictor, config, index=catalog, export=export)
     shown = f"[{host}]" if ":" in host else host
     searching = f" · searching {len(catalog):,} items of {index}" if catalog is not None else ""

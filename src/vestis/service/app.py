@@ -12,9 +12,9 @@ A request goes through stages, and the model code never sees HTTP::
     unbatch      (per-attribute (B, K) -> one row per item)
     encode       (predictor.decode -> AttributesResponse JSON; orjson when installed, vestis.service.responses)
 
-Endpoints: ``POST /v1/attributes``, ``POST /v1/heatmap``, ``GET /v1/taxonomy``, ``GET /v1/model`` (the model and
-its runtime), ``GET /healthz``,
-``GET /readyz``, ``GET /metrics`` and the web page at ``/``; with a catalog index, the search endpoints of
+Endpoints: ``POST /v1/attributes``, ``POST /v1/heatmap``, ``GET /v1/taxonomy`` (the model served and its
+runtime; these three in :mod:`vestis.service.attribute_routes`), ``GET /healthz``, ``GET /readyz``,
+``GET /metrics`` and the web page at ``/``; with a catalog index, the search endpoints of
 :mod:`vestis.service.search`. An embedding model (:mod:`vestis.service.embedding`, served with its index) answers
 ``/v1/attributes`` from its recognition columns, else from the index's nearest prototypes, and has no
 ``/v1/heatmap``. An outfit pipeline (:mod:`vestis.service.outfit`) answers ``POST /v1/outfit`` and
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -49,6 +49,7 @@ from starlette.concurrency import run_in_threadpool
 from vestis import __version__
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
+from vestis.service.attribute_routes import add_attribute_routes, model_name, runtime_of
 from vestis.service.batching import MicroBatcher, Overloaded
 from vestis.service.budget import MemoryBudget, trim_heap
 from vestis.service.config import ServiceConfig
@@ -61,21 +62,14 @@ from vestis.service.decoding import (
     ServiceError,
     decode_image,
     read_headers,
-    read_images,
 )
 from vestis.service.handlers import add_error_handlers
 from vestis.service.heatmap import fit_size, render_heatmap
 from vestis.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
-from vestis.service.responses import fast_json_response
 from vestis.service.schemas import (
-    ERROR_RESPONSES,
-    IMAGE_REQUEST_BODY,
-    AttributesResponse,
     Health,
     ImageResult,
-    ModelInfo,
     Readiness,
-    TaxonomyResponse,
 )
 
 if TYPE_CHECKING:
@@ -211,6 +205,10 @@ class _Service:
             return await self.decoder.run(fn, *args)
         except Overloaded as e:
             raise self.shed("decode", e) from None
+
+    async def decode_full(self, raw: RawImage) -> DecodedImage:
+        """One file -> RGB at the reduced JPEG scale (the heat-map's image), in the decode pool."""
+        return await self.in_decoder(decode_image, raw, self.limits.max_pixels, self.input_size)
 
     def _to_input(self, raw: RawImage) -> np.ndarray:
         decoded = decode_image(raw, self.limits.max_pixels, self.input_size)
@@ -348,7 +346,7 @@ def create_app(
             its thumbnail and ``GET /v1/index`` (see :mod:`vestis.service.search`).
         registry: the Prometheus registry for the metrics; a fresh one by default.
         export: how a checkpoint was exported to ONNX at start-up
-            (:meth:`vestis.service.startup.StartupExport.to_dict`), shown by ``GET /v1/model``.
+            (:meth:`vestis.service.startup.StartupExport.to_dict`), shown by ``GET /v1/taxonomy``.
     """
     from vestis.service import outfit as outfit_routes  # it builds on _Service below
 
@@ -363,10 +361,8 @@ def create_app(
     config = config or ServiceConfig()
     metrics = ServiceMetrics(registry)
     service = (outfit_routes.OutfitService if outfit else _Service)(predictor, config, metrics)
-    name = service.model_name if isinstance(service, outfit_routes.OutfitService) else _model_name(predictor)
-    metrics.set_model(
-        service.fingerprint, name, getattr(predictor, "backend", None) or getattr(predictor, "runtime", None)
-    )
+    name = service.model_name if isinstance(service, outfit_routes.OutfitService) else model_name(predictor)
+    metrics.set_model(service.fingerprint, name, runtime_of(predictor))
     searcher: Searcher | None = None
 
     @asynccontextmanager
@@ -404,7 +400,7 @@ def create_app(
     if isinstance(service, outfit_routes.OutfitService):
         outfit_routes.add_outfit_routes(app, service)
     else:
-        _add_attribute_routes(app, service, has_heatmap, export)
+        add_attribute_routes(app, service, has_heatmap, export)
         outfit_routes.add_no_outfit_route(app)
 
     @app.get("/healthz", response_model=Health, summary="The process is up", tags=["operations"])
@@ -443,125 +439,3 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-def _add_attribute_routes(
-    app: FastAPI, service: _Service, has_heatmap: bool, export: Mapping[str, Any] | None = None
-) -> None:
-    """The single-product endpoints: ``/v1/attributes``, ``/v1/heatmap`` (when the model has one), ``/v1/taxonomy``
-    and ``/v1/model``."""
-    predictor = service.predictor
-    runtime = _runtime(predictor)
-    fast_json = fast_json_response()  # None: FastAPI serialises the response model
-
-    @app.post(
-        "/v1/attributes",
-        response_model=AttributesResponse,
-        response_model_exclude_none=True,
-        responses=ERROR_RESPONSES,
-        openapi_extra=IMAGE_REQUEST_BODY,
-        summary="Attributes and scores of each image",
-        tags=["predict"],
-    )
-    async def attributes(
-        request: Request,
-        calibrated: bool = Query(
-            True, description="Use the model's calibrated multi-label thresholds when it has them."
-        ),
-    ) -> Any:
-        raws = await read_images(request, service.limits)
-        heads = await service.headers(raws)  # a request that can never be served gets its 4xx, not a 503
-        try:
-            with service.admit(len(raws)):
-                batch = await service.decode(raws, heads)
-                rows = await service.predict(batch)
-        finally:
-            await service.settle()
-        body = service.encode(raws, heads, rows, calibrated)
-        if fast_json is None:
-            return body
-        if body.get("model") is None:  # as response_model_exclude_none does
-            body.pop("model", None)
-        return fast_json(body)
-
-    if has_heatmap:  # an embedding model has no class activation to show: no route, none in the OpenAPI
-
-        @app.post(
-            "/v1/heatmap",
-            response_class=Response,
-            responses={
-                200: {
-                    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-                    "description": "The heat-map as a PNG the size of the image (longer side capped).",
-                },
-                **ERROR_RESPONSES,
-            },
-            openapi_extra=IMAGE_REQUEST_BODY,
-            summary="Where the model looked, as a PNG",
-            tags=["predict"],
-        )
-        async def heatmap(
-            request: Request,
-            style: Literal["overlay", "gray"] = Query(
-                "overlay", description="overlay: RGBA colour map to lay over the image; gray: the map's values x 255."
-            ),
-        ) -> Response:
-            raws = await read_images(request, service.limits)
-            if len(raws) != 1:
-                raise ServiceError(422, "one image expected", f"the heat-map takes exactly one image, got {len(raws)}")
-            [head] = await service.headers(raws)
-            async with service.memory(head.decoded_bytes):
-                decoded = await service.in_decoder(decode_image, raws[0], service.limits.max_pixels, service.input_size)
-                try:
-                    png = await service.heatmap(decoded, style)
-                finally:
-                    decoded.image.close()
-            return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
-
-    @app.get(
-        "/v1/taxonomy", response_model=TaxonomyResponse, summary="The attributes the model predicts", tags=["model"]
-    )
-    async def taxonomy() -> TaxonomyResponse:
-        t = predictor.taxonomy.to_dict()
-        return TaxonomyResponse(
-            name=t.get("name", ""),
-            category_attribute=t.get("category_attribute"),
-            hierarchy=t.get("hierarchy", {}),
-            attributes=t["attributes"],
-            preprocessing=dict(predictor.preprocessing),
-            thresholds={k: list(v) for k, v in predictor.thresholds.items()},
-            heatmap=has_heatmap,
-            embedding=getattr(predictor, "embedding", None),
-            model=service.fingerprint,
-            runtime=runtime,
-        )
-
-    @app.get("/v1/model", response_model=ModelInfo, summary="The model served and what runs it", tags=["model"])
-    async def model() -> ModelInfo:
-        try:
-            size: int | None = int(predictor.preprocessing["image_size"])
-        except (KeyError, TypeError, ValueError):
-            size = None
-        device = getattr(predictor, "device", None)
-        return ModelInfo(
-            model=service.fingerprint,
-            name=_model_name(predictor),
-            runtime=runtime,
-            device=str(device) if device is not None else None,
-            image_size=size,
-            attributes=[a.name for a in predictor.taxonomy],
-            export=dict(export) if export is not None else None,
-        )
-
-
-def _runtime(predictor: AttributePredictor) -> str | None:
-    """``onnx`` or ``torch``: the predictor's ``backend`` (or ``runtime``); ``None`` when it names neither."""
-    value = getattr(predictor, "backend", None) or getattr(predictor, "runtime", None)
-    return str(value) if value is not None else None
-
-
-def _model_name(predictor: AttributePredictor) -> str | None:
-    """The registered model name (``a3``, ``csn``...) from the predictor's config or its embedding name."""
-    cfg = getattr(predictor, "config", None)
-    name = ((cfg.get("model") or {}) if isinstance(cfg, Mapping) else {}).get("name")
-    return str(name) if name else getattr(predictor, "embedding", None)

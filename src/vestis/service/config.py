@@ -51,7 +51,7 @@ class ServiceConfig:
             (or for decode memory) is answered 503 with ``Retry-After`` at once, so accepted requests keep a
             bounded latency under overload.
         decode_workers: threads that decode uploads (:mod:`vestis.service.decode_pool`); ``None``: one per CPU
-            core this process may use, at most 16.
+            core this process may use, at least 2 and at most 16.
         decode_queue: images that may wait for a decode thread when all are busy; one more is answered 503 with
             ``Retry-After`` at once.
         heatmap_max_side: heat-maps are computed at most this many pixels on their longer side.

@@ -28,12 +28,13 @@ DEFAULT_MAX_DECODE_WORKERS = 16
 
 
 def default_decode_workers() -> int:
-    """One decode worker per CPU core this process may use, at most :data:`DEFAULT_MAX_DECODE_WORKERS`."""
+    """One decode worker per CPU core this process may use, at least 2 (one large image then does not hold up every
+    other request's decoding) and at most :data:`DEFAULT_MAX_DECODE_WORKERS`."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(DEFAULT_MAX_DECODE_WORKERS, cores))
+    return max(2, min(DEFAULT_MAX_DECODE_WORKERS, cores))
 
 
 class DecodePool:

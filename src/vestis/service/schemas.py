@@ -32,7 +32,6 @@ __all__ = [
     "IndexAttribute",
     "IndexInfo",
     "ItemResponse",
-    "ModelInfo",
     "Readiness",
     "SearchHit",
     "SearchOptions",
@@ -122,17 +121,6 @@ class TaxonomyResponse(BaseModel):
     )
     model: str | None = Field(None, description="Fingerprint (sha256:...) of the model served; null when unknown.")
     runtime: str | None = Field(None, description="What runs the model: onnx (ONNX Runtime) or torch (PyTorch).")
-
-
-class ModelInfo(BaseModel):
-    """The single-product model served and what runs it."""
-
-    model: str | None = Field(None, description="Fingerprint (sha256:...) of the model served; null when unknown.")
-    name: str | None = Field(None, description="The registered model name (a3, csn, ...); null when unknown.")
-    runtime: str | None = Field(None, description="What runs the model: onnx (ONNX Runtime) or torch (PyTorch).")
-    device: str | None = Field(None, description="Where it runs: cpu or cuda.")
-    image_size: int | None = Field(None, description="The side of the square model input, in pixels.")
-    attributes: list[str] = Field(..., description="The attributes predicted, in taxonomy order.")
     export: dict[str, Any] | None = Field(
         None,
         description=(

@@ -9,7 +9,9 @@ probability or heat-map difference above :data:`PARITY_TOLERANCE` stops start-up
 service never answers from a graph that does not reproduce its checkpoint.
 
 * ``runtime=None`` (the default): ONNX Runtime for a checkpoint when ``onnx`` and ``onnxruntime`` are installed,
-  PyTorch otherwise (with a note); an ONNX file runs on ONNX Runtime.
+  PyTorch otherwise (with a note); an ONNX file runs on ONNX Runtime. Per-attribute models combined into one
+  (:mod:`vestis.inference.combined`, a run folder or its ``combined.json``) stay on PyTorch by default; ``onnx``
+  exports them as one graph the same way.
 * ``runtime="onnx"``: as the default, but a missing ONNX extra is an error.
 * ``runtime="torch"``: the checkpoint on PyTorch (an ONNX file is an error: it has no PyTorch weights).
 """
@@ -76,7 +78,7 @@ class StartupExport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-able summary ``GET /v1/model`` shows."""
+        """The JSON-able summary ``GET /v1/taxonomy`` shows (``export``)."""
         p = self.parity
         return {
             "seconds": round(self.seconds, 3),
@@ -197,7 +199,11 @@ def load_served(
                 f"{path}: an ONNX file runs on ONNX Runtime; --runtime torch needs the checkpoint it was exported from"
             )
         return Predictor.from_path(path, device, trust_checkpoint=trust_checkpoint), None, None
+    from vestis.inference.combined import is_combined
+
     note = None
+    if runtime is None and is_combined(path):
+        runtime = "torch"
     if runtime is None and not onnx_available():
         runtime = "torch"
         note = "onnx and onnxruntime are not installed: serving on PyTorch (pip install 'vestis[onnx]')"
