@@ -79,5 +79,7 @@ def crops_cmd(
     if s["labels_left_out"]:
         left = ", ".join(f"{k} {v}" for k, v in s["labels_left_out"].items())
         echo(f"note: labels left out as they would not validate against the taxonomy: {left} (see {res.summary_path})")
+    echo(f"crops cut with --margin {margin:g}: give `vestis pipeline` the same --margin (stage 2 must see crops "
+         "cut as in training)")  # fmt: skip
     echo(f"manifest: {res.manifest}")
     echo(f"taxonomy: {res.taxonomy}")
