@@ -44,13 +44,16 @@ def _serve(served: list[Any], *args: str) -> tuple[Any, str]:
     return served[-1], res.output
 
 
-def _ask(app: Any) -> tuple[dict, dict, dict]:
+def _ask(app: Any) -> tuple[dict, dict, dict, np.ndarray]:
     with TestClient(app) as client:
         wait_ready(client)
         r = client.post("/v1/attributes?calibrated=false", files=[("file", ("p.png", _photo(), "image/png"))])
         assert r.status_code == 200, r.text
         info = {labels: v for (n, labels), v in metric_samples(client.get("/metrics").text).items()}
-        return r.json(), client.get("/v1/taxonomy").json(), info
+        heat = client.post("/v1/heatmap?style=gray", files=[("file", ("p.png", _photo(), "image/png"))])
+        assert heat.status_code == 200
+        gray = np.asarray(Image.open(io.BytesIO(heat.content)), dtype=np.int16)
+        return r.json(), client.get("/v1/taxonomy").json(), info, gray
 
 
 def test_the_onnx_default_answers_what_torch_answers(tmp_path, served):
@@ -59,8 +62,10 @@ def test_the_onnx_default_answers_what_torch_answers(tmp_path, served):
     torch_app, _ = _serve(served, str(ckpt), "--runtime", "torch")
     assert "exported to ONNX in" in out and "torchscript exporter, opset 17" in out and "(onnx on cpu" in out
 
-    got, model, metrics = _ask(onnx_app)
-    want, torch_model, _ = _ask(torch_app)
+    got, model, metrics, heat = _ask(onnx_app)
+    want, torch_model, _, torch_heat = _ask(torch_app)
+    assert heat.shape == torch_heat.shape == (40, 64) and np.abs(heat - torch_heat).max() <= 1  # grey levels
+    assert heat.max() - heat.min() > 50  # a map with something in it
     assert got["model"] == want["model"] and got["model"].startswith("sha256:")  # the same model, fingerprinted
     [g], [w] = got["results"], want["results"]
     assert set(g["attributes"]) == set(w["attributes"]) and (g["width"], g["height"]) == (64, 40)
