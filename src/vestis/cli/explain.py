@@ -39,6 +39,14 @@ def explain_cmd(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Write into a non-empty --out, removing the files of an earlier run there (those its explain.json "
+            "lists) (default: off: a non-empty --out is refused).",
+        ),
+    ] = False,
     trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
     """Draw the attention maps a_1 (category step) and a_2 (attribute step) of an rnn_va model over each crop.
@@ -50,8 +58,9 @@ def explain_cmd(
     from vestis.inference.explain import explain
 
     result = explain(
-        model, image, out, device=device, object_type=object_type, alpha=alpha, trust_checkpoint=trust_checkpoint
-    )
+        model, image, out, device=device, object_type=object_type, alpha=alpha, trust_checkpoint=trust_checkpoint,
+        overwrite=overwrite,
+    )  # fmt: skip
     n = len(result.garments)
     found = f"{n} garment{'s' if n != 1 else ''}" if result.kind == "outfit" else "the crop"
     echo(f"explained {found} of {image}: {2 * n} overlays and explain.json in {out}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,10 +200,37 @@ def _write(out: Path, explanation: Explanation) -> None:
     atomic_write_text(out / EXPLAIN_JSON, json.dumps(explanation.to_dict(), indent=2, allow_nan=False) + "\n")
 
 
-def _output_folder(out: str | os.PathLike[str]) -> Path:
+_OUR_FILE = re.compile(r"garment\d+_a[12]_[a-z]+\.png")
+
+
+def _output_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """The output folder, created; an earlier run's files removed with ``overwrite``.
+
+    A folder that is not empty is refused unless ``overwrite``; then only the overlays the earlier ``explain.json``
+    lists (names of the form ``garment<k>_a<t>_<what>.png``, plain files in the folder) and that ``explain.json`` go,
+    so the folder holds this run's files only and nothing else of the user's is touched.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VestisError(f"{out}: --out must be a folder, and this is a file")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise VestisError(
+                f"{out}: the output folder is not empty; pass --overwrite to replace an earlier run's files"
+            )
+        old = out / EXPLAIN_JSON
+        names: list[str] = []
+        if old.is_file() and not old.is_symlink():
+            try:
+                data = json.loads(old.read_text(encoding="utf-8"))
+                names = [n for g in data.get("garments", []) for n in g.get("files", {}).values()]
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError, TypeError):
+                names = []  # an unreadable listing: its overlays stay, as nothing says they were ours
+        for name in names:
+            p = out / str(name)
+            if isinstance(name, str) and _OUR_FILE.fullmatch(name) and (p.is_symlink() or p.is_file()):
+                p.unlink()
+        old.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -216,6 +244,7 @@ def explain(
     object_type: str | None = None,
     alpha: float = 0.5,
     trust_checkpoint: bool = False,
+    overwrite: bool = False,
 ) -> Explanation:
     """Write the attention overlays of ``model`` on ``image`` to ``out`` (see the module docstring).
 
@@ -229,13 +258,16 @@ def explain(
         object_type: a stage-2 checkpoint: the crop's detector class (default unknown); ignored for a pipeline.
         alpha: weight of the colour map in the overlays, in [0, 1].
         trust_checkpoint: also read an old pickle checkpoint (runs any code it holds).
+        overwrite: write into a folder that is not empty, removing the files of an earlier run (those its
+            ``explain.json`` lists); without it such a folder is refused.
 
     Returns:
         The :class:`Explanation` (also written as ``out/explain.json``).
 
     Raises:
         VestisError: a model without attention (``stl``, ``stl_hls``, a classifier, a detector), an exported ONNX
-            pipeline (its stage-2 graph has no attention output), an unreadable image, an ``out`` that is a file.
+            pipeline (its stage-2 graph has no attention output), an unreadable image, an ``out`` that is a file or
+            (without ``overwrite``) a folder that is not empty.
     """
     from vestis.data.images import ImageError, load_image
     from vestis.inference.pipeline_format import load_pipeline_file, pipeline_kind
@@ -243,6 +275,8 @@ def explain(
 
     if not 0.0 <= alpha <= 1.0:
         raise VestisError(f"alpha: expected a value in [0, 1], got {alpha}")
+    if not overwrite and Path(out).is_dir() and any(Path(out).iterdir()):
+        _output_folder(out)  # refused before any model is loaded
     model, image = Path(model), Path(image)
     kind = pipeline_kind(model)
     if kind == "onnx":
@@ -274,5 +308,5 @@ def explain(
             g.object_score = float(score)
         result_kind, fp = "outfit", pipeline.fingerprint
     explanation = Explanation(image.name, picture.width, picture.height, result_kind, fp, garments, Path(out))
-    _write(_output_folder(out), explanation)
+    _write(_output_folder(out, overwrite), explanation)
     return explanation
