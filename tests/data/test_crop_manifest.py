@@ -209,6 +209,8 @@ def test_vestis_crops_on_synthetic_scenes_validates(tmp_path):
             "--iou", "0.1", "--split", "train", "--device", "cpu", "--no-progress"]  # fmt: skip
     res = runner.invoke(vestis.cli.app, args)
     assert res.exit_code == 0, res.output
+    assert "crops cut with --margin 0: give `vestis pipeline` the same --margin" in res.output
+    assert "warning: crops of detector classes" not in res.output  # the default object types
     expected = _expected_matches(ann, 0.1)
     assert expected, "the scene set should have boxes of more than a tenth of the image"
     m, _ = load_catalog(tmp_path / "crops" / "manifest.csv")

@@ -79,6 +79,10 @@ def crops_cmd(
     if s["labels_left_out"]:
         left = ", ".join(f"{k} {v}" for k, v in s["labels_left_out"].items())
         echo(f"note: labels left out as they would not validate against the taxonomy: {left} (see {res.summary_path})")
+    if s["object_types_unknown"]:
+        left = ", ".join(f"{k} {v}" for k, v in s["object_types_unknown"].items())
+        echo(f"warning: crops of detector classes that are not in the default model.object_types: {left}; a stage-2 "
+             "model reads them as an unknown object type unless its model.object_types lists them")  # fmt: skip
     echo(f"crops cut with --margin {margin:g}: give `vestis pipeline` the same --margin (stage 2 must see crops "
          "cut as in training)")  # fmt: skip
     echo(f"manifest: {res.manifest}")

@@ -45,13 +45,14 @@ from vestis.data.manifest import SPLITS, Manifest, Record, write_manifest
 from vestis.data.taxonomy import Attribute, Taxonomy, load_taxonomy, save_taxonomy
 from vestis.errors import VestisError
 from vestis.io import atomic_write_bytes, atomic_write_text
+from vestis.models.hierarchical.layout import OBJECT_TYPE_META
 
 if TYPE_CHECKING:
     from vestis.inference.detector import Detector
 
 __all__ = ["CROP_METADATA", "CropsResult", "SceneAnnotations", "build_crops", "match_predictions", "read_scenes"]
 
-CROP_METADATA = ("object_type", "score", "iou", "scene")
+CROP_METADATA = (OBJECT_TYPE_META, "score", "iou", "scene")
 """The metadata columns (``meta_<name>``) of a crops manifest."""
 OUTPUTS = ("manifest.csv", "taxonomy.yaml", "crops.json")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -218,12 +219,14 @@ class CropsResult:
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise VestisError(f"{out}: --out exists and is not a folder; expected a folder for the crops")
+    images = out / "images"
+    if images.is_symlink():  # writing through it would put the crops wherever it leads, outside --out
+        raise VestisError(f"{images}: a symbolic link; the crops go into a real folder inside --out (remove the link)")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise VestisError(f"{out}: the output folder is not empty; pass --overwrite to replace its crops")
         # only what an earlier run wrote goes: the crops and the three files
-        images = out / "images"
-        if images.is_dir() and not images.is_symlink():
+        if images.is_dir():
             shutil.rmtree(images)
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
@@ -331,6 +334,7 @@ def build_crops(
     batch_size: int = 8,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    object_types: Sequence[str] | None = None,
 ) -> CropsResult:
     """Crop every matched predicted box of every scene and write the crops manifest (module docstring).
 
@@ -349,6 +353,9 @@ def build_crops(
         batch_size: scenes per detector call.
         overwrite: replace the crops of an earlier run in ``out``.
         progress: called as ``progress(done, total)`` scenes.
+        object_types: the object types the stage-2 models will index (``model.object_types``; default: the
+            configuration's default, the paper's four); crops of other detector classes are counted in the summary's
+            ``object_types_unknown`` (a stage-2 model reads them as an unknown object type).
 
     Returns:
         the paths written and the counts.
@@ -419,7 +426,7 @@ def build_crops(
                     crop = crop_box(img, [x0, y0, x1 - x0, y1 - y0], margin)
                     rid = f"{scene}_{k}"
                     atomic_write_bytes(out / "images" / f"{rid}.jpg", _jpeg(crop))
-                    meta = {"object_type": d.names[k], "score": f"{d.scores[k]:.4f}", "iou": f"{ious[k]:.4f}",
+                    meta = {OBJECT_TYPE_META: d.names[k], "score": f"{d.scores[k]:.4f}", "iou": f"{ious[k]:.4f}",
                             "scene": scene}  # fmt: skip
                     labels = keep(s.attributes[g])
                     group = s.products[g] or scene
@@ -434,6 +441,12 @@ def build_crops(
     for r in records:
         r.labels = {a: r.labels[a] for a in attributes if a in r.labels}
     matched = len(records)
+    if object_types is None:
+        from vestis.config import ModelConfig
+
+        object_types = ModelConfig().object_types
+    known = set(object_types)
+    unknown_types = Counter(r.meta[OBJECT_TYPE_META] for r in records if r.meta[OBJECT_TYPE_META] not in known)
     summary = {
         "annotations": [str(f) for f in files],
         "model": detector.fingerprint,
@@ -449,6 +462,7 @@ def build_crops(
         "labels_left_out": {k: v for k, v in sorted(keep.dropped.items()) if v},
         "unknown_attributes": dict(sorted(keep.unknown_attributes.items())),
         "settings": {"iou": iou, "min_score": min_score, "nms_iou": nms_iou, "margin": margin, "category": category},
+        "object_types_unknown": dict(sorted(unknown_types.items())),
     }
     manifest = Manifest(records, attributes, list(CROP_METADATA), out, out / "manifest.csv")
     tax_path = save_taxonomy(crops_tax, out / "taxonomy.yaml")
