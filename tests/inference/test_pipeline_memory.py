@@ -102,3 +102,23 @@ def test_a_pipeline_file_with_an_oversized_side_is_refused(pipeline_path):
     bundle.stage2["preprocessing"]["image_size"] = 8192
     with pytest.raises(VestisError, match=r"stage2: preprocessing.image_size: expected a side in \[1, 4096\]"):
         torch_parts(bundle)
+
+
+def test_tag_outfits_with_decoding_threads_and_a_small_budget_gives_the_same_rows(pipeline_path, tmp_path):
+    from vestis.inference.tagging import read_journal
+
+    paths = [scene(tmp_path / f"{i}.png", size=(30 + 10 * i, 40)) for i in range(5)]
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    inputs = [*paths, tmp_path / "bad.png"]
+    a = outfit_tagging.tag_outfits(pipeline_path, inputs, tmp_path / "a.jsonl", workers=0, device="cpu")
+    b = outfit_tagging.tag_outfits(
+        pipeline_path, inputs, tmp_path / "b.jsonl", workers=2, batch_size=3, decode_budget=3 * 40 * 40, device="cpu"
+    )
+    assert (a.predicted, a.errors) == (b.predicted, b.errors) == (5, 1)
+    ra, rb = read_journal(tmp_path / "a.jsonl"), read_journal(tmp_path / "b.jsonl")
+    assert [r["id"] for r in ra] == [r["id"] for r in rb]
+    for x, y in zip(ra, rb, strict=True):
+        assert x.get("error") == y.get("error")
+        assert [g["box"] for g in x.get("garments", [])] == [g["box"] for g in y.get("garments", [])]
+    with pytest.raises(VestisError, match="decode_budget"):
+        outfit_tagging.tag_outfits(pipeline_path, inputs, tmp_path / "c.jsonl", decode_budget=0, device="cpu")
