@@ -13,7 +13,8 @@ from tests.inference.pipeline_fixtures import make_pipeline, scene
 from vestis.errors import VestisError
 from vestis.inference import outfit_tagging
 from vestis.inference.items import ImageItem
-from vestis.inference.pipeline import MAX_IMAGE_SIZE, OutfitPipeline, read_manifest
+from vestis.inference.pipeline import MAX_IMAGE_SIZE, OutfitPipeline
+from vestis.inference.pipeline_onnx import read_manifest
 
 
 @pytest.fixture(scope="module")

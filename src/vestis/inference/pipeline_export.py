@@ -36,16 +36,16 @@ from torch import nn
 
 from vestis.errors import VestisError
 from vestis.inference.exporter import load_sample_images, opset_of, quiet_exporter, torch_export
-from vestis.inference.pipeline import (
+from vestis.inference.pipeline import torch_parts
+from vestis.inference.pipeline_format import MANIFEST_NAME, load_pipeline_file
+from vestis.inference.pipeline_graphs import DETECTOR_OUTPUTS, STAGE2_INPUTS, STAGE2_OUTPUTS
+from vestis.inference.pipeline_onnx import (
     DETECTOR_FILE,
     ONNX_MANIFEST_FORMAT,
     ONNX_MANIFEST_VERSION,
     STAGE2_FILE,
-    _load_onnx,
-    torch_parts,
+    load_onnx,
 )
-from vestis.inference.pipeline_format import MANIFEST_NAME, load_pipeline_file
-from vestis.inference.pipeline_graphs import DETECTOR_OUTPUTS, STAGE2_INPUTS, STAGE2_OUTPUTS
 from vestis.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["DEFAULT_OPSET", "PipelineExportResult", "export_pipeline_onnx"]
@@ -232,7 +232,7 @@ def _parity(
     """Largest |ONNX Runtime - PyTorch| of each output on ``n`` synthetic sample images."""
     tmp = folder / MANIFEST_NAME
     atomic_write_text(tmp, json.dumps({**manifest, "parity": {}}))  # the sessions' loader reads it
-    _, _, runner = _load_onnx(folder, "cpu", None)
+    _, _, runner = load_onnx(folder, "cpu", None)
     images = load_sample_images(None, n, spec.detector_size, spec.detector_pad, seed=1)
     crops = load_sample_images(None, n, spec.stage2_size, spec.stage2_pad, seed=2)
     types = np.arange(len(crops), dtype=np.int64) % len(spec.layout.object_types)
