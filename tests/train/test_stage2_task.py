@@ -210,3 +210,29 @@ def test_evaluate_a_stage2_checkpoint_against_a_direct_pass(crops, tmp_path):
     )
     for k in ("category_top1", "category_top3", "attribute_recall@3", "attribute_map", "incompatible_rate"):
         assert ev.metrics["stage2"][k] == pytest.approx(want[k], abs=1e-6), k
+
+
+def test_the_crops_settings_beside_the_manifest_are_kept_in_the_metrics(crops, tmp_path):
+    import json
+
+    from vestis.data.catalog import load_catalog
+    from vestis.train.stage2_task import crops_settings
+
+    assert crops_settings(None) is None and crops_settings(tmp_path / "manifest.csv") is None  # no crops.json
+    (tmp_path / "crops.json").write_text(json.dumps({"settings": {"margin": 0.1, "min_score": 0.3, "iou": 0.5}}))
+    assert crops_settings(tmp_path / "manifest.csv") == {"margin": 0.1, "min_score": 0.3, "iou": 0.5}
+    (tmp_path / "crops.json").write_text(json.dumps({"settings": {"margin": -1}}))
+    assert crops_settings(tmp_path / "manifest.csv") is None  # not a margin vestis pipeline accepts
+    (tmp_path / "crops.json").write_text("{not json")
+    assert crops_settings(tmp_path / "manifest.csv") is None
+
+    (tmp_path / "crops.json").write_text(json.dumps({"settings": {"margin": 0.2}}))
+    manifest, taxonomy_path = crops
+    m, taxonomy = load_catalog(manifest, taxonomy_path)
+    m = dataclasses.replace(m, path=tmp_path / "manifest.csv")
+    cfg = load_config("tiny", ["model.name=stl_tiny", "data.image_size=48"]).resolved()
+    ds = AttributeDataset(m, taxonomy, cfg.data)
+    task = Stage2Task(cfg, taxonomy, ds, ds)
+    model = vestis.models.create_model(cfg.model, taxonomy)
+    loader = torch.utils.data.DataLoader(ds, batch_size=16)
+    assert task.validate(model, None, loader, None, torch.device("cpu")).metrics["crops"] == {"margin": 0.2}

@@ -15,7 +15,10 @@ mean of ``category_top1`` (single-label: accuracy) and ``attribute_map`` (multi-
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,9 @@ from vestis.models.hierarchical import OBJECT_TYPE_META, Stage2Layout
 from vestis.train.cache import FeatureCache
 from vestis.train.tasks import Task, Validation
 
-__all__ = ["STAGE2_METRICS", "Stage2Loss", "Stage2Task", "object_type_indices", "stage2_outputs"]
+__all__ = ["STAGE2_METRICS", "Stage2Loss", "Stage2Task", "crops_settings", "object_type_indices", "stage2_outputs"]
+
+log = logging.getLogger(__name__)
 
 STAGE2_METRICS = (
     "category_top1",
@@ -52,6 +57,29 @@ STAGE2_METRICS = (
     "incompatible_item_rate",
     "stage2_score",
 )
+
+
+def crops_settings(manifest_path: Path | None) -> dict[str, Any] | None:
+    """The settings of ``vestis crops`` (``crops.json`` beside the manifest: margin, min_score, iou), or ``None``.
+
+    A stage-2 checkpoint stores them as ``metrics["crops"]``, so ``vestis pipeline`` crops with the same margin.
+    """
+    if manifest_path is None:
+        return None
+    path = Path(manifest_path).parent / "crops.json"
+    if not path.is_file() or path.stat().st_size > 16 * 2**20:
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(settings, dict):
+        return None
+    keep = {k: settings[k] for k in ("margin", "min_score", "iou", "nms_iou") if k in settings}
+    margin = keep.get("margin")
+    if not isinstance(margin, int | float) or isinstance(margin, bool) or not 0 <= margin <= 10:
+        return None
+    return keep
 
 
 def object_type_indices(ds: AttributeDataset, layout: Stage2Layout) -> Tensor:
@@ -92,6 +120,13 @@ class Stage2Task(Task):
         self.loss = Stage2Loss(self.layout)
         self.train_types = object_type_indices(train_ds, self.layout)
         self.val_types = object_type_indices(val_ds, self.layout)
+        unknown = float((self.train_types < 0).float().mean()) if len(self.train_types) else 0.0
+        if unknown > 0.1:
+            log.warning(
+                "%.0f%% of the training crops have a meta_object_type outside model.object_types %s: the label-sharing "
+                "models see them as unknown", 100 * unknown, list(self.layout.object_types),
+            )  # fmt: skip
+        self.crops = crops_settings(train_ds.manifest.path)
 
     def metric_names(self) -> list[str]:
         return list(STAGE2_METRICS)
@@ -132,7 +167,10 @@ class Stage2Task(Task):
         parts = [summary.get("category_top1"), summary.get("attribute_map")]
         defined = [p for p in parts if p is not None]
         summary["stage2_score"] = float(np.mean(defined)) if defined else None
-        return Validation({"summary": summary, "stage2": dict(summary)})
+        metrics: dict[str, Any] = {"summary": summary, "stage2": dict(summary)}
+        if self.crops is not None:  # how the crops were cut: `vestis pipeline` cuts the same way by default
+            metrics["crops"] = self.crops
+        return Validation(metrics)
 
 
 @torch.no_grad()
