@@ -24,7 +24,10 @@ def predict_cmd(
         Path, typer.Option("--out", "-o", help="Output .jsonl, .csv or .parquet (an outfit pipeline: .jsonl).")
     ],
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 32,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=0, help="Decoding processes (threads for an outfit pipeline); default: 2.")] = 2,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", "-w", min=0, help="Decoding processes (threads for an outfit pipeline); default: 2."),
+    ] = 2,
     engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
     calibrated: Annotated[
