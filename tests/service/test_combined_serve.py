@@ -82,3 +82,12 @@ def test_vestis_serve_takes_the_exported_combined_model(run, captured, tmp_path)
     with TestClient(captured["app"]) as client:
         wait_ready(client)
         _check_answers(client, Predictor.from_path(out, device="cpu"), data, tolerance=1e-4)
+
+
+def test_vestis_serve_takes_combined_json(run, captured) -> None:
+    data, out = run
+    res = CliRunner().invoke(vestis.cli.app, ["serve", str(out / "combined.json"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    with TestClient(captured["app"]) as client:
+        wait_ready(client)
+        _check_answers(client, Predictor.from_path(out, device="cpu"), data, tolerance=1e-4)

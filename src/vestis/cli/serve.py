@@ -138,9 +138,11 @@ def serve_cmd(
             )
         _serve_outfit(model, config, index=index, device=device, host=host, port=port, log_level=log_level)
         return
+    from vestis.inference.combined import is_combined
     from vestis.service.embedding import embedding_model_name
 
-    embedding = embedding_model_name(model, trust=trust_checkpoint)
+    # per-attribute models combined into one (combined.json or its run folder) are classifiers
+    embedding = None if is_combined(model) else embedding_model_name(model, trust=trust_checkpoint)
     if embedding and index is None:
         raise VestisError(
             f"{model}: an embedding model ({embedding}) needs --index INDEX: it serves substitute search over an "
