@@ -55,8 +55,8 @@ def test_onnx_export_computes_the_combined_outputs(runs, tmp_path) -> None:
     ).metadata
     for name in ("free", "shared"):  # "partial" is exported through the CLI below
         torch_p = Predictor.from_path(runs[name], device="cpu")
-        result = export_onnx(runs[name], tmp_path / f"{name}.onnx", opset=17, check_images=3)
-        assert result.parity is not None and result.parity.max_diff < 1e-4
+        result = export_onnx(runs[name], tmp_path / f"{name}.onnx", opset=17, check_images=0)
+        assert result.parity is None  # compared below, on catalog images
         onnx_p = Predictor.from_path(result.path, device="cpu")
         assert onnx_p.taxonomy.to_dict() == torch_p.taxonomy.to_dict()
         assert onnx_p.thresholds == torch_p.thresholds and onnx_p.fingerprint == torch_p.fingerprint
