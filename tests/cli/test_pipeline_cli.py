@@ -22,7 +22,8 @@ def _bundle(tmp_path, *extra):
     det = full_image_checkpoint(tmp_path / "det.ckpt")
     st = stage2_checkpoint(tmp_path / "st.ckpt")
     out = tmp_path / "outfit.vestis"
-    res = _run("pipeline", det, st, "--out", out, *extra)
+    # the detector puts every class on the whole image: class-wise NMS keeps one garment per class
+    res = _run("pipeline", det, st, "--out", out, "--per-type-nms", *extra)
     assert res.exit_code == 0, res.output
     return out, res
 

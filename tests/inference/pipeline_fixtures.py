@@ -85,7 +85,12 @@ def stage2_checkpoint(
 def make_pipeline(
     tmp: Path, settings: PipelineSettings | None = None, *, hand_set: bool = True, model_name: str = "stl_hls_tiny"
 ) -> Path:
-    """``tmp/outfit.vestis`` from the two checkpoints above (the detector at 32 px)."""
+    """``tmp/outfit.vestis`` from the two checkpoints above (the detector at 32 px).
+
+    The detector puts every class on the same whole-image box, so the default settings keep class-wise NMS
+    (``one_type_per_garment=False``): each class is then one garment.
+    """
+    settings = dataclasses.replace(settings or PipelineSettings(), one_type_per_garment=False)
     det = full_image_checkpoint(tmp / "det.ckpt", image_size=32)
     st = stage2_checkpoint(tmp / "stage2.ckpt", hand_set=hand_set, model_name=model_name)
     return bundle_pipeline(det, st, tmp / "outfit.vestis", settings)

@@ -54,7 +54,9 @@ def test_round_trip_keeps_weights_fields_and_settings(files):
         for field in ("config", "taxonomy", "preprocessing", "thresholds", "metrics", "fingerprint"):
             assert got[field] == ref[field], (part, field)
         assert got["train_state"] is None  # a pipeline only predicts
-    assert bundle.settings == PipelineSettings(min_score=0.4, nms_iou=0.6, max_garments=3, margin=0.1)
+    assert bundle.settings == PipelineSettings(
+        min_score=0.4, nms_iou=0.6, max_garments=3, margin=0.1, one_type_per_garment=False
+    )  # the fixture's detector gives every class the same box: class-wise NMS
     fps = (bundle.detector["fingerprint"], bundle.stage2["fingerprint"])
     assert bundle.fingerprint == pipeline_fingerprint(*fps, bundle.settings)
     assert bundle.fingerprint != pipeline_fingerprint(*fps, PipelineSettings())  # the settings count
@@ -169,3 +171,13 @@ def test_bundle_refuses_a_stage2_model_without_the_detector_classes(tmp_path, mo
 def test_settings_out_of_range_are_refused(kwargs):
     with pytest.raises(VestisError, match=next(iter(kwargs))):
         PipelineSettings(**kwargs)
+
+
+def test_one_type_per_garment_is_a_setting_of_the_fingerprint():
+    assert PipelineSettings().one_type_per_garment is True
+    fps = ("sha256:" + "a" * 64, "sha256:" + "b" * 64)
+    per_type = PipelineSettings(one_type_per_garment=False)
+    assert pipeline_fingerprint(*fps, per_type) != pipeline_fingerprint(*fps, PipelineSettings())
+    assert PipelineSettings.from_dict(per_type.to_dict()) == per_type
+    with pytest.raises(VestisError, match="one_type_per_garment"):
+        PipelineSettings(one_type_per_garment="yes")

@@ -35,7 +35,9 @@ def test_export_writes_the_folder_and_checks_parity(exported):
     torch_pipe = OutfitPipeline.load(path, device="cpu")
     assert meta["fingerprint"] == torch_pipe.fingerprint
     assert meta["detector"]["fingerprint"] == torch_pipe.spec.detector_fingerprint
-    assert meta["settings"] == {"min_score": 0.5, "nms_iou": 0.5, "max_garments": 10, "margin": 0.1}
+    assert meta["settings"] == {
+        "min_score": 0.5, "nms_iou": 0.5, "max_garments": 10, "margin": 0.1, "one_type_per_garment": False
+    }  # fmt: skip
     assert meta["stage2"]["layout"]["blocks"] == {"sleeve": [0, 2], "colour": [2, 5]}
     assert meta["parity"]["max_abs_diff"] == r.parity
     assert pipeline_kind(tmp / "out") == "onnx" and pipeline_kind(tmp / "out" / MANIFEST_NAME) == "onnx"

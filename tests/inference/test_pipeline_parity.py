@@ -76,7 +76,9 @@ def test_object_types_in_another_order_are_matched_by_name(tmp_path):
     order = tuple(reversed(OBJECT_TYPES))
     det = full_image_checkpoint(tmp_path / "det.ckpt", image_size=32)
     st = stage2_checkpoint(tmp_path / "stage2.ckpt", object_types=order)
-    pipe = OutfitPipeline.load(bundle_pipeline(det, st, tmp_path / "outfit.vestis"), device="cpu")
+    pipe = OutfitPipeline.load(
+        bundle_pipeline(det, st, tmp_path / "outfit.vestis", PipelineSettings(one_type_per_garment=False)), device="cpu"
+    )
     assert pipe.spec.layout.object_types == order and pipe.spec.classes == OBJECT_TYPES
     assert pipe._types.tolist() == [3, 2, 1, 0]
     [r] = pipe.predict([scene(tmp_path / "a.png")])

@@ -17,7 +17,7 @@ from vestis.data.detection import object_type
 from vestis.data.synthetic import generate_catalog
 from vestis.data.taxonomy import load_taxonomy, save_taxonomy
 from vestis.inference.pipeline import OutfitPipeline
-from vestis.inference.pipeline_format import bundle_pipeline
+from vestis.inference.pipeline_format import PipelineSettings, bundle_pipeline
 from vestis.train.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 from vestis.train.loop import train
 
@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
     best = save_checkpoint(root / "thresholded.ckpt", model=model, config=model.config, taxonomy=model.taxonomy,
                            metrics=state.get("metrics"), thresholds=THRESHOLDS)  # fmt: skip
     det = full_image_checkpoint(root / "det.ckpt")
-    return root, bundle_pipeline(det, best, root / "outfit.vestis"), best
+    return root, bundle_pipeline(det, best, root / "outfit.vestis", PipelineSettings(one_type_per_garment=False)), best
 
 
 def test_a_trained_stage2_model_predicts_within_its_taxonomy(trained):

@@ -69,8 +69,21 @@ def test_detector_and_pipeline_decoding_agree(nms_iou):
     )  # fmt: skip
     [d] = decode_centernet(heat, size, off, 4, 50, image_size=(64, 64))
     b, s, lab = postprocess_boxes(
-        d["boxes"], d["scores"], d["labels"], LB, 100, 50, min_score=0.3, nms_iou=settings.nms_iou, max_detections=20
-    )
+        d["boxes"], d["scores"], d["labels"], LB, 100, 50, min_score=0.3, nms_iou=settings.nms_iou, max_detections=20,
+        across_classes=settings.one_type_per_garment,
+    )  # fmt: skip
     np.testing.assert_allclose(got.boxes, b, atol=1e-5)
     np.testing.assert_allclose(got.scores, s, atol=1e-6)
     assert got.labels.tolist() == lab.tolist() and len(lab) > 0
+
+
+def test_across_classes_keeps_one_type_per_object():
+    boxes = torch.tensor(
+        [_letterboxed([10, 10, 40, 30]), _letterboxed([11, 10, 41, 30]), _letterboxed([60, 5, 90, 45])]
+    )
+    scores = torch.tensor([0.6, 0.8, 0.5])
+    labels = torch.tensor([0, 1, 0])  # the first two: one garment given two classes
+    _, s, lab = postprocess_boxes(boxes, scores, labels, LB, 100, 50)
+    assert lab.tolist() == [1, 0, 0] and s.tolist() == pytest.approx([0.8, 0.6, 0.5])  # class-wise: both kept
+    _, s, lab = postprocess_boxes(boxes, scores, labels, LB, 100, 50, across_classes=True)
+    assert lab.tolist() == [1, 0] and s.tolist() == pytest.approx([0.8, 0.5])  # the better-scored type only

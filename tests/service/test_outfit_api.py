@@ -93,7 +93,9 @@ def test_model_info_names_the_pipeline_and_both_models(pipeline):
     assert (info["detector"]["image_size"], info["stage2"]["image_size"]) == (32, 32)
     assert info["stage2"]["labels"] == ["t-shirt", "trousers", "sneakers"]
     assert info["stage2"]["attributes"] == ["sleeve=short", "sleeve=long", "colour=red", "colour=blue", "colour=white"]
-    assert info["settings"] == {"min_score": 0.3, "nms_iou": 0.5, "max_garments": 10, "margin": 0.0}
+    assert info["settings"] == {
+        "min_score": 0.3, "nms_iou": 0.5, "max_garments": 10, "margin": 0.0, "one_type_per_garment": True
+    }  # fmt: skip
     labels = (("backend", "torch"), ("fingerprint", pipeline.fingerprint), ("name", "outfit"))
     assert samples[("vestis_model_info", labels)] == 1.0
     assert {"/v1/outfit", "/v1/model", "/healthz", "/readyz", "/metrics"} == spec_paths

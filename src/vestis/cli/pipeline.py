@@ -48,7 +48,7 @@ def pipeline_cmd(
     min_score: Annotated[
         float, typer.Option("--min-score", min=0.0, max=1.0, help="Drop detections scoring below this.")
     ] = 0.3,
-    nms_iou: Annotated[float, typer.Option("--nms-iou", min=0.0, max=1.0, help="Class-wise NMS above this IoU.")] = 0.5,
+    nms_iou: Annotated[float, typer.Option("--nms-iou", min=0.0, max=1.0, help="NMS above this IoU.")] = 0.5,
     max_garments: Annotated[int, typer.Option("--max-garments", min=1, help="Garments kept per image.")] = 10,
     margin: Annotated[
         float | None,
@@ -61,6 +61,13 @@ def pipeline_cmd(
         ),
     ] = None,
     trust_checkpoint: TrustCheckpointOpt = False,
+    one_type: Annotated[
+        bool,
+        typer.Option(
+            "--one-type-per-garment/--per-type-nms",
+            help="NMS across object types too, a garment having one type (default), or class-wise only.",
+        ),
+    ] = True,
 ) -> None:
     """Bundle DETECTOR and STAGE2 into one safetensors file that `vestis predict`, `export` and `serve` take."""
     from vestis.inference.pipeline_format import PipelineSettings, bundle_pipeline, load_pipeline_file
@@ -68,7 +75,9 @@ def pipeline_cmd(
     if margin is None:
         margin, source = recorded_crop_margin(stage2, trust_checkpoint=trust_checkpoint)
         echo(f"crop margin {margin:g} ({source}; --margin overrides it)")
-    settings = PipelineSettings(min_score=min_score, nms_iou=nms_iou, max_garments=max_garments, margin=margin)
+    settings = PipelineSettings(
+        min_score=min_score, nms_iou=nms_iou, max_garments=max_garments, margin=margin, one_type_per_garment=one_type
+    )
     path = bundle_pipeline(detector, stage2, out, settings, trust_checkpoint=trust_checkpoint)
     bundle = load_pipeline_file(path)
     size = path.stat().st_size / 2**20

@@ -78,7 +78,7 @@ class PipelineSettings:
 
     Attributes:
         min_score: detections scoring below this are dropped.
-        nms_iou: class-wise non-maximum suppression above this IoU.
+        nms_iou: non-maximum suppression above this IoU.
         max_garments: at most this many garments per image, the best-scoring ones.
         margin: context added around each predicted box before cropping, as a fraction of its width and height.
     """
@@ -87,12 +87,16 @@ class PipelineSettings:
     nms_iou: float = 0.5
     max_garments: int = 10
     margin: float = 0.0
+    # NMS between boxes of different object types too: a garment has one type (False: class-wise, as COCO scores)
+    one_type_per_garment: bool = True
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("min_score", 0.0, 1.0), ("nms_iou", 0.0, 1.0), ("margin", 0.0, 10.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
                 raise VestisError(f"{name}: expected a number in [{lo:g}, {hi:g}], got {v!r}")
+        if not isinstance(self.one_type_per_garment, bool):
+            raise VestisError(f"one_type_per_garment: expected true or false, got {self.one_type_per_garment!r}")
         n = self.max_garments
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise VestisError(f"max_garments: expected a positive integer, got {n!r}")

@@ -129,8 +129,8 @@ def decode_detections(
 
     CenterNet's peaks (the best ``candidates``), then :func:`vestis.models.detection.boxes.postprocess_boxes` (the
     post-processing of :class:`vestis.inference.detector.Detector` too): boxes back in original pixels and clipped,
-    those scoring ``>= settings.min_score`` with a non-empty box kept, class-wise NMS at ``settings.nms_iou``, the best
-    ``settings.max_garments``.
+    those scoring ``>= settings.min_score`` with a non-empty box kept, NMS at ``settings.nms_iou`` (across object
+    types when ``settings.one_type_per_garment``), the best ``settings.max_garments``.
 
     Args:
         heatmap: ``(B, K, h, w)`` probabilities.
@@ -156,6 +156,7 @@ def decode_detections(
         boxes, scores, labels = postprocess_boxes(
             det["boxes"], det["scores"], det["labels"], lb, w, h,
             min_score=settings.min_score, nms_iou=settings.nms_iou, max_detections=settings.max_garments,
+            across_classes=settings.one_type_per_garment,
         )  # fmt: skip
         out.append(Detections(boxes.astype(np.float64), scores.astype(np.float64), labels))
     return out

@@ -166,6 +166,7 @@ def postprocess_boxes(
     min_score: float = 0.0,
     nms_iou: float | None = DEFAULT_NMS_IOU,
     max_detections: int = DEFAULT_MAX_DETECTIONS,
+    across_classes: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decoded boxes of one letterboxed image -> the detections in the original image, best first.
 
@@ -188,6 +189,9 @@ def postprocess_boxes(
         min_score: the lowest score kept.
         nms_iou: the NMS overlap, or ``None``.
         max_detections: the most boxes returned.
+        across_classes: suppress overlapping boxes of different classes too (one class per object: the outfit
+            pipeline's default, as a garment has one object type; CenterNet's per-class peaks often put two types
+            on one garment). ``False`` is COCO's class-wise NMS, what detection metrics use.
 
     Returns:
         ``boxes`` ``(N, 4)`` float32, ``scores`` ``(N,)`` float32, ``labels`` ``(N,)`` int64, by decreasing score.
@@ -203,6 +207,7 @@ def postprocess_boxes(
     b = torch.minimum(b.clamp(min=0), limit)
     keep = (s >= min_score) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
     b, s, lab = b[keep], s[keep], lab[keep]
-    order = nms(b, s, lab, nms_iou) if nms_iou is not None else torch.argsort(s, descending=True, stable=True)
+    groups = torch.zeros_like(lab) if across_classes else lab
+    order = nms(b, s, groups, nms_iou) if nms_iou is not None else torch.argsort(s, descending=True, stable=True)
     order = order[:max_detections]
     return b[order].numpy().reshape(-1, 4), s[order].numpy(), lab[order].numpy()
