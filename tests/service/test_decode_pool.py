@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 import vestis.cli
-import vestis.service.app as service_app
+import vestis.service.core as service_app
 import vestis.service.attribute_routes as routes
 from tests.service.conftest import assert_result, expected, image_bytes, make_checkpoint, metric_samples, wait_ready
 from vestis.errors import VestisError

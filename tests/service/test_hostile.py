@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-import vestis.service.app as service_app
+import vestis.service.core as service_app
 from tests.service.conftest import (
     assert_result,
     b64,

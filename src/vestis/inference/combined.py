@@ -10,7 +10,7 @@ the paper deploys them, into ``RUN/<attribute>/``, then writes ``RUN/combined.js
                               "selection": {"metric": "...", "value": 0.91, "epoch": 3, "mode": "max"}}, ...},
      "fingerprint": "sha256:..."}            # combined_fingerprint() of members, taxonomy and preprocessing
 
-:func:`load_combined` (what ``Predictor.from_path(RUN)`` or ``Predictor.from_path(RUN/combined.json)`` calls)
+:func:`combined_predictor_args` (what ``Predictor.from_path(RUN)`` or ``Predictor.from_path(RUN/combined.json)`` calls)
 returns an ordinary :class:`~vestis.inference.predictor.Predictor` whose module is :class:`CombinedModule`:
 
 * every image is decoded and letterboxed once for all members (one preprocessing, refused when members differ);
@@ -57,8 +57,8 @@ __all__ = [
     "CombinedModule",
     "backbone_groups",
     "combined_fingerprint",
+    "combined_predictor_args",
     "is_combined",
-    "load_combined",
     "read_combined",
     "shared_blocks",
     "trunk_groups",
@@ -315,7 +315,7 @@ def trunk_groups(models: Sequence[nn.Module], groups: Sequence[Sequence[int]]) -
 
 class CombinedModule(nn.Module):
     """Several :class:`~vestis.inference.onnx_format.InferenceModule` as one: ``uint8`` images in, the chosen
-    outputs of each member and the mean heat-map out (the graph :func:`load_combined`'s predictor runs).
+    outputs of each member and the mean heat-map out (the graph the combined predictor runs).
 
     Members of one group (see :func:`backbone_groups`) are given the first one's backbone module, which runs
     once per batch; the others' identical backbones are dropped. Groups whose backbones begin with identical blocks
@@ -374,28 +374,29 @@ class CombinedModule(nn.Module):
         return (*probs, torch.stack(heats).mean(0))
 
 
-def load_combined(
+def combined_predictor_args(
     path: str | os.PathLike[str],
     device: str | None = None,
     *,
     threads: int | None = None,
     trust_checkpoint: bool = False,
-) -> Any:
-    """The :class:`~vestis.inference.predictor.Predictor` of a combined model (see the module docstring).
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments of the :class:`~vestis.inference.predictor.Predictor` of a combined model (module docstring):
+    ``Predictor(*args, **kwargs)``, which is what ``Predictor.from_path`` returns for one.
 
     Args:
         path: ``combined.json`` or the run folder holding it.
         device, threads, trust_checkpoint: as :meth:`Predictor.from_path`.
 
     Returns:
-        A ``Predictor`` (PyTorch backend) with the union taxonomy, every member's calibrated thresholds, the
-        combined fingerprint and, in ``info``, the members' fingerprints and the backbone groups.
+        ``(args, kwargs)`` of a ``Predictor`` (PyTorch backend) with the union taxonomy, every member's calibrated
+        thresholds, the combined fingerprint and, in ``info``, the members' fingerprints and the backbone groups.
 
     Raises:
         VestisError: what :func:`read_combined` refuses, a member checkpoint that is missing, unreadable, not an
             attribute classifier, carries another fingerprint than recorded, or another preprocessing.
     """
-    from vestis.inference.predictor import Predictor, _TorchBackend
+    from vestis.inference.backends import TorchBackend
     from vestis.inference.runtime import check_threads, torch_device
     from vestis.train.checkpoint import fingerprint_of, load_checkpoint, rebuild_model
     from vestis.train.tasks import model_task
@@ -447,13 +448,5 @@ def load_combined(
             if k
         ],
     }
-    return Predictor(
-        _TorchBackend(module, dev),
-        taxonomy,
-        prep,
-        thresholds,
-        config=config,
-        path=file,
-        info=info,
-        fingerprint=doc["fingerprint"],
-    )
+    args = (TorchBackend(module, dev), taxonomy, prep, thresholds)
+    return args, {"config": config, "path": file, "info": info, "fingerprint": doc["fingerprint"]}

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from vestis.errors import VestisError
-from vestis.inference.combined import is_combined, load_combined
+from vestis.inference.combined import is_combined
 from vestis.inference.export_embedding import export_embedding_onnx, is_embedding_checkpoint
 from vestis.inference.exporter import ExportResult, load_sample_images, opset_of, quiet_exporter, torch_export
 from vestis.inference.onnx_format import (
@@ -205,7 +205,7 @@ def export_onnx(
             trust_checkpoint=trust_checkpoint,
         )  # fmt: skip
     if combined:  # one graph: every member's outputs, a shared backbone once
-        reference = load_combined(checkpoint, device="cpu", trust_checkpoint=trust_checkpoint)
+        reference = Predictor.from_path(checkpoint, device="cpu", trust_checkpoint=trust_checkpoint)
     else:
         reference = Predictor.from_checkpoint(checkpoint, device="cpu", trust_checkpoint=trust_checkpoint)
     prep = reference.preprocessing

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ from PIL import Image
 
 from vestis.data.crops import crop_box
 from vestis.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
-from vestis.data.taxonomy import Taxonomy
 from vestis.data.transforms import letterbox_array
 from vestis.errors import VestisError
 from vestis.inference.detector import letterbox_batch
@@ -50,9 +48,12 @@ from vestis.inference.pipeline_format import (
     pipeline_kind,
 )
 from vestis.inference.pipeline_graphs import (
+    MAX_IMAGE_SIZE,
     Detections,
     DetectorMaps,
+    PipelineSpec,
     Stage2Logits,
+    check_image_sizes,
     decode_detections,
     decode_stage2,
     threshold_vector,
@@ -62,40 +63,6 @@ from vestis.inference.runtime import torch_device
 __all__ = ["MAX_IMAGE_SIZE", "RUNTIMES", "OutfitPipeline", "PipelineSpec", "check_image_sizes"]
 
 RUNTIMES = ("torch", "onnx")
-MAX_IMAGE_SIZE = 4096  # the largest input side of either model a pipeline file or folder may ask for
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """What both runtimes need besides the graphs: sizes, classes, layout, thresholds and fingerprints.
-
-    Attributes:
-        classes: the detector's classes (its ``object_type`` values), in label order.
-        detector_size: the detector's square input side.
-        detector_pad: the grey level the images are letterboxed with.
-        stride: the detector's output stride.
-        candidates: peaks decoded per image before NMS.
-        stage2_size: the stage-2 model's square input side.
-        stage2_pad: the grey level the crops are letterboxed with.
-        layout: the stage-2 model's :class:`~vestis.models.hierarchical.Stage2Layout`.
-        thresholds: ``(A,)`` decision thresholds of the attribute outputs.
-        detector_fingerprint: the detector's fingerprint.
-        stage2_fingerprint: the stage-2 model's fingerprint.
-        stage2_taxonomy: the stage-2 model's taxonomy.
-    """
-
-    classes: tuple[str, ...]
-    detector_size: int
-    detector_pad: int
-    stride: int
-    candidates: int
-    stage2_size: int
-    stage2_pad: int
-    layout: Any
-    thresholds: np.ndarray
-    detector_fingerprint: str
-    stage2_fingerprint: str
-    stage2_taxonomy: Taxonomy
 
 
 class _TorchRuntime:
@@ -118,21 +85,6 @@ def _rebuild(state: dict[str, Any], source: str) -> torch.nn.Module:
     from vestis.train.checkpoint import rebuild_model
 
     return rebuild_model(state, source=source)
-
-
-def check_image_sizes(detector: int, stage2: int, source: str, key: str = "image_size") -> None:
-    """Refuse input sides a hostile file could use to allocate without bound.
-
-    Raises:
-        VestisError: a side outside ``[32, MAX_IMAGE_SIZE]`` (the detector's also a multiple of 32) or a stage-2 side
-            outside ``[1, MAX_IMAGE_SIZE]``.
-    """
-    if not 32 <= detector <= MAX_IMAGE_SIZE or detector % 32:
-        raise VestisError(
-            f"{source}: detector: {key}: expected a multiple of 32 in [32, {MAX_IMAGE_SIZE}], got {detector}"
-        )
-    if not 1 <= stage2 <= MAX_IMAGE_SIZE:
-        raise VestisError(f"{source}: stage2: {key}: expected a side in [1, {MAX_IMAGE_SIZE}], got {stage2}")
 
 
 def torch_parts(bundle: PipelineBundle) -> tuple[DetectorMaps, Stage2Logits, PipelineSpec]:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from vestis.data.detection import Letterbox
+from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
 from vestis.inference.pipeline_format import PipelineSettings
 from vestis.models.detection import decode_centernet
@@ -31,16 +32,70 @@ from vestis.models.hierarchical import apply_taxonomy
 __all__ = [
     "DETECTOR_INPUT",
     "DETECTOR_OUTPUTS",
+    "MAX_IMAGE_SIZE",
     "STAGE2_INPUTS",
     "STAGE2_OUTPUTS",
     "Detections",
     "DetectorMaps",
     "GarmentLabels",
+    "PipelineSpec",
     "Stage2Logits",
+    "check_image_sizes",
     "decode_detections",
     "decode_stage2",
     "threshold_vector",
 ]
+
+MAX_IMAGE_SIZE = 4096  # the largest input side of either model a pipeline file or folder may ask for
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What both runtimes need besides the graphs: sizes, classes, layout, thresholds and fingerprints.
+
+    Attributes:
+        classes: the detector's classes (its ``object_type`` values), in label order.
+        detector_size: the detector's square input side.
+        detector_pad: the grey level the images are letterboxed with.
+        stride: the detector's output stride.
+        candidates: peaks decoded per image before NMS.
+        stage2_size: the stage-2 model's square input side.
+        stage2_pad: the grey level the crops are letterboxed with.
+        layout: the stage-2 model's :class:`~vestis.models.hierarchical.Stage2Layout`.
+        thresholds: ``(A,)`` decision thresholds of the attribute outputs.
+        detector_fingerprint: the detector's fingerprint.
+        stage2_fingerprint: the stage-2 model's fingerprint.
+        stage2_taxonomy: the stage-2 model's taxonomy.
+    """
+
+    classes: tuple[str, ...]
+    detector_size: int
+    detector_pad: int
+    stride: int
+    candidates: int
+    stage2_size: int
+    stage2_pad: int
+    layout: Any
+    thresholds: np.ndarray
+    detector_fingerprint: str
+    stage2_fingerprint: str
+    stage2_taxonomy: Taxonomy
+
+
+def check_image_sizes(detector: int, stage2: int, source: str, key: str = "image_size") -> None:
+    """Refuse input sides a hostile file could use to allocate without bound.
+
+    Raises:
+        VestisError: a side outside ``[32, MAX_IMAGE_SIZE]`` (the detector's also a multiple of 32) or a stage-2 side
+            outside ``[1, MAX_IMAGE_SIZE]``.
+    """
+    if not 32 <= detector <= MAX_IMAGE_SIZE or detector % 32:
+        raise VestisError(
+            f"{source}: detector: {key}: expected a multiple of 32 in [32, {MAX_IMAGE_SIZE}], got {detector}"
+        )
+    if not 1 <= stage2 <= MAX_IMAGE_SIZE:
+        raise VestisError(f"{source}: stage2: {key}: expected a side in [1, {MAX_IMAGE_SIZE}], got {stage2}")
+
 
 DETECTOR_INPUT = "images"
 DETECTOR_OUTPUTS = ("heatmap", "size", "offset")

@@ -15,9 +15,8 @@ import numpy as np
 
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
-from vestis.inference.pipeline import PipelineSpec, check_image_sizes
 from vestis.inference.pipeline_format import MANIFEST_NAME, PipelineSettings, pipeline_fingerprint
-from vestis.inference.pipeline_graphs import DETECTOR_INPUT, STAGE2_INPUTS
+from vestis.inference.pipeline_graphs import DETECTOR_INPUT, STAGE2_INPUTS, PipelineSpec, check_image_sizes
 
 __all__ = [
     "DETECTOR_FILE",

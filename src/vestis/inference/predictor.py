@@ -35,7 +35,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, overload
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -47,49 +47,15 @@ from vestis.data.taxonomy import Taxonomy
 from vestis.data.transforms import letterbox_batch, letterbox_box
 from vestis.errors import VestisError
 from vestis.eval.metrics import DEFAULT_THRESHOLD
+from vestis.inference.backends import Backend, OnnxBackend, TorchBackend
 from vestis.inference.inputs import ImageInput, ImageList, as_image
-from vestis.inference.onnx_format import HEATMAP_OUTPUT, INPUT_NAME, InferenceModule
+from vestis.inference.onnx_format import InferenceModule
 from vestis.inference.results import Prediction
 from vestis.inference.runtime import check_threads, open_onnx, torch_device
 
 __all__ = ["DEFAULT_THRESHOLD", "ImageInput", "Predictor", "project_heatmap"]
 
 _PREPROCESSING_KEYS = ("image_size", "mean", "std", "pad_value")
-
-
-class _Backend(Protocol):
-    name: str
-    device: str
-
-    def run(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]: ...
-
-
-class _TorchBackend:
-    name = "torch"
-
-    def __init__(self, module: InferenceModule, device: torch.device) -> None:
-        self.module = module.to(device).eval()
-        self.device = str(device)
-        self._device = device
-
-    def run(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        x = torch.from_numpy(batch).to(self._device)
-        with torch.inference_mode():
-            outs = self.module(x)
-        return [o.float().cpu().numpy() for o in outs[:-1]], outs[-1].float().cpu().numpy()
-
-
-class _OnnxBackend:
-    name = "onnx"
-
-    def __init__(self, session: Any, outputs: list[str]) -> None:
-        self.session = session
-        self.outputs = [*outputs, HEATMAP_OUTPUT]
-        self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-
-    def run(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        outs = self.session.run(self.outputs, {INPUT_NAME: batch})
-        return [np.asarray(o, dtype=np.float32) for o in outs[:-1]], np.asarray(outs[-1], dtype=np.float32)
 
 
 _EMBEDDING_HINT = (
@@ -147,7 +113,7 @@ class Predictor:
 
     def __init__(
         self,
-        backend: _Backend,
+        backend: Backend,
         taxonomy: Taxonomy,
         preprocessing: Mapping[str, Any],
         thresholds: Mapping[str, Sequence[float]] | None = None,
@@ -206,11 +172,12 @@ class Predictor:
             VestisError: a missing or unreadable file, a file without vestis metadata, an old pickle checkpoint
                 without ``trust_checkpoint``, an unavailable device.
         """
-        from vestis.inference.combined import is_combined, load_combined
+        from vestis.inference.combined import combined_predictor_args, is_combined
 
         path = Path(path)
         if is_combined(path):  # per-attribute models served as one (vestis train --per-attribute)
-            return load_combined(path, device, threads=threads, trust_checkpoint=trust_checkpoint)
+            args, kwargs = combined_predictor_args(path, device, threads=threads, trust_checkpoint=trust_checkpoint)
+            return cls(*args, **kwargs)
         if not path.is_file():
             raise VestisError(f"{path}: model file not found")
         if path.suffix.lower() == ".onnx":
@@ -283,7 +250,7 @@ class Predictor:
         dev = torch_device(device)
         module = InferenceModule(model, taxonomy, preprocessing["mean"], preprocessing["std"])
         return cls(
-            _TorchBackend(module, dev),
+            TorchBackend(module, dev),
             taxonomy,
             preprocessing,
             thresholds,
@@ -319,7 +286,7 @@ class Predictor:
         missing = [a.name for a in taxonomy if a.name not in names]
         if missing:
             raise VestisError(f"{src}: vestis.outputs: no output for attribute(s) {missing}")
-        backend = _OnnxBackend(session, [names[a.name] for a in taxonomy])
+        backend = OnnxBackend(session, [names[a.name] for a in taxonomy])
         return cls(
             backend,
             taxonomy,

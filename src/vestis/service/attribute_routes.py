@@ -2,7 +2,7 @@
 ``POST /v1/heatmap`` (when the model has one) and ``GET /v1/taxonomy`` (the model served: its taxonomy,
 preprocessing, fingerprint, runtime and start-up export).
 
-The stages they run are :class:`vestis.service.app._Service`'s (see :mod:`vestis.service.app`); ``/v1/attributes``
+The stages they run are :class:`vestis.service.core.Service`'s (see :mod:`vestis.service.app`); ``/v1/attributes``
 answers through orjson when it is installed (:mod:`vestis.service.responses`).
 """
 
@@ -24,13 +24,13 @@ from vestis.service.schemas import (
 )
 
 if TYPE_CHECKING:
-    from vestis.service.app import AttributePredictor, _Service
+    from vestis.service.core import AttributePredictor, Service
 
 __all__ = ["add_attribute_routes", "model_name", "runtime_of"]
 
 
 def add_attribute_routes(
-    app: FastAPI, service: _Service, has_heatmap: bool, export: Mapping[str, Any] | None = None
+    app: FastAPI, service: Service, has_heatmap: bool, export: Mapping[str, Any] | None = None
 ) -> None:
     """The single-product endpoints: ``/v1/attributes``, ``/v1/heatmap`` (when the model has one), ``/v1/taxonomy``."""
     predictor = service.predictor

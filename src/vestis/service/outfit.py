@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from vestis.service.app import _Service
+from vestis.service.core import Service
 from vestis.service.decoding import RawImage, ServiceError, decode_image, read_images
 from vestis.service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY
 
@@ -127,7 +127,7 @@ def describe_pipeline(pipeline: Any) -> OutfitInfo:
     )
 
 
-class OutfitService(_Service):
+class OutfitService(Service):
     """The running state of an outfit server: the model thread, the batcher of images, readiness.
 
     The batch items are decoded RGB images and the results are ``OutfitResult`` objects; the decode budget,
