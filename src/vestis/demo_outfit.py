@@ -23,10 +23,11 @@ SCENES = 320  # training/validation scenes (256 px)
 TEST_SCENES = 2
 DETECTOR_EPOCHS = 8
 STAGE2_EPOCHS = 6
-CROP_SCORE = 0.2  # the least detector score of a training crop (unmatched boxes are dropped anyway)
-# a detector trained for a few CPU epochs is under-confident (its best peaks score 0.2-0.3 on synthetic scenes):
-# the demo's pipeline keeps boxes from this score (the pipeline's default is 0.3)
-GARMENT_SCORE = 0.15
+# A detector trained for a few CPU epochs is under-confident: its best peaks on these scenes score about 0.15-0.3.
+# The training crops are every predicted box that matches a garment (IoU >= 0.5; the others are dropped anyway),
+# and the demo's pipeline keeps boxes from GARMENT_SCORE (the pipeline's default is 0.3).
+CROP_SCORE = 0.0
+GARMENT_SCORE = 0.1
 
 
 def _scenes(root: Path, count: int, seed: int) -> Path:
@@ -64,6 +65,7 @@ def run_outfit_demo(out: Path, *, seed: int = 0, step: int = 7, steps: int = 10)
 
     echo(f"{step + 1}/{steps} train the garment detector: vestis train --task detect --data {ann}")
     detector = _train("detect", ["data.image_size=192", f"train.epochs={DETECTOR_EPOCHS}"], ann, out / "detector")
+    echo("    (on real product photos the same preset reaches a test mAP of 0.575: docs/benchmarks.md)")
 
     crops = out / "crops"
     echo(f"{step + 2}/{steps} crop its predicted boxes (vestis crops) and train STL w/ HLS on them (--task stage2)")
