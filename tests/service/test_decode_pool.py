@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 import vestis.cli
-import vestis.service.core as service_app
 import vestis.service.attribute_routes as routes
+import vestis.service.core as service_app
 from tests.service.conftest import assert_result, expected, image_bytes, make_checkpoint, metric_samples, wait_ready
 from vestis.errors import VestisError
 from vestis.service import ServiceConfig, create_app

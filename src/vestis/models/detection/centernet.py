@@ -6,8 +6,8 @@ garment is large, but neighbouring pieces of an outfit (a pair of shoes) need ce
 be separate peaks; ``output_stride=8`` costs a quarter of the head's compute and suits 512 px inputs of single
 garments. The FPN keeps each level's backbone width, so the stride-4 map is narrow (the heads widen it).
 
-Each head is ``conv3x3 -> GroupNorm -> ReLU -> conv1x1``: ``heatmap`` (C classes, sigmoid, bias -2.19 so every cell starts
-at p = 0.1), ``size`` ``(w, h)`` and ``offset`` ``(dx, dy)``, both in output cells.
+Each head is ``conv3x3 -> GroupNorm -> ReLU -> conv1x1``: ``heatmap`` (C classes, sigmoid, bias -2.19 so every cell
+starts at p = 0.1), ``size`` ``(w, h)`` and ``offset`` ``(dx, dy)``, both in output cells.
 """
 
 from __future__ import annotations

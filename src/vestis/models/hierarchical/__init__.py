@@ -44,4 +44,3 @@ __all__ = [
 def is_stage2(name: str) -> bool:
     """Whether ``name`` is a registered stage-2 model (``stl``, ``stl_hls``, ``rnn_va``, their ``_tiny`` variants)."""
     return name in STAGE2_MODELS
-
