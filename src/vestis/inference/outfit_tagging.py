@@ -31,11 +31,10 @@ from vestis.inference.items import ImageItem, collect_inputs
 from vestis.inference.pipeline import OutfitPipeline
 from vestis.inference.tagging import (
     TagResult,
-    _check_same_model,
     _Journal,
-    _offsets,
     _Progress,
-    _repair,
+    resume_state,
+    write_batches,
 )
 
 __all__ = ["DEFAULT_DECODE_BYTES", "outfit_rows", "tag_outfits"]
@@ -202,25 +201,14 @@ def tag_outfits(
     try:
         if restart:
             writer.truncate()
-        recorded: set[Any] = set()
-        done = set(_offsets(out, recorded))
-        _check_same_model(out, recorded, pipe.fingerprint)  # before _repair: a refused run changes nothing
-        _repair(out)
-        extra = len(done - {it.id for it in items})
-        todo = [it for it in items if it.id not in done]
+        todo, extra = resume_state(out, items, pipe.fingerprint)
         predicted = errors = 0
         t0 = time.perf_counter()
         with _Progress(progress, len(items), len(items) - len(todo)) as bar:
             if todo:
-                for its, arrays, errs in _decoded(todo, pipe.max_pixels, batch_size, workers, decode_budget):
-                    rows = outfit_rows(pipe, its, arrays, errs)
-                    writer.append(rows)
-                    n_err = sum("error" in r for r in rows)
-                    errors += n_err
-                    predicted += len(rows) - n_err
-                    bar.advance(len(rows))
-                    if on_batch is not None:
-                        on_batch(len(rows))
+                decoded = _decoded(todo, pipe.max_pixels, batch_size, workers, decode_budget)
+                batches = (outfit_rows(pipe, its, arrays, errs) for its, arrays, errs in decoded)
+                predicted, errors = write_batches(writer, batches, bar, on_batch)
         seconds = time.perf_counter() - t0
     finally:
         writer.close()

@@ -73,7 +73,9 @@ __all__ = [
     "journal_path",
     "make_rows",
     "read_journal",
+    "resume_state",
     "tag_catalog",
+    "write_batches",
 ]
 
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
@@ -438,13 +440,7 @@ def tag_catalog(
             writer.truncate()
             if out != journal:
                 out.unlink(missing_ok=True)
-        recorded: set[Any] = set()
-        done = set(_offsets(journal, recorded))
-        # before _repair: a refused run leaves the file byte for byte as it was
-        _check_same_model(journal, recorded, getattr(predictor, "fingerprint", None))
-        _repair(journal)
-        extra = len(done - {it.id for it in items})
-        todo = [it for it in items if it.id not in done]
+        todo, extra = resume_state(journal, items, getattr(predictor, "fingerprint", None))
         predicted = errors = 0
         t0 = time.perf_counter()
         with _Progress(progress, len(items), len(items) - len(todo)) as bar:
@@ -457,17 +453,40 @@ def tag_catalog(
                     )  # fmt: skip
                 else:
                     batches = _local_batches(predictor, todo, batch_size, workers, calibrated)
-                for rows in batches:
-                    writer.append(rows)
-                    n_err = sum("error" in r for r in rows)
-                    errors += n_err
-                    predicted += len(rows) - n_err
-                    bar.advance(len(rows))
-                    if on_batch is not None:
-                        on_batch(len(rows))
+                predicted, errors = write_batches(writer, batches, bar, on_batch)
         seconds = time.perf_counter() - t0
     finally:
         writer.close()
     if journal != out:
         _finish(out, journal, [it.id for it in items], predictor.taxonomy)
     return TagResult(out, len(items), len(items) - len(todo), predicted, errors, seconds, extra)
+
+
+def resume_state(journal: Path, items: Sequence[ImageItem], fingerprint: str | None) -> tuple[list[ImageItem], int]:
+    """What a (resumed) tagging run still has to do: ``(items not in the journal, rows of ids not in items)``.
+
+    Refuses a journal another model wrote, before repairing a torn last line: a refused run leaves the file byte
+    for byte as it was. Call it with the journal's lock held (:class:`_Journal` open).
+    """
+    recorded: set[Any] = set()
+    done = set(_offsets(journal, recorded))
+    _check_same_model(journal, recorded, fingerprint)
+    _repair(journal)
+    extra = len(done - {it.id for it in items})
+    return [it for it in items if it.id not in done], extra
+
+
+def write_batches(
+    writer: _Journal, batches: Iterable[list[dict[str, Any]]], bar: Any, on_batch: Callable[[int], None] | None
+) -> tuple[int, int]:
+    """Append every batch of rows to the journal as it comes; ``(rows predicted, error rows)``."""
+    predicted = errors = 0
+    for rows in batches:
+        writer.append(rows)
+        n_err = sum("error" in r for r in rows)
+        errors += n_err
+        predicted += len(rows) - n_err
+        bar.advance(len(rows))
+        if on_batch is not None:
+            on_batch(len(rows))
+    return predicted, errors
