@@ -55,6 +55,21 @@ TaxonomyOpt = Annotated[
     typer.Option("--taxonomy", "-t", help="Taxonomy YAML (default: taxonomy.yaml beside the manifest)."),
 ]
 OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+
+# The options of a training run, shared by `vestis train` and `vestis pretrain`.
+BackboneOpt = Annotated[
+    str | None, typer.Option("--backbone", help="Backbone name (see `vestis models`; default: from the preset).")
+]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", min=1, help="Training epochs (default: from the preset).")]
+ImageSizeOpt = Annotated[
+    int | None, typer.Option("--image-size", min=16, help="Input side in pixels (default: from the preset).")
+]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option("--batch-size", min=1, help="Images per batch (default: from the preset).")
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly.")]
+SkipInvalidOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip rows that fail validation.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")]
 ProgressOpt = Annotated[
     bool,
     typer.Option(

@@ -9,7 +9,18 @@ from typing import Annotated
 
 import typer
 
-from vestis.cli._app import TrustCheckpointOpt, command, echo
+from vestis.cli._app import (
+    BackboneOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    EpochsOpt,
+    ImageSizeOpt,
+    ResumeOpt,
+    SkipInvalidOpt,
+    TrustCheckpointOpt,
+    command,
+    echo,
+)
 
 
 @command("pretrain")
@@ -26,9 +37,7 @@ def pretrain_cmd(
         str | None,
         typer.Option("--model", help="Classifier name: baseline, a1..a4 (default: from the preset)."),
     ] = None,
-    backbone: Annotated[
-        str | None, typer.Option("--backbone", help="Backbone name (see `vestis models`; default: from the preset).")
-    ] = None,
+    backbone: BackboneOpt = None,
     pretrained: Annotated[
         str | None,
         typer.Option(
@@ -37,19 +46,13 @@ def pretrain_cmd(
             "default: from the preset, none = from scratch).",
         ),
     ] = None,
-    epochs: Annotated[
-        int | None, typer.Option("--epochs", min=1, help="Training epochs (default: from the preset).")
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option("--image-size", min=16, help="Input side in pixels (default: from the preset).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Images per batch (default: from the preset).")
-    ] = None,
+    epochs: EpochsOpt = None,
+    image_size: ImageSizeOpt = None,
+    batch_size: BatchSizeOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/pretrain"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly.")] = False,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip rows that fail validation.")] = False,
-    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
+    resume: ResumeOpt = False,
+    skip_invalid: SkipInvalidOpt = False,
+    device: DeviceOpt = None,
     trust_checkpoint: TrustCheckpointOpt = False,
 ) -> None:
     """Train a base model whose one task is the title-word multi-label head; writes RUN/last.ckpt and best.ckpt.

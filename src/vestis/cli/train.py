@@ -9,7 +9,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vestis.cli._app import TaxonomyOpt, TrustCheckpointOpt, command, echo
+from vestis.cli._app import (
+    BackboneOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    EpochsOpt,
+    ImageSizeOpt,
+    ResumeOpt,
+    SkipInvalidOpt,
+    TaxonomyOpt,
+    TrustCheckpointOpt,
+    command,
+    echo,
+)
 
 if TYPE_CHECKING:
     from vestis.config import Config
@@ -41,9 +53,7 @@ def train_cmd(
             "centernet (detector), stl, stl_hls, rnn_va (stage 2) (default: from the preset).",
         ),
     ] = None,
-    backbone: Annotated[
-        str | None, typer.Option("--backbone", help="Backbone name (see `vestis models`; default: from the preset).")
-    ] = None,
+    backbone: BackboneOpt = None,
     init: Annotated[
         Path | None,
         typer.Option(
@@ -51,19 +61,13 @@ def train_cmd(
             help="Start from this vestis checkpoint (model.init); unfit branches are new (default: from the preset).",
         ),
     ] = None,
-    epochs: Annotated[
-        int | None, typer.Option("--epochs", min=1, help="Training epochs (default: from the preset).")
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option("--image-size", min=16, help="Input side in pixels (default: from the preset).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Images per batch (default: from the preset).")
-    ] = None,
+    epochs: EpochsOpt = None,
+    image_size: ImageSizeOpt = None,
+    batch_size: BatchSizeOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/train"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly.")] = False,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip rows that fail validation.")] = False,
-    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
+    resume: ResumeOpt = False,
+    skip_invalid: SkipInvalidOpt = False,
+    device: DeviceOpt = None,
     trust_checkpoint: TrustCheckpointOpt = False,
     task: Annotated[
         str | None,
