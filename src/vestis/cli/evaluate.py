@@ -1,4 +1,5 @@
-"""``vestis evaluate``: metrics and a report for a checkpoint or an ONNX export on a manifest split."""
+"""``vestis evaluate``: metrics and a report for a checkpoint, an ONNX export or a combined per-attribute model on a
+manifest split."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from vestis.cli._app import OutDirOpt, TaxonomyOpt, TrustCheckpointOpt, command,
 @command("evaluate")
 def evaluate_cmd(
     checkpoint: Annotated[
-        Path, typer.Argument(help="A checkpoint (best.ckpt / last.ckpt) or an ONNX export (fp32 or int8).")
+        Path,
+        typer.Argument(
+            help="A checkpoint (best.ckpt / last.ckpt), an ONNX export (fp32 or int8), or the combined.json (or run "
+            "folder) of `vestis train --per-attribute`."
+        ),
     ],
     data: Annotated[Path, typer.Option("--data", "-d", help="Manifest to evaluate on.")],
     out: OutDirOpt,
@@ -28,8 +33,9 @@ def evaluate_cmd(
         Path | None,
         typer.Option(
             "--compare",
-            help="A second manifest (e.g. production images): compare the model on --data and on it, writing "
-            "compare.json, compare.md, compare.html and figures instead of the report (default: none).",
+            help="A second manifest (e.g. production images): compare the model (a checkpoint or a combined.json) on "
+            "--data and on it, writing compare.json, compare.md, compare.html and figures instead of the report "
+            "(default: none).",
         ),
     ] = None,
     compare_split: Annotated[
@@ -45,11 +51,14 @@ def evaluate_cmd(
         ),
     ] = None,
 ) -> None:
-    """Evaluate CHECKPOINT (or an ONNX file): metrics.json, report.md, report.html and figures in --out.
+    """Evaluate CHECKPOINT (or an ONNX file, or a combined.json): metrics.json, report.md, report.html and figures.
 
     The split is recomputed from the model's own data settings. The report holds the majority-value reference,
     bootstrap 95% intervals (under 2000 items), training curves (history.json beside the checkpoint),
     reliability diagrams, precision-recall curves, an error gallery and meta_ column breakdowns.
+
+    A combined.json (from `vestis train --per-attribute`) is scored as `vestis predict` runs it: each attribute by
+    its own member, with that member's calibrated thresholds.
 
     With --compare B.csv the same model is scored on --data (A) and on B: per attribute accuracy, per-class and
     average per-class accuracy on both, the drop A - B, the confusion-matrix difference and the value-distribution

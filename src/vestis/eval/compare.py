@@ -24,6 +24,7 @@ import html
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,27 +199,12 @@ def _summary(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _catalog_rows(
-    model: Any, data: Path, taxonomy: str | os.PathLike[str] | None, split: str, skip_invalid: bool
+    cfg: Any, tax: Taxonomy, data: Path, taxonomy: str | os.PathLike[str] | None, split: str, skip_invalid: bool
 ) -> Any:  # a Manifest
     """The validated rows of ``split`` of ``data`` (the split recomputed as ``vestis evaluate`` does)."""
-    from vestis.data.manifest import read_manifest
-    from vestis.data.splits import split_manifest
-    from vestis.data.validate import clean_catalog, validate_manifest
-    from vestis.eval.run import check_taxonomy
+    from vestis.eval.run import predictor_rows
 
-    cfg, tax = model.config, model.taxonomy
-    check_taxonomy(data, taxonomy, tax)
-    manifest = read_manifest(data)
-    problems = validate_manifest(manifest, tax, check_images=True, max_pixels=cfg.data.max_pixels)
-    manifest = clean_catalog(manifest, tax, problems, skip_invalid=skip_invalid, skipped_path=None)
-    if split != "all":
-        d = cfg.data
-        manifest = split_manifest(
-            manifest, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=d.split_seed
-        )[split]
-    if not manifest.records:
-        raise VestisError(f"{data}: the {split} split is empty")
-    return manifest
+    return predictor_rows(cfg, tax, data, taxonomy, split, skip_invalid)[0]
 
 
 def _predict(
@@ -233,6 +219,60 @@ def _predict(
     ds = AttributeDataset(manifest, model.taxonomy, model.config.data)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
     return predict_loader(model, loader, model.config.data, model.taxonomy, device), ds.encoded
+
+
+@dataclass
+class _Scorer:
+    """What the comparison needs of a model: its settings and taxonomy, and its probabilities on some rows."""
+
+    config: Any  # a Config
+    taxonomy: Taxonomy
+    predict: Callable[[Any], tuple[dict[str, np.ndarray], EncodedTargets]]
+    thresholds: dict[str, Any]
+    fingerprint: str | None
+
+
+def _scorer(
+    checkpoint: str | os.PathLike[str], batch_size: int, workers: int, device: str | None, trust_checkpoint: bool
+) -> _Scorer:
+    """A checkpoint through its model and data loader, or a combined per-attribute model through the predictor
+    ``vestis predict`` builds for it (:mod:`vestis.inference.combined`), scored as ``vestis evaluate`` scores it."""
+    from vestis.data.dataset import encode_targets
+    from vestis.inference.combined import is_combined
+
+    if is_combined(checkpoint):
+        from vestis.eval.run import predictor_config, predictor_probs
+        from vestis.inference.predictor import Predictor
+
+        pred = Predictor.from_path(checkpoint, device, trust_checkpoint=trust_checkpoint)
+        if not pred.config:
+            raise VestisError(f"{checkpoint}: its first member records no config, so the split cannot be recomputed")
+        tax = pred.taxonomy
+        return _Scorer(
+            predictor_config(pred, Path(checkpoint)),
+            tax,
+            lambda rows: (predictor_probs(pred, rows, batch_size), encode_targets(rows.records, tax)),
+            pred.thresholds,
+            pred.fingerprint,
+        )
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        raise VestisError(f"{checkpoint}: --compare scores a checkpoint (.ckpt); compare the checkpoint of the export")
+    import torch
+
+    from vestis.models.embedding import EmbeddingModel
+    from vestis.train.checkpoint import load
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load(checkpoint, map_location=dev, trust=trust_checkpoint)
+    if isinstance(model, EmbeddingModel):
+        raise VestisError(f"{checkpoint}: --compare needs an attribute classifier; this is an embedding model")
+    return _Scorer(
+        model.config,
+        model.taxonomy,
+        lambda rows: _predict(model, rows, batch_size, workers, dev),
+        model.thresholds or {},
+        getattr(model, "fingerprint", None),
+    )
 
 
 def compare_checkpoint(
@@ -254,7 +294,8 @@ def compare_checkpoint(
     """Score ``checkpoint`` on ``split`` of ``data`` (A) and ``compare_split`` of ``compare`` (B); write the report.
 
     Args:
-        checkpoint: a classifier checkpoint (``.ckpt``).
+        checkpoint: a classifier checkpoint (``.ckpt``), or a combined per-attribute model (``combined.json`` of
+            ``vestis train --per-attribute``, or its run folder), each attribute scored by its member.
         data: set A, e.g. the catalog the model was trained on (its held-out ``split``).
         compare: set B, e.g. production images; the same attributes (its taxonomy, when one is beside it or
             given as ``compare_taxonomy``, must equal the model's).
@@ -266,37 +307,29 @@ def compare_checkpoint(
     Returns:
         The :class:`ComparisonResult`.
     """
-    import torch
-
     from vestis.data.manifest import SPLITS
-    from vestis.models.embedding import EmbeddingModel
-    from vestis.train.checkpoint import load
 
     compare_split = split if compare_split is None else compare_split
     for name, s in (("--split", split), ("--compare-split", compare_split)):
         if s not in (*SPLITS, "all"):
             raise VestisError(f"{name} {s!r}: expected one of {[*SPLITS, 'all']}")
-    if Path(checkpoint).suffix.lower() == ".onnx":
-        raise VestisError(f"{checkpoint}: --compare scores a checkpoint (.ckpt); compare the checkpoint of the export")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load(checkpoint, map_location=dev, trust=trust_checkpoint)
-    if isinstance(model, EmbeddingModel):
-        raise VestisError(f"{checkpoint}: --compare needs an attribute classifier; this is an embedding model")
-    rows_a = _catalog_rows(model, Path(data), taxonomy, split, skip_invalid)  # both sets checked before any prediction
-    rows_b = _catalog_rows(model, Path(compare), compare_taxonomy, compare_split, skip_invalid)
-    probs_a, enc_a = _predict(model, rows_a, batch_size, workers, dev)
-    probs_b, enc_b = _predict(model, rows_b, batch_size, workers, dev)
-    thresholds = {k: np.asarray(v, dtype=np.float64) for k, v in (model.thresholds or {}).items()} or None
+    model = _scorer(checkpoint, batch_size, workers, device, trust_checkpoint)
+    cfg, tax = model.config, model.taxonomy
+    rows_a = _catalog_rows(cfg, tax, Path(data), taxonomy, split, skip_invalid)  # both sets checked before predicting
+    rows_b = _catalog_rows(cfg, tax, Path(compare), compare_taxonomy, compare_split, skip_invalid)
+    probs_a, enc_a = model.predict(rows_a)
+    probs_b, enc_b = model.predict(rows_b)
+    thresholds = {k: np.asarray(v, dtype=np.float64) for k, v in model.thresholds.items()} or None
     metrics = compare_predictions(
-        model.taxonomy, probs_a, enc_a, probs_b, enc_b, threshold=model.config.train.threshold, thresholds=thresholds
+        tax, probs_a, enc_a, probs_b, enc_b, threshold=cfg.train.threshold, thresholds=thresholds
     )
     metrics["run"] = {
         "checkpoint": str(checkpoint),
         "a": {"data": str(data), "split": split, "items": len(enc_a)},
         "b": {"data": str(compare), "split": compare_split, "items": len(enc_b)},
-        "fingerprint": getattr(model, "fingerprint", None),
+        "fingerprint": model.fingerprint,
     }
-    files = write_comparison(metrics, model.taxonomy, out_dir)
+    files = write_comparison(metrics, tax, out_dir)
     return ComparisonResult(metrics, files)
 
 

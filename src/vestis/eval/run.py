@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint on a manifest split and write the report (what ``vestis evaluate`` runs)."""
+"""Evaluate a checkpoint, an ONNX export or a combined per-attribute model on a manifest split and write the report
+(what ``vestis evaluate`` runs)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,20 @@ from vestis.eval.report import write_report
 from vestis.eval.report_sections import meta_breakdowns
 from vestis.eval.substitutes import retrieval_metrics
 from vestis.inference.batch import embed_loader, predict_loader
+from vestis.inference.combined import is_combined
 from vestis.io import atomic_write_text
 from vestis.models.embedding import EmbeddingModel
 from vestis.train.checkpoint import load
 
-__all__ = ["EvaluationResult", "check_taxonomy", "evaluate_checkpoint"]
+__all__ = [
+    "EvaluationResult",
+    "check_taxonomy",
+    "evaluate_checkpoint",
+    "evaluate_predictor",
+    "predictor_config",
+    "predictor_probs",
+    "predictor_rows",
+]
 
 
 @dataclass
@@ -80,12 +90,21 @@ def evaluate_checkpoint(
     (:class:`~vestis.inference.predictor.Predictor`); its split is recomputed from the data settings in its
     ``vestis.config`` metadata, so a quantised model is scored on the same test rows as its checkpoint.
 
+    A combined model (``combined.json`` of ``vestis train --per-attribute``, or its run folder) is built as
+    ``vestis predict`` builds it (:mod:`vestis.inference.combined`: each attribute is its member's prediction, with
+    its calibrated thresholds) and scored like an ONNX file, its split recomputed from the members' data settings
+    (the per-attribute run trains every member on the same split).
+
     The split is recomputed with the checkpoint's data settings, so ``test`` is exactly the rows the training run
     held out. ``split="all"`` evaluates every row. ``trust_checkpoint`` also loads an old pickle
     checkpoint, which runs any code the file holds.
     """
     if split not in (*SPLITS, "all"):
         raise VestisError(f"--split {split!r}: expected one of {[*SPLITS, 'all']}")
+    if is_combined(checkpoint):  # combined.json of `vestis train --per-attribute`, or its run folder
+        return _evaluate_combined(
+            Path(checkpoint), Path(data), out_dir, taxonomy, split, batch_size, skip_invalid, device, trust_checkpoint
+        )
     if Path(checkpoint).suffix.lower() == ".onnx":
         return _evaluate_onnx(Path(checkpoint), Path(data), out_dir, taxonomy, split, batch_size, skip_invalid)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -159,39 +178,102 @@ def _evaluate_onnx(
     batch_size: int,
     skip_invalid: bool,
 ) -> EvaluationResult:
-    from vestis.data.images import load_image
     from vestis.inference.predictor import Predictor
 
     pred = Predictor.from_path(path)
     if not pred.config:
         raise VestisError(f"{path}: no vestis.config metadata, so its data split cannot be recomputed; re-export it")
-    cfg = Config.from_dict(pred.config, source=f"{path} (vestis.config)")
-    tax = pred.taxonomy
+    quant = pred.info.get("quantization", "none")
+    run = {"backend": "onnx", "quantization": quant, "fingerprint": pred.fingerprint or "not recorded"}
+    what = f"ONNX {quant}"
+    return evaluate_predictor(pred, path, data, out_dir, taxonomy, split, batch_size, skip_invalid, run, what)
+
+
+def _evaluate_combined(
+    path: Path,
+    data: Path,
+    out_dir: str | os.PathLike[str],
+    taxonomy: str | os.PathLike[str] | None,
+    split: str,
+    batch_size: int,
+    skip_invalid: bool,
+    device: str | None,
+    trust_checkpoint: bool,
+) -> EvaluationResult:
+    from vestis.inference.predictor import Predictor
+
+    pred = Predictor.from_path(path, device, trust_checkpoint=trust_checkpoint)  # members checked as predict does
+    if not pred.config:
+        raise VestisError(f"{path}: its first member checkpoint records no config, so the split cannot be recomputed")
+    members = pred.info.get("members", {})
+    run = {
+        "backend": "torch", "device": pred.device, "fingerprint": pred.fingerprint or "not recorded",
+        "members": ", ".join(f"{a}: {fp}" for a, fp in members.items()),
+        "backbone groups": "; ".join(", ".join(g) for g in pred.info.get("backbone_groups", [])),
+    }  # fmt: skip
+    what = f"combined, {len(members)} per-attribute models"
+    return evaluate_predictor(pred, path, data, out_dir, taxonomy, split, batch_size, skip_invalid, run, what)
+
+
+def predictor_config(pred: Any, path: Path) -> Config:
+    """The training configuration a :class:`~vestis.inference.predictor.Predictor` carries (its data split)."""
+    return Config.from_dict(pred.config, source=f"{path} (vestis.config)")
+
+
+def predictor_rows(
+    cfg: Config, tax: Taxonomy, data: Path, taxonomy: str | os.PathLike[str] | None, split: str, skip_invalid: bool
+) -> tuple[Manifest, Manifest]:
+    """(the validated rows of ``split`` of ``data``, its training split) under the model's data settings."""
     check_taxonomy(data, taxonomy, tax)
     manifest = read_manifest(data)
-    problems = validate_manifest(manifest, tax, check_images=True, max_pixels=pred.max_pixels)
+    problems = validate_manifest(manifest, tax, check_images=True, max_pixels=cfg.data.max_pixels)
     manifest = clean_catalog(manifest, tax, problems, skip_invalid=skip_invalid, skipped_path=None)
     rows, train = _splits(manifest, cfg, split)
     if not rows.records:
         raise VestisError(f"{data}: the {split} split is empty")
-    chunks: dict[str, list[np.ndarray]] = {a.name: [] for a in tax}
+    return rows, train
+
+
+def predictor_probs(pred: Any, rows: Manifest, batch_size: int) -> dict[str, np.ndarray]:
+    """``{attribute: (N, K) float64}``: the predictor's probabilities on the images of ``rows``, in order."""
+    from vestis.data.images import load_image
+
+    chunks: dict[str, list[np.ndarray]] = {a.name: [] for a in pred.taxonomy}
     for start in range(0, len(rows.records), batch_size):
         batch = rows.records[start : start + batch_size]
         imgs = [load_image(rows.image_path(r), max_pixels=pred.max_pixels) for r in batch]
         for name, p in pred.predict_arrays(pred.preprocess(imgs)).items():
             chunks[name].append(np.asarray(p, dtype=np.float64))
-    probs = {k: np.concatenate(v) for k, v in chunks.items()}
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def evaluate_predictor(
+    pred: Any,
+    path: Path,
+    data: Path,
+    out_dir: str | os.PathLike[str],
+    taxonomy: str | os.PathLike[str] | None,
+    split: str,
+    batch_size: int,
+    skip_invalid: bool,
+    run: dict[str, Any],
+    what: str,
+) -> EvaluationResult:
+    """The report of a :class:`~vestis.inference.predictor.Predictor` (an ONNX export or a combined model) on
+    ``split`` of ``data``, its split recomputed from the data settings of the configuration it carries."""
+    cfg = predictor_config(pred, path)
+    tax = pred.taxonomy
+    rows, train = predictor_rows(cfg, tax, data, taxonomy, split, skip_invalid)
+    probs = predictor_probs(pred, rows, batch_size)
     thresholds = {k: np.asarray(v, dtype=np.float64) for k, v in pred.thresholds.items()} or None
-    quant = pred.info.get("quantization", "none")
     extra = {
-        "model file": str(path), "data": str(data), "split": split, "backend": "onnx", "quantization": quant,
+        "model file": str(path), "data": str(data), "split": split, **run,
         "model": cfg.model.name, "backbone": cfg.model.backbone, "image_size": pred.image_size,
-        "fingerprint": pred.fingerprint or "not recorded",
     }  # fmt: skip
     return report_predictions(
         probs, rows, train, tax, out_dir, threshold=cfg.train.threshold, thresholds=thresholds, checkpoint_metrics={},
         history_path=None, seed=cfg.data.split_seed, max_pixels=pred.max_pixels, extra=extra,
-        title=f"vestis evaluation: {cfg.model.name} on {cfg.model.backbone}, ONNX {quant} ({split})",
+        title=f"vestis evaluation: {cfg.model.name} on {cfg.model.backbone}, {what} ({split})",
     )  # fmt: skip
 
 
