@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from functools import partial
@@ -152,7 +153,8 @@ def onnx_flops(model: str | os.PathLike[str] | Any, batch: int = 1) -> dict[str,
         batch: the size given to symbolic input axes.
 
     Returns:
-        FLOPs per op type (``Conv``, ``Gemm``, ``MatMul``) and ``total``, for ``batch`` images.
+        FLOPs per op type (``Conv``, ``Gemm``, ``MatMul``) and ``total``, for ``batch`` images; also
+        ``Conv depthwise``, the part of ``Conv`` in depthwise convolutions.
 
     Raises:
         ValueError: a counted node whose operand or output shape inference could not determine.
@@ -182,19 +184,73 @@ def onnx_flops(model: str | os.PathLike[str] | Any, batch: int = 1) -> dict[str,
         return s
 
     out = {"Conv": 0, "Gemm": 0, "MatMul": 0}
+    depthwise = 0
     for node in graph.node:
         if node.op_type not in out:
             continue
         y = math.prod(shape(node.output[0], node))
         if node.op_type == "Conv":
-            macs = y * math.prod(shape(node.input[1], node)[1:])  # (C_in / group) x kernel per output element
+            w = shape(node.input[1], node)
+            macs = y * math.prod(w[1:])  # (C_in / group) x kernel per output element
+            if w[1] == 1 and any(at.name == "group" and at.i > 1 for at in node.attribute):
+                depthwise += 2 * macs
         else:
             a = shape(node.input[0], node)
             trans_a = node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute)
             macs = y * (a[0] if trans_a else a[-1])
         out[node.op_type] += 2 * macs
     out["total"] = sum(out.values())
+    out["Conv depthwise"] = depthwise  # part of Conv (one input channel per group), not added to the total again
     return out
+
+
+def _node_kind(args: dict[str, Any]) -> str:
+    """``depthwise``, ``conv``, ``matmul`` or ``other`` for one node event of ONNX Runtime's profile.
+
+    From the event itself (the optimised graph's nodes are fused and renamed, so names do not map back to the
+    exported graph): its op and its operand shapes. A convolution is depthwise when its weight
+    ``(C_out, C_in / group, kH, kW)`` has one input channel per group and its input has more than one channel.
+    """
+    op = args.get("op_name", "")
+    if op in ("Gemm", "MatMul", "FusedMatMul", "FusedGemm", "MatMulNBits"):
+        return "matmul"
+    if "Conv" not in op:
+        return "other"
+    shapes = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
+    if len(shapes) >= 2 and len(shapes[1]) == 4 and shapes[1][1] == 1 and len(shapes[0]) >= 2 and shapes[0][1] > 1:
+        return "depthwise"
+    return "conv"
+
+
+def onnx_time_profile(path: str | os.PathLike[str], batch: Any, runs: int, threads: int) -> dict[str, float]:
+    """Share of ONNX Runtime's node time per kind of :func:`_node_kind`, from its own profiler over ``runs`` calls.
+
+    The session is a separate one with ``enable_profiling`` (the timings of the benchmark's sessions are not
+    touched); the first call is a warm-up and left out. Shares are of the summed node durations.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory(prefix="vestis-ort-profile-") as tmp:
+        opts.profile_file_prefix = os.path.join(tmp, "ort")
+        sess = ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        for _ in range(runs + 1):
+            sess.run(None, {name: batch})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    model_runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                        key=lambda e: e["ts"])  # fmt: skip
+    warm_end = model_runs[0]["ts"] + model_runs[0]["dur"] if model_runs else -1
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] <= warm_end:
+            continue
+        kind = _node_kind(e.get("args", {}))
+        totals[kind] = totals.get(kind, 0.0) + float(e["dur"])
+    whole = sum(totals.values()) or 1.0
+    return {k: v / whole for k, v in totals.items()}
 
 
 def _best_seconds(fn: Any, reps: int) -> float:

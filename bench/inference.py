@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from _common import (
     gemm_peak,
     onnx_flops,
+    onnx_time_profile,
     theoretical_peak,
     write_section,
 )  # bench/ is on sys.path when this file is run as a script
@@ -71,6 +72,23 @@ def forward_flops(predictor: Predictor) -> int:
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         predictor.module(x)
     return int(counter.get_total_flops())
+
+
+def _limits_sentence(rows: list[tuple], counts: dict[str, int], shares: dict[str, float]) -> str:
+    """What limits ONNX Runtime fp32 now: where its node time goes against where the FLOPs are."""
+    fp32 = next(r for r in rows if r[0] == "ONNX Runtime fp32")
+    dw_flops = counts["Conv depthwise"] / max(counts["total"], 1)
+    dense_flops = 1.0 - dw_flops
+    dense_time = shares.get("conv", 0.0) + shares.get("matmul", 0.0)
+    return (
+        f"What limits it now: ONNX Runtime fp32 reaches {fp32[6]:.0%} of the GEMM ceiling. Its own profiler "
+        f"(batch 32, the same threads) puts {shares.get('depthwise', 0.0):.0%} of the node time in the depthwise "
+        f"convolutions, which hold {dw_flops:.0%} of the FLOPs, {dense_time:.0%} in the dense convolutions and "
+        f"matrix products ({dense_flops:.0%} of the FLOPs) and {shares.get('other', 0.0):.0%} in everything else "
+        "(activations, pooling, CBAM's element-wise products, resizing): a depthwise k x k filter does 2k^2 FLOPs "
+        "per output value against one read and one write of it, so those layers are bound by memory traffic, not "
+        "by the arithmetic the ceiling measures."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
             "ONNX Runtime int8": Predictor.from_onnx(int8.path, device="cpu", threads=args.threads),
         }
         flops = forward_flops(backends["PyTorch eager"])
-        static = onnx_flops(fp32.path)["total"]
+        counts = onnx_flops(fp32.path)
+        static = counts["total"]
         gap = abs(static - flops) / max(flops, 1)
         print(f"FLOPs per image: {flops / 1e9:.4f} G (FlopCounterMode), {static / 1e9:.4f} G (ONNX graph)")
         if gap > 0.05:
@@ -134,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((name, ips1, ips32, p50, p99, flops * best / 1e9, flops * best / 1e9 / ceiling, len(one)))
             print(f"{name}: {ips1:.1f} img/s (b1), {ips32:.1f} img/s (b32), p50 {p50:.2f} ms, p99 {p99:.2f} ms")
             del pred
+        shares = onnx_time_profile(fp32.path, images, runs=max(3, args.batches), threads=args.threads)
 
     over = [f"{r[0]} at {r[6]:.1%} ({r[5]:.1f} GFLOP/s)" for r in rows if r[6] > 1.0]
     if over:
@@ -168,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Batch-1 statistics over at least {min(r[-1] for r in rows)} calls per backend (after 3 warm-up "
         f"calls); batch 32 over up to {args.batches} calls. GFLOP/s uses the better of the two batch sizes; int8 "
         "is compared with the int8 GEMM ceiling (its convolutions run as integer kernels), the others with fp32's.",
+        "",
+        _limits_sentence(rows, counts, shares),
         "",
         *[f"- {n}" for n in notes],
         "- The heads are untrained, so these agreement figures compare int8 rounding noise with the margins of an "
