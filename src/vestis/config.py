@@ -132,7 +132,14 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     grad_accum: int = 1  # optimiser step every N batches
     amp: bool = True  # mixed precision, CUDA only
-    channels_last: bool = True  # CUDA only
+    # Execution switches (vestis.train.accel): how the step is computed, not what; a --resume may change them.
+    # channels_last: the weights and image batches in NHWC memory order. None: on for CUDA only; true/false: on/off on
+    # every device. Rule for a default: on only where bench/train_speed.py measures it faster AND its loss curve
+    # stays within 1e-4 of eager on the tiny preset.
+    channels_last: bool | None = None
+    # torch.compile of the training step (inductor; on CPU it needs g++): false (eager), true (mode "default"), or a
+    # mode: reduce-overhead, max-autotune, max-autotune-no-cudagraphs. Same rule for a default as channels_last.
+    compile: bool | str = False
     seed: int = 0
     deterministic: bool = True
     threshold: float = 0.3  # decision threshold for micro-F1 (paper default)

@@ -34,6 +34,7 @@ from vestis.data.validate import clean_catalog, validate_manifest
 from vestis.errors import VestisError
 from vestis.io import atomic_write_text
 from vestis.models import create_model
+from vestis.train import accel
 from vestis.train.cache import CachedTail, build_cache, cache_cut
 from vestis.train.checkpoint import load_checkpoint, save_checkpoint
 from vestis.train.distributed import DistInfo, barrier, cleanup, init_distributed
@@ -66,6 +67,8 @@ _RESUMABLE = {
     "train.log_every",
     "train.cache_dir",
     "data.num_workers",
+    "train.channels_last",
+    "train.compile",
 }
 # settings an older run's config does not hold, with the value that reproduces what that run did
 _ABSENT_MEANS = {"train.calibration_min_positives": 1}
@@ -298,13 +301,16 @@ def _train(
     if cfg.model.init and saved is None:  # on --resume the weights come from last.ckpt
         say(init_from_checkpoint(core, cfg.model.init, trust=trust_checkpoint).describe())
     core = core.to(dev)
-    channels_last = tc.channels_last and cuda
-    if channels_last:
-        core = core.to(memory_format=torch.channels_last)
+    run_as = accel.resolve(tc, dev)  # channels-last and torch.compile (train.channels_last, train.compile)
+    channels_last = run_as.channels_last
     cut = cache_cut(core, tc)  # 0: no cache
     # what the optimiser steps through: the whole model, or the part above the cached trunk
     net: nn.Module = CachedTail(core, cut) if cut else core
-    model = net  # wrapped in DDP at the first epoch, once the frozen blocks are known
+    # the module the steps call (compiled or not; checkpoints save `core`); wrapped in DDP at the first epoch, once
+    # the frozen blocks are known
+    model = run_as.apply(net)
+    if run_as != accel.Accel(channels_last=cuda, compile=None):
+        say(f"training step: {run_as.describe()}")
 
     loss_fn = task.loss.to(dev)
     augment = task.augmenter(dev, cached=bool(cut))
@@ -367,7 +373,7 @@ def _train(
                 if frozen.frozen or frozen.bn_frozen or freeze_state is not None:
                     say(f"epoch {epoch + 1}: {frozen.describe()}")
                 if info.enabled:  # DDP reduces the gradients of the parameters that required one when wrapped
-                    model = DistributedDataParallel(net, device_ids=[dev.index] if cuda else None)
+                    model = run_as.apply(DistributedDataParallel(net, device_ids=[dev.index] if cuda else None))
                     model.train()
                 freeze_state = frozen
             batches = task.batches(epoch, sampler, train_loader, train_cache)
