@@ -374,30 +374,56 @@ class Predictor:
         """Probabilities ``{attribute: (B, K) float32}`` for a preprocessed batch (see :meth:`preprocess`)."""
         return self.run(batch)[0]
 
-    def decode(self, probs: Mapping[str, np.ndarray], calibrated: bool = True) -> list[dict[str, dict[str, Any]]]:
-        """Per-image results from probabilities (format in the module docstring)."""
+    def decode(
+        self, probs: Mapping[str, np.ndarray], calibrated: bool = True, digits: int | None = None
+    ) -> list[dict[str, dict[str, Any]]]:
+        """Per-image results from probabilities (format in the module docstring).
+
+        Works on whole batches (one ``argmax``/``argsort`` per attribute) and builds the per-image dicts from lists.
+
+        Args:
+            probs: ``{attribute: (B, K)}`` probabilities, as :meth:`predict_arrays` gives them.
+            calibrated: use the calibrated per-value thresholds where the model has them.
+            digits: round the ``score`` and ``scores`` shown to this many decimals, exactly as ``round`` would
+                (the decisions use the probabilities as they are); ``None`` keeps them whole.
+        """
         tax = self.taxonomy
         n = len(next(iter(probs.values()))) if probs else 0
+        if n == 0:
+            return []
         cat = tax[tax.category_attribute] if tax.category_attribute else None
-        cuts = {a.name: self.thresholds_for(a.name, calibrated) for a in tax if a.kind == "multi"}
+        categories: list[str | None] = [None] * n
+        if cat is not None:
+            categories = [cat.values[j] for j in np.argmax(np.asarray(probs[cat.name]), axis=1).tolist()]
+        cols: dict[str, Any] = {}  # attribute -> per-image pieces, made for an attribute when some image needs it
+
+        def columns(a: Any) -> Any:
+            if a.name not in cols:
+                p = np.asarray(probs[a.name])
+                values = _shown_scores(p, digits)
+                shown = [dict(zip(a.values, row, strict=True)) for row in values]
+                if a.kind == "single":
+                    best = np.argmax(p, axis=1).tolist()
+                    cols[a.name] = (shown, best, [row[j] for row, j in zip(values, best, strict=True)])
+                else:
+                    t = self.thresholds_for(a.name, calibrated)
+                    order = np.argsort(-p, axis=1, kind="stable").tolist()
+                    keep = (p >= t).tolist()
+                    chosen = [[a.values[j] for j in o if k[j]] for o, k in zip(order, keep, strict=True)]
+                    cols[a.name] = (shown, chosen, dict(zip(a.values, t.tolist(), strict=True)))
+            return cols[a.name]
+
         results: list[dict[str, dict[str, Any]]] = []
-        for i in range(n):
-            category = cat.values[int(np.argmax(probs[cat.name][i]))] if cat is not None else None
+        for i, category in enumerate(categories):
             res: dict[str, dict[str, Any]] = {}
             for a in tax:
                 if not a.applies(category):
                     continue
-                p = probs[a.name][i]
-                scores = {v: float(s) for v, s in zip(a.values, p, strict=True)}
+                shown, picked, extra = columns(a)
                 if a.kind == "single":
-                    j = int(np.argmax(p))
-                    res[a.name] = {"value": a.values[j], "score": float(p[j]), "scores": scores}
+                    res[a.name] = {"value": a.values[picked[i]], "score": extra[i], "scores": shown[i]}
                 else:
-                    t = cuts[a.name]
-                    order = np.argsort(-p, kind="stable")
-                    chosen = [a.values[j] for j in order if p[j] >= t[j]]
-                    used = {v: float(x) for v, x in zip(a.values, t, strict=True)}
-                    res[a.name] = {"values": chosen, "scores": scores, "thresholds": used}
+                    res[a.name] = {"values": picked[i], "scores": shown[i], "thresholds": dict(extra)}
             results.append(res)
         return results
 
@@ -452,6 +478,22 @@ class Predictor:
         img = as_image(image, "image", self.max_pixels)
         _, heat = self.run(self.preprocess([img]))
         return project_heatmap(heat[0], img.size, self.image_size, size)
+
+
+def _shown_scores(p: np.ndarray, digits: int | None) -> list[list[float]]:
+    """``p`` ``(B, K)`` as lists of floats, rounded to ``digits`` decimals as ``round`` rounds (``None``: as they are).
+
+    For float32 (and narrower) probabilities ``np.round`` gives ``round``'s result bit for bit: ``x * 10**digits``
+    is exact in float64 (24 + 14 significant bits for 6 digits), ``rint`` rounds half to even as ``round`` does, and
+    the division is correctly rounded. Wider inputs take ``round`` itself.
+    """
+    if p.dtype.kind != "f":
+        p = p.astype(np.float64)
+    if digits is None:
+        return p.tolist()
+    if p.dtype.itemsize <= 4 and 0 <= digits <= 6:
+        return np.round(p.astype(np.float64), digits).tolist()
+    return [[round(float(x), digits) for x in row] for row in p.tolist()]
 
 
 def _refuse_pipeline_stage(path: Path, state: Mapping[str, Any]) -> None:
