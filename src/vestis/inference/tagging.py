@@ -21,8 +21,12 @@ Inputs are folders, manifests and image files (:func:`~vestis.inference.items.co
 must be unique: they are how a rerun knows what is done.
 
 Engines. ``local`` decodes in DataLoader worker processes (``workers``; 0 decodes in the main process;
-:func:`~vestis.inference.items.decoded_batches`) while the main process runs the model on whole batches. ``ray``
-runs the same stages on Ray Data (:mod:`vestis.inference.ray_engine`), for catalogs beyond one machine.
+:func:`~vestis.inference.items.decoded_stacks`) while the main process runs the model on whole batches, with its
+own intra-op ``threads``; ``"auto"`` (the default of both) splits the cores between them
+(:func:`~vestis.inference.items.auto_threads`). Rows go to the journal from a writer thread
+(:func:`write_batches`): encoding, writing and ``fsync`` overlap the next batch's model call, at most
+:data:`WRITE_AHEAD` batches behind it. ``ray`` runs the same stages on Ray Data (:mod:`vestis.inference.ray_engine`),
+for catalogs beyond one machine.
 
 The inputs, decoding and rows live in :mod:`vestis.inference.items`, shared by both engines; their names are
 importable from here too.
@@ -31,10 +35,14 @@ importable from here too.
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
+import math
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,12 +52,17 @@ from typing import IO, Any
 from vestis.data.taxonomy import Taxonomy
 from vestis.errors import VestisError
 from vestis.inference.items import (
+    AUTO,
     IMAGE_SUFFIXES,
     ImageItem,
+    auto_threads,
     collect_inputs,
     decode_image,
     decoded_batches,
+    decoded_stacks,
     make_rows,
+    resolve_split,
+    stack_rows,
 )
 from vestis.inference.predictor import Predictor
 from vestis.inference.ray_engine import ray_batches
@@ -60,12 +73,20 @@ try:  # advisory locks are POSIX-only; elsewhere concurrent runs are simply not 
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
+try:  # the fast row encoder (the ``serve`` extra); json gives the same rows without it
+    orjson: Any = importlib.import_module("orjson")
+except ImportError:  # pragma: no cover - depends on the installed extras
+    orjson = None
+
 __all__ = [
+    "AUTO",
     "ENGINES",
     "IMAGE_SUFFIXES",
     "OUTPUT_FORMATS",
+    "WRITE_AHEAD",
     "ImageItem",
     "TagResult",
+    "auto_threads",
     "collect_inputs",
     "decode_image",
     "decoded_batches",
@@ -73,6 +94,7 @@ __all__ = [
     "journal_path",
     "make_rows",
     "read_journal",
+    "resolve_split",
     "resume_state",
     "tag_catalog",
     "write_batches",
@@ -80,6 +102,7 @@ __all__ = [
 
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
 ENGINES = ("local", "ray")
+WRITE_AHEAD = 2  # batches of rows waiting for the writer thread, at most
 
 
 @dataclass(frozen=True)
@@ -113,10 +136,10 @@ def _local_batches(
     predictor: Predictor, items: Sequence[ImageItem], batch_size: int, workers: int, calibrated: bool
 ) -> Iterator[list[dict[str, Any]]]:
     pad = int(predictor.preprocessing["pad_value"])
-    for its, arrays, errors in decoded_batches(
+    for its, pixels, ok, errors in decoded_stacks(
         items, predictor.image_size, pad, predictor.max_pixels, batch_size, workers
     ):
-        yield make_rows(predictor, its, arrays, errors, calibrated)
+        yield stack_rows(predictor, its, pixels, ok, errors, calibrated)
 
 
 # --- journal and output -------------------------------------------------------------------------------------
@@ -238,7 +261,7 @@ class _Journal:
                 raise VestisError(f"{path}: another vestis predict is writing this output") from None
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
-        data = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in rows)
+        data = b"".join([_encode_row(r) + b"\n" for r in rows])
         self._f.write(data)
         self._f.flush()
         os.fsync(self._f.fileno())
@@ -251,6 +274,34 @@ class _Journal:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _encode_row(row: dict[str, Any]) -> bytes:
+    """One row as UTF-8 JSON: orjson when it is installed, else (and for what orjson would write otherwise) json.
+
+    The two give the same row once read back; only the spacing differs. orjson writes a NaN or an infinity as
+    ``null``, and refuses what is not plain JSON (non-text keys, integers beyond 64 bits): such rows take json,
+    which writes ``NaN``/``Infinity`` (as rows always did) or raises as it always did.
+    """
+    if orjson is not None:
+        try:
+            data: bytes = orjson.dumps(row)
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            pass
+        else:
+            if b"null" not in data or not _has_non_finite(row):
+                return data
+    return json.dumps(row, ensure_ascii=False).encode("utf-8")
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def flatten_row(row: dict[str, Any], taxonomy: Taxonomy) -> dict[str, Any]:
@@ -392,13 +443,14 @@ def tag_catalog(
     out: str | os.PathLike[str],
     *,
     batch_size: int = 32,
-    workers: int = 2,
+    workers: int | str = AUTO,
     engine: str = "local",
     device: str | None = None,
     calibrated: bool = True,
     restart: bool = False,
     progress: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    threads: int | str = AUTO,
 ) -> TagResult:
     """Tag every image of ``inputs`` into ``out`` (``.jsonl``, ``.csv`` or ``.parquet``), resuming a killed run.
 
@@ -407,13 +459,17 @@ def tag_catalog(
         inputs: folders, manifests and image paths (:func:`collect_inputs`), or already collected items.
         out: the output file; its suffix picks the format.
         batch_size: images per model call.
-        workers: decoding processes (local engine) or parallel decode tasks (ray engine).
+        workers: decoding processes (local engine) or parallel decode tasks (ray engine); ``"auto"``: from the
+            cores (:func:`~vestis.inference.items.auto_threads`; on a GPU every core but one).
         engine: ``local`` or ``ray``.
         device: as in :meth:`Predictor.from_path` (when ``model`` is a path).
         calibrated: use the model's calibrated multi-label thresholds.
         restart: discard earlier results in ``out`` and start over.
         progress: show progress with images/s on stderr: a bar on a terminal, else a line every 10 batches.
-        on_batch: called with the number of images after each batch is written.
+        on_batch: called with the number of images after each batch is written (from the writer thread, see
+            :func:`write_batches`).
+        threads: the model's intra-op threads when ``model`` is a path (a :class:`Predictor` keeps its own);
+            ``"auto"``: from the cores, as ``workers``.
 
     Returns:
         Counts and timing of this run.
@@ -426,10 +482,15 @@ def tag_catalog(
         raise VestisError(f"{out}: unsupported output format {out.suffix or '(none)'!r}; expected {OUTPUT_FORMATS}")
     if engine not in ENGINES:
         raise VestisError(f"engine: expected one of {list(ENGINES)}, got {engine!r}")
-    if batch_size < 1 or workers < 0:
-        raise VestisError(f"expected batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
+    if batch_size < 1:
+        raise VestisError(f"expected batch_size >= 1, got {batch_size}")
+    resolve_split(workers, threads)  # bad values are refused before any work
     items = list(inputs) if inputs and isinstance(next(iter(inputs)), ImageItem) else collect_inputs(inputs)
-    predictor = model if isinstance(model, Predictor) else Predictor.from_path(model, device=device)
+    if isinstance(model, Predictor):
+        predictor = model
+    else:
+        predictor = Predictor.from_path(model, device=device, threads=resolve_split(workers, threads)[1])
+    workers = resolve_split(workers, threads, gpu=predictor.device != "cpu")[0]
     if engine == "ray" and predictor.path is None:
         raise VestisError("engine ray: the model must be a file (checkpoint or ONNX)")
     journal = journal_path(out)
@@ -479,14 +540,48 @@ def resume_state(journal: Path, items: Sequence[ImageItem], fingerprint: str | N
 def write_batches(
     writer: _Journal, batches: Iterable[list[dict[str, Any]]], bar: Any, on_batch: Callable[[int], None] | None
 ) -> tuple[int, int]:
-    """Append every batch of rows to the journal as it comes; ``(rows predicted, error rows)``."""
-    predicted = errors = 0
-    for rows in batches:
-        writer.append(rows)
-        n_err = sum("error" in r for r in rows)
-        errors += n_err
-        predicted += len(rows) - n_err
-        bar.advance(len(rows))
-        if on_batch is not None:
-            on_batch(len(rows))
-    return predicted, errors
+    """Append every batch of rows to the journal as it comes; ``(rows predicted, error rows)``.
+
+    ``batches`` is consumed here (where the model runs, batch by batch); a writer thread appends, ``fsync``-s and
+    reports (``bar``, then ``on_batch``) each batch in order, at most :data:`WRITE_AHEAD` batches behind, so the
+    file work overlaps the next model call. What the journal holds is unchanged: whole batches in order, each on
+    disk before it is reported. An exception in the writer (``on_batch`` raising included) stops it at once --
+    no later batch is written -- and is raised here; an exception here (a model error, ``KeyboardInterrupt``)
+    lets the writer finish the batches it was given, then propagates.
+    """
+    todo: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=WRITE_AHEAD)
+    counts = [0, 0]  # predicted, errors
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        while (rows := todo.get()) is not None:
+            if failed:
+                continue  # drain, so the producer never blocks on a full queue
+            try:
+                writer.append(rows)
+                n_err = sum("error" in r for r in rows)
+                counts[1] += n_err
+                counts[0] += len(rows) - n_err
+                bar.advance(len(rows))
+                if on_batch is not None:
+                    on_batch(len(rows))
+            except BaseException as e:  # raised again in the thread that consumes the batches
+                failed.append(e)
+
+    thread = threading.Thread(target=write, name="vestis-journal", daemon=True)
+    thread.start()
+    it = iter(batches)
+    try:
+        for rows in it:
+            todo.put(rows)
+            if failed:
+                break
+    finally:
+        todo.put(None)
+        thread.join()
+        close = getattr(it, "close", None)
+        if failed and close is not None:
+            close()  # stop the decoders now rather than when the generator is collected
+    if failed:
+        raise failed[0]
+    return counts[0], counts[1]
