@@ -30,7 +30,7 @@ on the test split as shot and on a "production" copy of it: the same test photos
 Every result is cached in WORK with the settings it was made with (overrides, manifest and init checkpoint
 hashes) and redone when they differ; a rerun skips what is measured::
 
-    python bench/base_model.py                          # both tables, about 95 min on 2 cores (estimate printed first)
+    python bench/base_model.py                          # both tables, about 80 min on 2 cores (estimate printed first)
     python bench/base_model.py --sections table3 --seeds 0 1 2
     python bench/base_model.py --quick                  # smoke run on a small synthetic catalog (minutes)
 """
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--image-size", type=int, default=96, help="px for every run (default: 96; --quick: 64)")
     p.add_argument("--epochs", type=int, default=4, help="refinement epochs (default: 4; --quick: 1)")
-    p.add_argument("--pretrain-epochs", type=int, default=2, help="base model epochs (default: 2; --quick: 1)")
+    p.add_argument("--pretrain-epochs", type=int, default=1, help="base model epochs (default: 1)")
     p.add_argument(
         "--trainable-blocks",
         type=int,
