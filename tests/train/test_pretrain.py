@@ -17,6 +17,7 @@ from vestis.data.splits import split_manifest
 from vestis.data.synthetic import generate_catalog
 from vestis.data.taxonomy import load_taxonomy
 from vestis.data.vocab import tokenize
+from vestis.train.checkpoint import load_checkpoint
 
 TRAIN = ["--config", "tiny", "--image-size", "32", "--epochs", "1", "train.max_steps=2", "data.augment.enabled=false"]
 
@@ -66,6 +67,11 @@ def test_checkpoint_is_an_ordinary_vestis_model(base) -> None:
     assert model.config.model.backbone == "resnet18_tiny" and model.config.data.image_size == 32
     assert (run / "config.yaml").read_text(encoding="utf-8").startswith("# vestis pretrain")
     assert (run / "vocab.json").read_bytes() == vocab_path.read_bytes()
+    # the base model is picked by validation mAP, which ranks sparse title words; micro-F1 at 0.5 would not
+    history = json.loads((run / "history.json").read_text(encoding="utf-8"))
+    state = load_checkpoint(run / "last.ckpt")
+    assert state["train_state"]["selection_metric"] == "mean_average_precision"
+    assert all(0.0 <= h["val"]["mean_average_precision"] <= 1.0 for h in history)
 
 
 def test_refusals(base, tmp_path: Path) -> None:

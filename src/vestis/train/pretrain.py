@@ -12,10 +12,14 @@ checkpoint loads, evaluates and initialises a refined model (``model.init``) lik
   rows whose titles were counted, and a refined model's test rows were never seen by the base model.
 * A row without a title, or whose title holds no vocabulary word, has no label (the manifest cannot state "all
   words absent": an empty cell is a missing label), so it is masked out of the loss like any missing label.
+* ``best.ckpt`` is picked by the validation mean average precision (:data:`SELECTION_METRIC`) unless the config
+  names another metric: a vocabulary of hundreds of sparse words keeps every score under the 0.5 threshold for
+  the first epochs, so micro-F1 (the classifier default) stays 0 and cannot rank them.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -29,10 +33,11 @@ from vestis.errors import VestisError
 from vestis.io import atomic_write_bytes
 from vestis.train.loop import TrainResult, train
 
-__all__ = ["PRETRAIN_MANIFEST", "PRETRAIN_TAXONOMY", "derive_pretrain_catalog", "pretrain"]
+__all__ = ["PRETRAIN_MANIFEST", "PRETRAIN_TAXONOMY", "SELECTION_METRIC", "derive_pretrain_catalog", "pretrain"]
 
 PRETRAIN_MANIFEST = "pretrain_manifest.csv"
 PRETRAIN_TAXONOMY = "pretrain_taxonomy.yaml"
+SELECTION_METRIC = "mean_average_precision"  # what picks best.ckpt when train.selection_metric is auto
 
 
 def check_split(vocab: Vocabulary, cfg: Config, source: str) -> None:
@@ -156,6 +161,9 @@ def pretrain(
     save_taxonomy(taxonomy, t_path)
     if vocab_path.resolve() != (out / "vocab.json").resolve():
         atomic_write_bytes(out / "vocab.json", vocab_path.read_bytes())
+    if cfg.train.selection_metric == "auto" and not cfg.train.early_stop_metric:
+        cfg = copy.deepcopy(cfg)
+        cfg.train.selection_metric = SELECTION_METRIC
     return train(
         cfg, m_path, out, taxonomy=t_path, resume=resume, skip_invalid=skip_invalid, check_images=check_images,
         device=device, progress=progress, log=log, trust_checkpoint=trust_checkpoint,
