@@ -333,6 +333,18 @@ def excluded_words(work: Path, tops: list[int]) -> str:
     return ", ".join(f"{w} ({excluded[w]})" for w in words) or "none"
 
 
+def base_facts(work: Path, inits: list[str]) -> str:
+    """How well each title base model learnt its words: validation mAP over the vocabulary, last epoch."""
+    out = []
+    for init in inits:
+        history = work / "base" / init / "history.json"
+        if INITS[init][0] is None or not history.is_file():
+            continue
+        val = json.loads(history.read_text())[-1].get("val", {})
+        out.append(f"{LABELS[init]} {fmt(val.get('mean_average_precision'))}")
+    return "; ".join(out) or "none"
+
+
 def vocab_facts(work: Path, tops: list[int]) -> str:
     out = []
     for top in tops:
@@ -514,7 +526,8 @@ def intro_text(name: str, counts: dict[str, int], a: argparse.Namespace, tops: l
             "the training split's photos and title words (sigmoid head over the vocabulary; a row without a "
             f"vocabulary word is masked); {'; '.join(how)}. Vocabularies (`vestis vocab`, training split only, "
             f"label-word exclusion on): {vocab_facts(work, tops)}. Left out as restating an attribute value (word "
-            f"(training titles)): {excluded_words(work, tops)}."
+            f"(training titles)): {excluded_words(work, tops)}. Validation mean average precision of the base "
+            f"models over their vocabulary (how well they learnt the words): {base_facts(work, a.inits)}."
         )
     return text
 
