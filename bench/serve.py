@@ -38,6 +38,7 @@ from _load import DummyHTTPServer, closed_loop_load, free_port
 from vestis.config import load_config
 from vestis.data.synthetic import generate_catalog, synthetic_taxonomy
 from vestis.models import create_model
+from vestis.service.config import ServiceConfig
 from vestis.train.checkpoint import save_checkpoint
 
 
@@ -116,13 +117,18 @@ def _batch_totals(text: str) -> tuple[float, float]:
     return s.get("vestis_batch_size_sum", 0.0), s.get("vestis_batch_size_count", 0.0)
 
 
-def offline_rate(checkpoint: Path, images: list[bytes], n: int, batch: int, max_pixels: int) -> dict[str, float]:
+def offline_rate(
+    checkpoint: Path, images: list[bytes], n: int, batch: int, max_pixels: int, decode_threads: int
+) -> dict[str, float]:
     """The reference: the same model exported the way the service exports it, run offline on ONNX Runtime.
 
     Decode included, as the service does it (:func:`vestis.service.decoding.decode_image` at the reduced JPEG
-    scale, then the predictor's letterbox), one batch of ``batch`` images decoded then run, on the session's
-    default threads; no HTTP. Also the model alone on the same (pre-decoded) batches.
+    scale, then the predictor's letterbox) in ``decode_threads`` threads that run ahead of the model (the
+    service's decode pool does the same), batches of ``batch`` on the session's default threads; no HTTP. Also
+    the model alone on the same (pre-decoded) batches, and decoding alone on one thread.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from vestis.inference.export import export_onnx
     from vestis.inference.predictor import Predictor
     from vestis.service.decoding import RawImage, decode_image
@@ -131,25 +137,29 @@ def offline_rate(checkpoint: Path, images: list[bytes], n: int, batch: int, max_
     pred = Predictor.from_onnx(onnx_path, "cpu")
     size = pred.image_size
 
-    def decode(data: bytes) -> np.ndarray:
-        return pred.preprocess([decode_image(RawImage(data, "bench"), max_pixels, size).image])[0]
+    def decode(i: int) -> np.ndarray:
+        return pred.preprocess([decode_image(RawImage(images[i % len(images)], "bench"), max_pixels, size).image])[0]
 
-    for i in range(0, 2 * batch, batch):  # warm-up
-        pred.predict_arrays(np.stack([decode(images[(i + j) % len(images)]) for j in range(batch)]))
-    t0 = time.perf_counter()
-    arrays = []
-    for i in range(0, n, batch):
-        x = np.stack([decode(images[(i + j) % len(images)]) for j in range(batch)])
-        pred.predict_arrays(x)
-        arrays.append(x)
-    with_decode = len(arrays) * batch / (time.perf_counter() - t0)
+    def pipelined(count: int) -> tuple[float, list[np.ndarray]]:
+        arrays = []
+        with ThreadPoolExecutor(decode_threads) as pool:
+            t0 = time.perf_counter()
+            decoded = pool.map(decode, range(count))  # runs ahead of the model, in order
+            for _ in range(count // batch):
+                x = np.stack([next(decoded) for _ in range(batch)])
+                pred.predict_arrays(x)
+                arrays.append(x)
+            return len(arrays) * batch / (time.perf_counter() - t0), arrays
+
+    pipelined(2 * batch)  # warm-up
+    with_decode, arrays = pipelined(n)
     t0 = time.perf_counter()
     for x in arrays:
         pred.predict_arrays(x)
     model_only = len(arrays) * batch / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     for i in range(n):
-        decode(images[i % len(images)])
+        decode(i)
     decode_only = n / (time.perf_counter() - t0)
     return {"with_decode": with_decode, "model_only": model_only, "decode_only": decode_only, "size": size}
 
@@ -184,10 +194,11 @@ def main(argv: list[str] | None = None) -> None:
         {"method": "POST", "url": "/v1/attributes", "files": {"file": (f"{i}.jpg", img, "image/jpeg")}}
         for i, img in enumerate(images)
     ]
-    ref = offline_rate(checkpoint, images, max(512, a.requests), 16, 40_000_000)
+    decode_threads = ServiceConfig().decode_threads  # the service's default pool size
+    ref = offline_rate(checkpoint, images, max(512, a.requests), 16, 40_000_000, decode_threads)
     print(
         f"offline ONNX Runtime, decode included: {ref['with_decode']:.1f} img/s (model alone "
-        f"{ref['model_only']:.1f}, decode alone {ref['decode_only']:.1f}, one thread)",
+        f"{ref['model_only']:.1f}, decode alone {ref['decode_only']:.1f} on one thread)",
         flush=True,
     )
 
@@ -237,15 +248,16 @@ def main(argv: list[str] | None = None) -> None:
         for (s, c), r in results.items()
         if r.codes
     )
-    loaded = {k: r for k, r in results.items() if k[1] >= 16}
-    (bs, bc), best = (
-        max(loaded.items(), key=lambda kv: kv[1].throughput)
-        if loaded
-        else max(results.items(), key=lambda kv: kv[1].throughput)
-    )
+    # a setting meets the throughput target when its worst rate over 16-64 clients does; the best such setting
+    loaded = [c for c in a.concurrency if 16 <= c <= 64] or a.concurrency
+    worst = {s: min((results[s, c] for c in loaded), key=lambda r: r.throughput) for s in settings}
+    bs, best = max(worst.items(), key=lambda kv: kv[1].throughput)
+    bc = next(c for c in loaded if results[bs, c] is best)
     share = best.throughput / ref["with_decode"]
-    singles = [r for (s, c), r in results.items() if c == 1]
-    p50_single = min((r.pct(50) for r in singles), default=float("nan"))
+    default = (ServiceConfig().max_batch_size, ServiceConfig().max_wait_ms)
+    single_setting = default if (default, 1) in results else min(settings)
+    single = results.get((single_setting, 1))
+    p50_single = single.pct(50) if single is not None else float("nan")
     limits = (
         "the client does not limit these numbers"
         if ceiling["ok_per_s"] > 2 * best.throughput
@@ -263,17 +275,20 @@ def main(argv: list[str] | None = None) -> None:
         "call (from `/metrics`). Client and service share the machine's cores.\n\n"
         f"Reference, measured in the same run: the same model exported as the service exports it, offline on "
         f"ONNX Runtime (default threads), decoding included as the service decodes (reduced-scale JPEG decode + "
-        f"letterbox), batches of 16: **{ref['with_decode']:.1f} images/s** (the model alone "
+        f"letterbox, {decode_threads} threads running ahead of the model as the service's decode pool), batches "
+        f"of 16: **{ref['with_decode']:.1f} images/s** (the model alone "
         f"{ref['model_only']:.1f}, decoding alone {ref['decode_only']:.1f} on one thread).\n\n"
         "| max batch | max wait (ms) | clients | requests | seconds | req/s | of offline | p50 (ms) | p99 (ms) "
         "| mean batch | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         + "\n".join(rows)
         + "\n\n"
         + errors
-        + f"- Throughput target (16-64 clients, >= 80 % of offline): best **{best.throughput:.1f} req/s** at max "
-        f"batch {bs[0]}, wait {bs[1]:g} ms, {bc} clients = **{share:.0%}** of offline "
+        + f"- Throughput target (>= 80 % of offline at every load from 16 to 64 clients): the best setting by its "
+        f"worst rate over {', '.join(map(str, loaded))} clients is max batch {bs[0]}, wait {bs[1]:g} ms: "
+        f"**{best.throughput:.1f} req/s** at {bc} clients = **{share:.0%}** of offline "
         f"({'met' if share >= 0.8 else 'not met'}), p99 {best.pct(99):.1f} ms.\n"
-        f"- Single-request target (p50 < 20 ms at 224 px, one client): **{p50_single:.1f} ms** "
+        f"- Single-request target (p50 < 20 ms at 224 px, one client, max batch {single_setting[0]}, wait "
+        f"{single_setting[1]:g} ms{' (the defaults)' if single_setting == default else ''}): **{p50_single:.1f} ms** "
         f"({'met' if p50_single < 20 else 'not met'}{'' if d.image_size == 224 else f', at {d.image_size} px'}).\n"
         f"- The client's own ceiling: the same {c_max} clients and processes against a do-nothing HTTP server (it "
         f"reads each request and answers `{{}}`) reach **{ceiling['ok_per_s']:.1f} req/s** (p50 "
