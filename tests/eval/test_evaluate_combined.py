@@ -19,7 +19,7 @@ from vestis.data.images import load_image
 from vestis.data.manifest import read_manifest
 from vestis.data.taxonomy import load_taxonomy
 from vestis.eval.run import evaluate_checkpoint
-from vestis.inference.combined import COMBINED_FILENAME
+from vestis.inference.combined import COMBINED_FILENAME, union_taxonomy
 from vestis.inference.predictor import Predictor
 
 KEYS = ("n", "accuracy", "average_per_class_accuracy", "per_class_accuracy", "micro_f1", "mean_average_precision")
@@ -120,3 +120,50 @@ def test_a_missing_member_is_a_clear_error(run, tmp_path) -> None:
         assert res.exit_code != 0
         assert isinstance(res.exception, SystemExit), res.exception  # a message, not a traceback
         assert "members.pattern.checkpoint" in res.output and "not found" in res.output, res.output
+
+
+def test_a_run_on_some_attributes_evaluates_on_its_own_untrimmed_catalog(tmp_path) -> None:
+    """`--per-attribute --attributes category,pattern` on the full synthetic catalog: evaluate on that same manifest
+    scores just the two attributes (the reference too), each as its member scores alone on its own manifest."""
+    from vestis.data.synthetic import generate_catalog
+
+    generate_catalog(tmp_path / "full", n=40, size=32, seed=4, workers=1)
+    data = tmp_path / "full" / "manifest.csv"
+    assert len(load_taxonomy(data.parent / "taxonomy.yaml").names) > 2  # the catalog keeps its other attributes
+    root = train_run(data, tmp_path / "run", attributes=["category", "pattern"])
+    res = evaluate_checkpoint(root / COMBINED_FILENAME, data, tmp_path / "c", split="test", workers=0, device="cpu")
+    assert set(res.metrics["attributes"]) == set(res.metrics["reference"]["attributes"]) == {"category", "pattern"}
+    report = json.loads(res.files["metrics.json"].read_text())
+    assert set(report["attributes"]) == {"category", "pattern"}
+    for a in ("category", "pattern"):  # the member on its own one-attribute manifest (its split column: the run's)
+        member = evaluate_checkpoint(
+            root / a / "best.ckpt", root / a / "manifest.csv", tmp_path / a, split="test", workers=0, device="cpu"
+        )
+        assert member.num_items == res.num_items > 0
+        _same(res.metrics["attributes"][a], member.metrics["attributes"][a], tol=1e-9)
+        _same(res.metrics["reference"]["attributes"][a], member.metrics["reference"]["attributes"][a])
+
+
+def test_a_combined_model_needs_its_attributes_in_the_data_taxonomy(run, tmp_path) -> None:
+    import yaml
+
+    from vestis.errors import VestisError
+    from vestis.eval.run import check_taxonomy
+
+    tax = Predictor.from_path(run["run"] / COMBINED_FILENAME, device="cpu").taxonomy
+    doc = yaml.safe_load((run["data"].parent / "taxonomy.yaml").read_text())
+    path = tmp_path / "taxonomy.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert check_taxonomy(tmp_path / "manifest.csv", None, tax, subset=True).names == tax.names
+    with pytest.raises(VestisError, match="taxonomy differs"):  # a plain checkpoint: exactly the same attributes
+        check_taxonomy(tmp_path / "manifest.csv", path, union_taxonomy(tax, ["category"]))
+    assert check_taxonomy(tmp_path / "manifest.csv", path, union_taxonomy(tax, ["category"]), subset=True)
+    less = {**doc, "attributes": [a for a in doc["attributes"] if a["name"] != "occasion"]}
+    path.write_text(yaml.safe_dump(less, sort_keys=False))
+    with pytest.raises(VestisError, match=r"no attribute\(s\) \['occasion'\] of the model"):
+        check_taxonomy(tmp_path / "manifest.csv", None, tax, subset=True)
+    other = {**doc, "attributes": [{**a, "values": a["values"][:-1]} if a["name"] == "pattern" else a
+                                   for a in doc["attributes"]]}  # fmt: skip
+    path.write_text(yaml.safe_dump(other, sort_keys=False))
+    with pytest.raises(VestisError, match=r"attribute\(s\) \['pattern'\] differ from the model's"):
+        check_taxonomy(tmp_path / "manifest.csv", None, tax, subset=True)

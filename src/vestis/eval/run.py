@@ -53,17 +53,32 @@ class EvaluationResult:
     kind: str = "classification"  # "embedding": the substitute-retrieval metrics; "stage2": crops (hierarchical)
 
 
-def check_taxonomy(manifest_path: Path, taxonomy: str | os.PathLike[str] | None, ckpt_tax: Taxonomy) -> None:
-    """The manifest's taxonomy (given, or beside it) must be the one the model was trained on."""
+def check_taxonomy(
+    manifest_path: Path, taxonomy: str | os.PathLike[str] | None, ckpt_tax: Taxonomy, *, subset: bool = False
+) -> Taxonomy | None:
+    """The manifest's taxonomy (given, or beside it) must be the one the model was trained on; it is returned
+    (``None`` when no taxonomy is given and none is beside the manifest: the checkpoint's is the reference).
+
+    ``subset`` (a combined per-attribute model, which may cover some of the catalog's attributes): each of the
+    model's attributes must be in the manifest's taxonomy with the same kind and values; the others are not scored.
+    """
     path = Path(taxonomy) if taxonomy is not None else manifest_path.parent / TAXONOMY_FILENAME
     if taxonomy is None and not path.is_file():
-        return  # no taxonomy beside the manifest: the checkpoint's is the reference
+        return None
     other = load_taxonomy(path)
     ours = {a.name: (a.kind, a.values) for a in ckpt_tax}
     theirs = {a.name: (a.kind, a.values) for a in other}
-    if ours != theirs:
+    if subset:
+        missing = sorted(k for k in ours if k not in theirs)
+        if missing:
+            raise VestisError(f"{path}: no attribute(s) {missing} of the model; the taxonomy has {other.names}")
+        diff = sorted(k for k in ours if ours[k] != theirs[k])
+        if diff:
+            raise VestisError(f"{path}: attribute(s) {diff} differ from the model's (kind or values)")
+    elif ours != theirs:
         diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         raise VestisError(f"{path}: taxonomy differs from the checkpoint's in attribute(s) {diff}")
+    return other
 
 
 def evaluate_checkpoint(
@@ -212,7 +227,9 @@ def _evaluate_combined(
         "backbone groups": "; ".join(", ".join(g) for g in pred.info.get("backbone_groups", [])),
     }  # fmt: skip
     what = f"combined, {len(members)} per-attribute models"
-    return evaluate_predictor(pred, path, data, out_dir, taxonomy, split, batch_size, skip_invalid, run, what)
+    return evaluate_predictor(
+        pred, path, data, out_dir, taxonomy, split, batch_size, skip_invalid, run, what, combined=True
+    )
 
 
 def predictor_config(pred: Any, path: Path) -> Config:
@@ -221,13 +238,25 @@ def predictor_config(pred: Any, path: Path) -> Config:
 
 
 def predictor_rows(
-    cfg: Config, tax: Taxonomy, data: Path, taxonomy: str | os.PathLike[str] | None, split: str, skip_invalid: bool
+    cfg: Config,
+    tax: Taxonomy,
+    data: Path,
+    taxonomy: str | os.PathLike[str] | None,
+    split: str,
+    skip_invalid: bool,
+    *,
+    combined: bool = False,
 ) -> tuple[Manifest, Manifest]:
-    """(the validated rows of ``split`` of ``data``, its training split) under the model's data settings."""
-    check_taxonomy(data, taxonomy, tax)
+    """(the validated rows of ``split`` of ``data``, its training split) under the model's data settings.
+
+    ``combined`` (a per-attribute model, maybe of some of the catalog's attributes): the data's taxonomy need only
+    hold the model's attributes, and the rows are validated against the data's taxonomy as the per-attribute run
+    validated them, so the split keeps the run's rows."""
+    data_tax = check_taxonomy(data, taxonomy, tax, subset=combined)
+    rules = data_tax if combined and data_tax is not None else tax
     manifest = read_manifest(data)
-    problems = validate_manifest(manifest, tax, check_images=True, max_pixels=cfg.data.max_pixels)
-    manifest = clean_catalog(manifest, tax, problems, skip_invalid=skip_invalid, skipped_path=None)
+    problems = validate_manifest(manifest, rules, check_images=True, max_pixels=cfg.data.max_pixels)
+    manifest = clean_catalog(manifest, rules, problems, skip_invalid=skip_invalid, skipped_path=None)
     rows, train = _splits(manifest, cfg, split)
     if not rows.records:
         raise VestisError(f"{data}: the {split} split is empty")
@@ -258,12 +287,16 @@ def evaluate_predictor(
     skip_invalid: bool,
     run: dict[str, Any],
     what: str,
+    *,
+    combined: bool = False,
 ) -> EvaluationResult:
     """The report of a :class:`~vestis.inference.predictor.Predictor` (an ONNX export or a combined model) on
-    ``split`` of ``data``, its split recomputed from the data settings of the configuration it carries."""
+    ``split`` of ``data``, its split recomputed from the data settings of the configuration it carries.
+
+    ``combined``: a per-attribute model, scored on its own attributes of the data (see :func:`predictor_rows`)."""
     cfg = predictor_config(pred, path)
     tax = pred.taxonomy
-    rows, train = predictor_rows(cfg, tax, data, taxonomy, split, skip_invalid)
+    rows, train = predictor_rows(cfg, tax, data, taxonomy, split, skip_invalid, combined=combined)
     probs = predictor_probs(pred, rows, batch_size)
     thresholds = {k: np.asarray(v, dtype=np.float64) for k, v in pred.thresholds.items()} or None
     extra = {
