@@ -90,9 +90,9 @@ def test_threads_and_workers_reach_the_onnx_session(onnx_fp32, image_dir, tmp_pa
 def test_threads_reach_torch(ckpt, image_dir, tmp_path, captured):
     before = torch.get_num_threads()
     try:
-        res = _predict(ckpt, image_dir, tmp_path, "-t", "2", "-w", "1")
+        res = _predict(ckpt, image_dir, tmp_path, "-t", "3", "-w", "1")  # torch's own default on 2 cores is 2
         assert res.exit_code == 0, res.output
-        assert torch.get_num_threads() == 2 and captured["workers"] == 1
+        assert torch.get_num_threads() == 3 and captured["workers"] == 1
     finally:
         torch.set_num_threads(before)
 
@@ -117,3 +117,66 @@ def test_tag_catalog_refuses_bad_values_before_any_work(ckpt, image_dir, tmp_pat
     with pytest.raises(VestisError, match=r"^workers: expected"):
         tagging.tag_catalog(ckpt, [image_dir], tmp_path / "t.jsonl", workers="x")
     assert not (tmp_path / "t.jsonl").exists()
+
+
+class _Loaded(Exception):
+    """Raised by the fake loader once it has seen its arguments."""
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """``Predictor.from_path`` replaced by a recorder of its ``device`` and ``threads``; with ``result`` set it
+    returns that (a stand-in predictor), else it raises :class:`_Loaded`."""
+    from vestis.inference.predictor import Predictor
+
+    seen: dict = {}
+
+    def fake(model, device=None, *, threads=None, **kwargs):
+        seen["device"], seen["threads"] = device, threads
+        if "result" in seen:
+            return seen["result"]
+        raise _Loaded
+
+    monkeypatch.setattr(Predictor, "from_path", staticmethod(fake))
+    return seen
+
+
+@pytest.mark.parametrize("onnx", [False, True])
+def test_auto_threads_follow_the_cuda_device_the_model_will_get(
+    ckpt, onnx_fp32, image_dir, tmp_path, captured, loads, monkeypatch, onnx
+):
+    """A CUDA device (picked by default, or asked for) gets the GPU split, its one model thread included."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+
+    model = onnx_fp32 if onnx else ckpt
+    _cores(monkeypatch, 8)  # the CPU split: 2 workers, 6 threads; the GPU split: 7 workers, 1 thread
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    for flags, dev, threads, workers in (([], "cuda:0", 1, 7), (["--device", "cuda"], "cuda:0", 1, 7),
+                                         (["--device", "cpu"], "cpu", 6, 2)):  # fmt: skip
+        loads["result"] = SimpleNamespace(device=dev)  # the device the loaded model reports
+        args = ["predict", str(model), str(image_dir), "--out", str(tmp_path / "t.jsonl"), *flags, "--no-progress"]
+        res = runner.invoke(vestis.cli.app, args)
+        assert res.exit_code == 0, res.output
+        assert loads["threads"] == threads and captured["workers"] == workers, flags
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    loads["result"] = SimpleNamespace(device="cpu")
+    res = runner.invoke(vestis.cli.app, ["predict", str(model), str(image_dir), "-o", str(tmp_path / "t.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert loads["threads"] == 6 and captured["workers"] == 2
+
+
+def test_tag_catalog_resolves_auto_threads_for_the_cuda_device(ckpt, image_dir, tmp_path, loads, monkeypatch):
+    _cores(monkeypatch, 8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for device, threads in ((None, 1), ("cuda:0", 1), ("cpu", 6)):
+        with pytest.raises(_Loaded):
+            tagging.tag_catalog(ckpt, [image_dir], tmp_path / "t.jsonl", device=device)
+        assert loads == {"device": device, "threads": threads}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(_Loaded):
+        tagging.tag_catalog(ckpt, [image_dir], tmp_path / "t.jsonl")
+    assert loads["threads"] == 6

@@ -64,10 +64,11 @@ def predict_cmd(
     if pipeline_kind(model) is not None or model.suffix == ".vestis":  # a damaged one gets the pipeline's message
         _predict_outfits(model, inputs, out, batch_size, workers, threads, engine, device, restart, progress)
         return
+    from vestis.inference.items import model_on_gpu
     from vestis.inference.predictor import Predictor
     from vestis.inference.tagging import tag_catalog
 
-    n_threads = resolve_split(workers, threads, names=_NAMES)[1]
+    n_threads = resolve_split(workers, threads, gpu=model_on_gpu(model, device), names=_NAMES)[1]
     predictor = Predictor.from_path(model, device=device, threads=n_threads, trust_checkpoint=trust_checkpoint)
     n_workers = resolve_split(workers, threads, gpu=predictor.device != "cpu", names=_NAMES)[0]
     r = tag_catalog(

@@ -59,6 +59,7 @@ __all__ = [
     "decoded_batches",
     "decoded_stacks",
     "make_rows",
+    "model_on_gpu",
     "resolve_split",
     "stack_rows",
 ]
@@ -145,6 +146,24 @@ def resolve_split(
     w, t = _count(workers, names[0], 0), _count(threads, names[1], 1)
     auto_w, auto_t = auto_threads(cores, gpu=gpu)
     return (auto_w if w is None else w), (auto_t if t is None else t)
+
+
+def model_on_gpu(model: str | os.PathLike[str], device: str | None) -> bool:
+    """Whether :meth:`Predictor.from_path` puts ``model`` on a GPU for ``device``, known before it loads (the
+    model's threads are set as it loads, so ``"auto"`` needs the device first).
+
+    ``device`` ``None`` picks CUDA when present, as the loaders do: for an ``.onnx`` file when onnxruntime has its
+    CUDA provider, for a checkpoint (or a combined model) when PyTorch sees a CUDA device.
+    """
+    if device is not None:
+        return device.strip().lower().startswith("cuda")
+    if Path(model).suffix.lower() == ".onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:  # the loader reports it
+            return False
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    return torch.cuda.is_available()
 
 
 # --- inputs -------------------------------------------------------------------------------------------------

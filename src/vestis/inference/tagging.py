@@ -61,6 +61,7 @@ from vestis.inference.items import (
     decoded_batches,
     decoded_stacks,
     make_rows,
+    model_on_gpu,
     resolve_split,
     stack_rows,
 )
@@ -489,7 +490,8 @@ def tag_catalog(
     if isinstance(model, Predictor):
         predictor = model
     else:
-        predictor = Predictor.from_path(model, device=device, threads=resolve_split(workers, threads)[1])
+        n_threads = resolve_split(workers, threads, gpu=model_on_gpu(model, device))[1]
+        predictor = Predictor.from_path(model, device=device, threads=n_threads)
     workers = resolve_split(workers, threads, gpu=predictor.device != "cpu")[0]
     if engine == "ray" and predictor.path is None:
         raise VestisError("engine ray: the model must be a file (checkpoint or ONNX)")
