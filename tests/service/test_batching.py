@@ -281,3 +281,78 @@ def test_the_age_of_the_oldest_item_sheds_even_without_an_estimate():
 def test_invalid_settings(kwargs):
     with pytest.raises(ValueError):
         MicroBatcher(lambda x: x, **kwargs)
+
+
+def _admitted(b: MicroBatcher, items: list[int], decode_s: float) -> Awaitable[list[int]]:
+    """A request as the service runs one: admitted, ``decode_s`` of decoding, then submitted."""
+
+    async def request() -> list[int]:
+        with b.admit(len(items)):
+            await asyncio.sleep(decode_s)
+            return await b.submit(items, shed=False)
+
+    return request()
+
+
+def test_early_close_runs_a_lone_request_without_waiting_out_the_deadline():
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch_size=16, max_wait_s=60.0, close="early")
+
+    async def body(b: MicroBatcher) -> list[int]:
+        # with close="deadline" this waits 60 s for company that never comes; wait_for fails the test instead
+        return await asyncio.wait_for(_admitted(b, [1, 2], 0.0), timeout=10)
+
+    assert _run(batcher, body) == [10, 20]
+    assert fn.batches == [[1, 2]]
+
+
+def test_early_close_still_waits_for_a_request_being_decoded():
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch_size=16, max_wait_s=30.0, close="early")
+
+    async def body(b: MicroBatcher) -> list[list[int]]:
+        # the second request is admitted first and still decoding when the first one submits: one batch
+        slow = asyncio.ensure_future(_admitted(b, [5], 0.2))
+        await asyncio.sleep(0)  # the slow one is admitted now
+        fast = _admitted(b, [1], 0.0)
+        return await asyncio.wait_for(asyncio.gather(fast, slow), timeout=10)
+
+    assert _run(batcher, body) == [[10], [50]]
+    assert fn.batches == [[1, 5]]
+
+
+def test_early_close_does_not_wait_for_a_request_that_failed_to_decode():
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch_size=16, max_wait_s=0.5, close="early")
+
+    async def broken(b: MicroBatcher) -> None:
+        with b.admit(1):
+            raise ValueError("corrupt image")
+
+    async def body(b: MicroBatcher) -> list[int]:
+        with pytest.raises(ValueError):
+            await broken(b)
+        assert b._preparing == 0  # nothing is on its way any more
+        return await asyncio.wait_for(_admitted(b, [3], 0.0), timeout=10)
+
+    assert _run(batcher, body) == [30]
+
+
+def test_deadline_close_waits_for_unannounced_items():
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch_size=16, max_wait_s=0.5, close="deadline")
+
+    async def late(b: MicroBatcher) -> list[int]:
+        await asyncio.sleep(0.05)
+        return await b.submit([2])
+
+    async def body(b: MicroBatcher) -> list[list[int]]:
+        return await asyncio.gather(b.submit([1]), late(b))
+
+    assert _run(batcher, body) == [[10], [20]]
+    assert fn.batches == [[1, 2]]
+
+
+def test_close_policy_is_checked():
+    with pytest.raises(ValueError, match="close"):
+        MicroBatcher(Recorder(), close="sometimes")

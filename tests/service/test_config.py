@@ -34,3 +34,11 @@ def test_the_hostile_load_settings():
         "(a request is an object holding a list), got 1; decode_budget_mb: expected a positive value, got 0; "
         "max_queue_wait_ms: expected a positive value, got 0"
     )
+
+
+def test_batch_close_policy():
+    assert ServiceConfig().batch_close == "early"
+    assert ServiceConfig(batch_close="deadline").batch_close == "deadline"
+    with pytest.raises(VestisError) as e:
+        ServiceConfig(batch_close="never")
+    assert str(e.value) == "service: batch_close: expected early or deadline, got 'never'"

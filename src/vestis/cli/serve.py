@@ -35,6 +35,14 @@ def serve_cmd(
     max_wait_ms: Annotated[
         float, typer.Option("--max-wait-ms", min=0, help="How long an image may wait for others to share its batch.")
     ] = _D.max_wait_ms,
+    batch_close: Annotated[
+        str,
+        typer.Option(
+            "--batch-close",
+            help="early: a batch runs as soon as no other request is still decoding its images (a lone request "
+            "waits for nothing); deadline: it waits up to --max-wait-ms for any request.",
+        ),
+    ] = _D.batch_close,
     max_upload_mb: Annotated[
         float, typer.Option("--max-upload-mb", min=0.001, help="Largest request body, in MiB (413 above).")
     ] = _D.max_upload_mb,
@@ -123,10 +131,10 @@ def serve_cmd(
     if runtime is not None and runtime not in _RUNTIMES:
         raise typer.BadParameter(f"expected one of {', '.join(_RUNTIMES)}, got {runtime!r}", param_hint="--runtime")
     config = ServiceConfig(
-        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-        max_images=max_images, max_request_pixels=max_request_pixels, decode_budget_mb=decode_budget_mb,
-        max_json_depth=max_json_depth, max_queue_wait_ms=max_queue_wait_ms, decode_workers=decode_workers,
-        decode_queue=decode_queue,
+        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, batch_close=batch_close, max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels, max_images=max_images, max_request_pixels=max_request_pixels,
+        decode_budget_mb=decode_budget_mb, max_json_depth=max_json_depth, max_queue_wait_ms=max_queue_wait_ms,
+        decode_workers=decode_workers, decode_queue=decode_queue,
     )  # fmt: skip
     from vestis.inference.pipeline_format import pipeline_kind
 

@@ -6,6 +6,13 @@ task takes the first waiting item, then keeps collecting until it holds ``max_ba
 batch ran do not wait twice), runs the batch function in an executor thread, and resolves the futures
 in order. The event loop never blocks on the model, and the model sees one caller at a time.
 
+Closing early (``close="early"``, what the service uses): waiting only pays when another item is on its way.
+Callers announce their items with :meth:`MicroBatcher.admit` before they decode them; when the queue is empty
+and no admitted caller is still preparing items, the batch runs at once instead of waiting out
+``max_wait_s``. A lone request then pays no wait at all, and under load batches still fill, from the items that
+queued while the previous batch ran and from those still being decoded. ``close="deadline"`` always waits up to
+``max_wait_s`` for items nobody announced.
+
 A batch that raises is retried item by item, so one bad input fails only its own request; the worker
 itself never dies from a batch function's exception.
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -42,6 +50,10 @@ log = logging.getLogger("vestis.service")
 
 # weight of the newest batch in the running estimate of seconds per batch
 _EWMA_ALPHA = 0.3
+CLOSE_POLICIES = ("early", "deadline")
+
+# the admission of the running task (request), so that its submit() can mark its items as no longer in preparation
+_ADMISSION: contextvars.ContextVar[_Admission | None] = contextvars.ContextVar("vestis_admission", default=None)
 
 
 class Overloaded(RuntimeError):
@@ -85,6 +97,9 @@ class MicroBatcher(Generic[T, R]):
         on_batch: called on the event loop after every call of ``fn`` (metrics).
         max_queue_wait_s: shed load: refuse callers whose items would wait longer than this for their
             batch (:class:`Overloaded`); ``None`` queues without bound.
+        close: ``early``: a batch runs as soon as the queue is empty and no admitted caller is still preparing
+            items (``max_wait_s`` bounds the wait for those); ``deadline``: it waits up to ``max_wait_s`` for
+            any item.
 
     Example:
         >>> batcher = MicroBatcher(model_fn, max_batch_size=16, max_wait_s=0.01)
@@ -101,7 +116,10 @@ class MicroBatcher(Generic[T, R]):
         executor: Executor | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
         max_queue_wait_s: float | None = None,
+        close: str = "deadline",
     ) -> None:
+        if close not in CLOSE_POLICIES:
+            raise ValueError(f"close: expected one of {list(CLOSE_POLICIES)}, got {close!r}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: expected >= 1, got {max_batch_size}")
         if max_wait_s < 0:
@@ -114,6 +132,8 @@ class MicroBatcher(Generic[T, R]):
         self.executor = executor
         self.on_batch = on_batch
         self.max_queue_wait_s = max_queue_wait_s
+        self.close = close
+        self._preparing = 0  # items admitted whose caller has not submitted them yet (still decoding)
         self._queue: asyncio.Queue[_Pending[T, R]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._current: list[_Pending[T, R]] = []
@@ -221,6 +241,9 @@ class MicroBatcher(Generic[T, R]):
             raise RuntimeError("the batcher is not running")
         if shed:
             self._check_load(len(items))
+        admission = _ADMISSION.get()
+        if admission is not None and admission.batcher is self:
+            admission.submitted()
         self._arrive()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[R]] = []
@@ -251,7 +274,7 @@ class MicroBatcher(Generic[T, R]):
             except asyncio.QueueEmpty:
                 pass
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or (self.close == "early" and self._preparing <= 0):
                 break
             try:
                 # Queue.get is cancellation-safe: on timeout no item is taken
@@ -334,13 +357,31 @@ class MicroBatcher(Generic[T, R]):
 class _Admission:
     def __init__(self, batcher: MicroBatcher, n: int) -> None:
         self.batcher, self.n = batcher, n
+        self.preparing = False
+        self.token: contextvars.Token[_Admission | None] | None = None
 
     def __enter__(self) -> None:
         self.batcher._arrive()
         self.batcher._announced += self.n
+        self.batcher._preparing += self.n
+        self.preparing = True
+        self.token = _ADMISSION.set(self)
+
+    def submitted(self) -> None:
+        """The caller handed its items over: they are queued, no longer on their way."""
+        if self.preparing:
+            self.preparing = False
+            self.batcher._preparing -= self.n
 
     def __exit__(self, *exc: object) -> None:
         self.batcher._announced -= self.n
+        if self.preparing:  # left without submitting (a decoding error): nobody is coming (a waiting batch
+            # notices at its next arrival or at its deadline)
+            self.preparing = False
+            self.batcher._preparing -= self.n
+        if self.token is not None:
+            _ADMISSION.reset(self.token)
+            self.token = None
 
 
 def _succeed(p: _Pending[T, R], result: R) -> None:

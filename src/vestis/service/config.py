@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vestis.errors import VestisError
+from vestis.service.batching import CLOSE_POLICIES
 
 __all__ = ["Limits", "ServiceConfig"]
 
@@ -36,8 +37,10 @@ class ServiceConfig:
 
     Attributes:
         max_batch_size: the most images in one model call; 1 turns micro-batching off (default 16).
-        max_wait_ms: how long the first image of a batch may wait for others (default 10 ms). Neither default is
-            tuned by measurement yet.
+        max_wait_ms: how long the first image of a batch may wait for others (default 10 ms).
+        batch_close: ``early`` (default): a batch runs as soon as no other admitted request is still decoding
+            its images, so a lone request waits for nothing; ``deadline``: it waits up to ``max_wait_ms`` for any
+            request (:class:`~vestis.service.batching.MicroBatcher`). The defaults come from ``bench/serve.py``.
         max_upload_mb: the largest request body, in MiB.
         max_pixels: the largest image (width x height), checked before decoding.
         max_images: the most images in one request.
@@ -60,6 +63,7 @@ class ServiceConfig:
 
     max_batch_size: int = 16
     max_wait_ms: float = 10.0
+    batch_close: str = "early"
     max_upload_mb: float = 20.0
     max_pixels: int = 40_000_000
     max_images: int = 16
@@ -76,6 +80,7 @@ class ServiceConfig:
         checks = {
             "max_batch_size": self.max_batch_size >= 1,
             "max_wait_ms": self.max_wait_ms >= 0,
+            "batch_close": self.batch_close in CLOSE_POLICIES,
             "max_upload_mb": self.max_upload_mb > 0,
             "max_pixels": self.max_pixels >= 1,
             "max_images": self.max_images >= 1,
@@ -119,6 +124,7 @@ class ServiceConfig:
 
 
 _EXPECTED = {
+    "batch_close": " or ".join(CLOSE_POLICIES),
     "max_json_depth": "at least 2 (a request is an object holding a list)",
     "decode_workers": "at least 1 thread, or None for one per core",
     "decode_queue": "0 or more images",

@@ -245,6 +245,7 @@ class Service:
             executor=self.executor,
             on_batch=self.metrics.observe_batch,
             max_queue_wait_s=self.wait_s,
+            close=self.config.batch_close,
         )
         self.metrics.track_queue(lambda: self.batcher.depth if self.batcher is not None else 0)
         self.metrics.track_wait(lambda: self.batcher.estimated_wait(0) if self.batcher is not None else 0.0)
