@@ -10,7 +10,8 @@ worker ends when the process that started it dies, even by ``SIGKILL`` (:func:`_
 lingering with its memory. A worker stacks its batch into one ``uint8`` tensor in shared memory, so the main
 process gets a batch without copying its pixels through a pipe; the DataLoader keeps at most
 ``prefetch_factor`` (4) batches per worker decoded ahead, which bounds the memory (4 x 32 x 147 KB, about 19 MB
-per worker, at 224 px) while decoding overlaps the model.
+per worker, at 224 px) while decoding overlaps the model. When that shared memory runs out (``/dev/shm`` full,
+as under Docker's 64 MB default), the run stops with a :class:`VestisError` saying what to change.
 
 Cores (:func:`auto_threads`). How many decoding workers and model intra-op threads to use on the cores this
 process may run on, when ``workers``/``threads`` are ``"auto"`` (:func:`resolve_split`).
@@ -25,6 +26,7 @@ index building (:mod:`vestis.retrieval.index_build`) share these stages; this mo
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import multiprocessing
 import os
@@ -70,6 +72,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 _DIGITS = 6  # decimals kept for scores in the output files
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _WATCH_S = 0.5  # how often a worker checks, where the kernel cannot tell it, that its parent is gone
+_PREFETCH = 4  # batches each decoding worker keeps ready (the DataLoader's prefetch_factor)
 
 
 @dataclass(frozen=True)
@@ -333,6 +336,10 @@ def decoded_stacks(
     ``pixels`` is ``uint8 (len(ok), 3, size, size)``, the letterboxed images of ``items[k]`` for ``k`` in ``ok``
     (``None`` when none decoded); ``errors[k]`` is the reason for each other image. With workers the pixels are a
     view of the shared memory the worker stacked them into (see the module docstring).
+
+    Raises:
+        VestisError: the workers ran out of shared memory (the DataLoader's own error, or a worker killed by
+            ``SIGBUS``); the message gives the memory the settings need and what to change.
     """
     ds = _DecodeDataset(items, size, pad_value, max_pixels)
     forked = workers > 0 and multiprocessing.get_start_method() == "fork"
@@ -342,11 +349,45 @@ def decoded_stacks(
         shuffle=False,
         num_workers=workers,
         collate_fn=_stack,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=_PREFETCH if workers else None,
         worker_init_fn=functools.partial(_worker_init, os.getpid() if forked else None) if workers else None,
     )
-    for indices, ok, errors, pixels in loader:
+    batches: Iterator[Any] | None = None
+    while True:
+        try:  # starting the workers and every batch: where a full /dev/shm shows
+            batches = iter(loader) if batches is None else batches
+            indices, ok, errors, pixels = next(batches)
+        except StopIteration:
+            return
+        except (RuntimeError, OSError) as e:
+            if workers and _out_of_shared_memory(e):
+                raise VestisError(_shm_advice(e, workers, batch_size, size)) from None
+            raise
         yield [items[i] for i in indices], None if pixels is None else pixels.numpy(), ok, errors
+
+
+# what the DataLoader and torch's shared-memory allocator say when /dev/shm is full (a container's 64 MB default)
+_SHM_SIGNS = ("shared memory", "/dev/shm", "no space left on device", "killed by signal: bus error")
+
+
+def _out_of_shared_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    if "too many open files" in text:  # out of file descriptors (torch's file_descriptor sharing), not of memory
+        return False
+    return getattr(error, "errno", None) == errno.ENOSPC or any(sign in text for sign in _SHM_SIGNS)
+
+
+def _shm_advice(error: BaseException, workers: int, batch_size: int, size: int) -> str:
+    """The message for a decoding stage that ran out of shared memory: what it needs and what to change."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    cause = next((ln for ln in reversed(lines) if any(s in ln.lower() for s in _SHM_SIGNS)), lines[-1] if lines else "")
+    need = workers * _PREFETCH * batch_size * 3 * size * size / 2**20
+    return (
+        f"the decoding workers ran out of shared memory (/dev/shm): {cause}; {workers} worker(s) keep up to "
+        f"{_PREFETCH} batches of {batch_size} images at {size} px ready, about {need:.0f} MB; use fewer --workers "
+        "(0 decodes without shared memory), a smaller --batch-size, or give the container more shared memory "
+        "(docker run --shm-size=1g)"
+    )
 
 
 def decoded_batches(
