@@ -69,12 +69,15 @@ class Result:
 class _Service:
     """``vestis serve CHECKPOINT`` in its own process on a free loopback port, ready (``/readyz``) on enter."""
 
-    def __init__(self, checkpoint: Path, max_batch_size: int, max_wait_ms: float, device: str, runtime: str) -> None:
+    def __init__(
+        self, checkpoint: Path, max_batch_size: int, max_wait_ms: float, close: str, device: str, runtime: str
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, "-m", "vestis", "serve", str(checkpoint), "--host", "127.0.0.1",
                     "--port", str(self.port), "--max-batch-size", str(max_batch_size), "--max-wait-ms",
-                    f"{max_wait_ms:g}", "--device", device, "--runtime", runtime, "--log-level", "warning"]  # fmt: skip
+                    f"{max_wait_ms:g}", "--batch-close", close, "--device", device, "--runtime", runtime,
+                    "--log-level", "warning"]  # fmt: skip
 
     def __enter__(self) -> _Service:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--client-procs", type=int, default=2, help="processes the clients are spread over")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 32], help="--max-batch-size settings")
     p.add_argument("--max-wait-ms", type=float, nargs="+", default=[10.0], help="for the batched settings")
+    p.add_argument("--batch-close", nargs="+", default=["early", "deadline"], help="for the batched settings")
     p.add_argument("--image-size", type=int, default=224, help="the model's input size (data.image_size)")
     p.add_argument("--image-px", type=int, default=256, help="side of the catalog JPEGs sent")
     p.add_argument("--runtime", default="onnx", choices=["onnx", "torch"], help="vestis serve --runtime")
@@ -204,7 +208,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # one service per setting, all started up front; rounds alternate between them so that a change in the
     # machine's load (it may be shared) hits every setting alike
-    settings = [(b, w) for b in a.batch_sizes for w in (a.max_wait_ms if b > 1 else [0.0])]
+    settings = [
+        (b, w, close) for b in a.batch_sizes for w in (a.max_wait_ms if b > 1 else [0.0])
+        for close in (a.batch_close if b > 1 else ["deadline"])
+    ]  # fmt: skip
     keys = [(s, c) for s in settings for c in a.concurrency]
     results = {k: Result(k[0][0], k[0][1], 0, 0, 0.0, []) for k in keys}
     with contextlib.ExitStack() as stack:
@@ -218,8 +225,8 @@ def main(argv: list[str] | None = None) -> None:
                 acc.latencies += r.latencies
                 acc.codes += r.codes
                 acc.batch_images, acc.batch_calls = acc.batch_images + r.batch_images, acc.batch_calls + r.batch_calls
-                print(f"round {k + 1}, max batch {s[0]}, wait {s[1]:g} ms, {c} clients: {r.throughput:.1f} req/s, "
-                      f"p50 {r.pct(50):.1f} ms", flush=True)  # fmt: skip
+                print(f"round {k + 1}, max batch {s[0]}, wait {s[1]:g} ms {s[2]}, {c} clients: "
+                      f"{r.throughput:.1f} req/s, p50 {r.pct(50):.1f} ms", flush=True)  # fmt: skip
     # the client's own ceiling: the same clients, processes and requests against a server that does nothing
     c_max = max(a.concurrency)
     with DummyHTTPServer() as url:
@@ -235,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for (s, c), r in results.items():
         line = (
-            f"| {s[0]} | {s[1]:g} | {c} | {r.done} | {r.seconds:.1f} | {r.throughput:.1f} | "
+            f"| {s[0]} | {s[1]:g} | {s[2] if s[0] > 1 else '-'} | {c} | {r.done} | {r.seconds:.1f} | "
+            f"{r.throughput:.1f} | "
             f"{r.throughput / ref['with_decode']:.0%} | {r.pct(50):.1f} | {r.pct(99):.1f} | {r.mean_batch:.2f} | "
             f"{r.errors} |"
         )
@@ -254,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     bs, best = max(worst.items(), key=lambda kv: kv[1].throughput)
     bc = next(c for c in loaded if results[bs, c] is best)
     share = best.throughput / ref["with_decode"]
-    default = (ServiceConfig().max_batch_size, ServiceConfig().max_wait_ms)
+    default = (ServiceConfig().max_batch_size, ServiceConfig().max_wait_ms, ServiceConfig().batch_close)
     single_setting = default if (default, 1) in results else min(settings)
     single = results.get((single_setting, 1))
     p50_single = single.pct(50) if single is not None else float("nan")
@@ -278,17 +286,19 @@ def main(argv: list[str] | None = None) -> None:
         f"letterbox, {decode_threads} threads running ahead of the model as the service's decode pool), batches "
         f"of 16: **{ref['with_decode']:.1f} images/s** (the model alone "
         f"{ref['model_only']:.1f}, decoding alone {ref['decode_only']:.1f} on one thread).\n\n"
-        "| max batch | max wait (ms) | clients | requests | seconds | req/s | of offline | p50 (ms) | p99 (ms) "
-        "| mean batch | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| max batch | max wait (ms) | close | clients | requests | seconds | req/s | of offline | p50 (ms) | p99 (ms) "
+        "| mean batch | errors |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         + "\n".join(rows)
         + "\n\n"
         + errors
         + f"- Throughput target (>= 80 % of offline at every load from 16 to 64 clients): the best setting by its "
-        f"worst rate over {', '.join(map(str, loaded))} clients is max batch {bs[0]}, wait {bs[1]:g} ms: "
+        f"worst rate over {', '.join(map(str, loaded))} clients is max batch {bs[0]}, wait {bs[1]:g} ms, close "
+        f"{bs[2]}: "
         f"**{best.throughput:.1f} req/s** at {bc} clients = **{share:.0%}** of offline "
         f"({'met' if share >= 0.8 else 'not met'}), p99 {best.pct(99):.1f} ms.\n"
         f"- Single-request target (p50 < 20 ms at 224 px, one client, max batch {single_setting[0]}, wait "
-        f"{single_setting[1]:g} ms{' (the defaults)' if single_setting == default else ''}): **{p50_single:.1f} ms** "
+        f"{single_setting[1]:g} ms, close {single_setting[2]}{' (the defaults)' if single_setting == default else ''}"
+        f"): **{p50_single:.1f} ms** "
         f"({'met' if p50_single < 20 else 'not met'}{'' if d.image_size == 224 else f', at {d.image_size} px'}).\n"
         f"- The client's own ceiling: the same {c_max} clients and processes against a do-nothing HTTP server (it "
         f"reads each request and answers `{{}}`) reach **{ceiling['ok_per_s']:.1f} req/s** (p50 "
