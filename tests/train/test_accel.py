@@ -37,9 +37,12 @@ class _Recorder(nn.Module):
         super().__init__()
         self._orig_mod = module
         self.inputs: list[torch.Tensor] = []
+        self.weights_nhwc: list[bool] = []
 
     def forward(self, *args):
         self.inputs.append(args[0])
+        conv = next(m for m in self._orig_mod.modules() if isinstance(m, nn.Conv2d))
+        self.weights_nhwc.append(conv.weight.is_contiguous(memory_format=torch.channels_last))
         return self._orig_mod(*args)
 
 
@@ -69,11 +72,13 @@ def test_compile_mode_refuses_unknown_values():
         accel.compile_mode("fastest")
 
 
-def test_channels_last_default_is_cuda_only_and_explicit_values_apply_everywhere():
+def test_channels_last_on_everywhere_by_default_null_is_cuda_only():
     tc = load_config("tiny").train
-    assert tc.channels_last is None and tc.compile is False
-    assert accel.resolve(tc, CPU) == accel.Accel(channels_last=False, compile=None)
-    assert accel.resolve(tc, torch.device("cuda")).channels_last is True
+    assert tc.channels_last is True and tc.compile is False
+    assert accel.resolve(tc, CPU) == accel.Accel(channels_last=True, compile=None)
+    auto = load_config("tiny", ["train.channels_last=null"]).train
+    assert accel.resolve(auto, CPU).channels_last is False
+    assert accel.resolve(auto, torch.device("cuda")).channels_last is True
     on = load_config("tiny", ["train.channels_last=true"]).train
     assert accel.resolve(on, CPU).channels_last is True
     off = load_config("tiny", ["train.channels_last=false"]).train
@@ -110,8 +115,9 @@ def test_switches_reach_the_model_and_checkpoints_stay_clean(catalog, tmp_path, 
     assert rec._orig_mod is result.model  # the module the steps called: the model, wrapped once
     assert rec.inputs and all(x.is_contiguous(memory_format=torch.channels_last) for x in rec.inputs)
     assert all(not x.is_contiguous() for x in rec.inputs)  # NHWC order, not the default NCHW
+    assert rec.weights_nhwc and all(rec.weights_nhwc)
     conv = next(m for m in result.model.modules() if isinstance(m, nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.is_contiguous()  # handed back in the default order, as a loaded checkpoint is
     state = load_checkpoint(result.last)["model"]
     assert not [k for k in state if "_orig_mod" in k]
     plain = create_model(cfg.model, vestis.load(result.last).taxonomy, image_size=32)

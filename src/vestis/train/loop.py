@@ -309,7 +309,7 @@ def _train(
     # the module the steps call (compiled or not; checkpoints save `core`); wrapped in DDP at the first epoch, once
     # the frozen blocks are known
     model = run_as.apply(net)
-    if run_as != accel.Accel(channels_last=cuda, compile=None):
+    if run_as.compile or not run_as.channels_last:
         say(f"training step: {run_as.describe()}")
 
     loss_fn = task.loss.to(dev)
@@ -496,6 +496,8 @@ def _train(
                 )
                 atomic_write_text(out / "history.json", json.dumps(history, indent=2))
             barrier(info)
+    if channels_last:  # the model handed back computes as one loaded from its checkpoint does
+        core.to(memory_format=torch.contiguous_format)
     return TrainResult(
         out_dir=out,
         last=last_path,
