@@ -33,7 +33,8 @@ def test_loss_goes_down_and_checkpoint_rebuilds(catalog, tmp_path):
     result = train(_cfg("train.epochs=5"), catalog, tmp_path / "run", **QUIET)
     losses = [h["train"]["loss"] for h in result.history]
     assert len(losses) == 5
-    assert losses[-1] < 0.85 * losses[0] and min(losses) == losses[-1], losses
+    # down by 15 %, and the last epoch within 5 % of the lowest (epoch-to-epoch noise of a tiny catalog)
+    assert losses[-1] < 0.85 * losses[0] and losses[-1] <= 1.05 * min(losses), losses
     assert result.best.is_file() and result.last.is_file()
     assert (tmp_path / "run" / "history.json").is_file()
     # the checkpoint alone rebuilds the model: same outputs as the trained one
