@@ -16,16 +16,19 @@ trainable, no augmentation) on in-memory batches, so that only the step is timed
 Then, as before, :func:`vestis.train.loop.train` on a synthetic JPEG catalog with ``--workers`` DataLoader workers
 (the default switches, augmentation on): images/s and the share of the step time spent waiting for data. ::
 
-    python bench/train_speed.py     # 2 min on one busy core with inductor's cache warm; 3-4 min more when cold
+    python bench/train_speed.py     # about 6 min on 2 cores (a cold inductor cache every run)
     python bench/train_speed.py --size 160 --settings eager compile --workers
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
+import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -203,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--peak-sizes", type=int, nargs="+", default=[1024, 2048], help="GEMM sizes (default 1024 2048)")
     p.add_argument("--no-write", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
     a = p.parse_args(argv)
+    # inductor's compiled-code cache starts empty in every run, so the reported compile time is a cold one and a
+    # rerun reproduces it (a warm cache from an earlier run would hide most of it)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache = tempfile.mkdtemp(prefix="vestis-inductor-")
+    atexit.register(shutil.rmtree, inductor_cache, True)
     threads = torch.get_num_threads()
     cfg = load_config("default", [*WHOLE, f"data.image_size={a.size}", f"train.batch_size={a.batch_size}"])
     speed = measure_speed(cfg, a.settings, a.warmup, a.steps, a.infer_iters)
