@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,7 +78,20 @@ def test_the_vectorised_rounding_matches_round_on_float32_bit_patterns():
     assert _shown_scores(wide[:3], 6) == [[round(float(v), 6) for v in row] for row in wide[:3]]
 
 
-def test_the_encoder_gives_the_rows_json_gives():
+@pytest.fixture(params=["orjson", "json"])
+def encoder(request, monkeypatch) -> str:
+    """Rows encoded by orjson (skipped where it is not installed: it is in the ``serve`` extra only) or by json."""
+    import vestis.inference.tagging as tagging
+
+    if request.param == "orjson":
+        pytest.importorskip("orjson")
+        assert tagging.orjson is not None
+    else:
+        monkeypatch.setattr(tagging, "orjson", None)
+    return request.param
+
+
+def test_the_encoder_gives_the_rows_json_gives(encoder):
     rows = [
         {"id": "é/ü.jpg", "image": "x", "model": None, "attributes": {"c": {"value": "a", "score": 5e-05}}},
         {"id": "n", "image": "null.jpg", "model": "sha256:1", "error": "unreadable image (OSError: x)"},
@@ -85,7 +100,8 @@ def test_the_encoder_gives_the_rows_json_gives():
     ]
     for r in rows[:2]:
         assert json.loads(_encode_row(r)) == r
-    assert _encode_row(rows[0]).startswith('{"id":"é/ü.jpg"'.encode())  # orjson's compact UTF-8
+    head = '{"id":"é/ü.jpg"' if encoder == "orjson" else '{"id": "é/ü.jpg"'  # orjson is compact; both UTF-8
+    assert _encode_row(rows[0]).startswith(head.encode())
     back = json.loads(_encode_row(rows[2]))
     assert math.isnan(back["scores"][0]) and back["scores"][1:] == [math.inf, -math.inf]
     assert json.loads(_encode_row(rows[3])) == {"id": "keys", "by": {"1": "int key"}}
@@ -152,3 +168,65 @@ def test_a_failing_report_stops_the_writer_at_once(tmp_path):
     journal = _Journal(tmp_path / "k.jsonl")
     assert write_batches(journal, _batches(4), _Bar(), calls.append) == (12, 0)
     journal.close()
+
+
+@pytest.fixture
+def odd_names(image_dir, tmp_path):
+    """A folder with a file whose name is not UTF-8 (``b"\\xff.jpg"``; Python names it ``"\\udcff.jpg"``)."""
+    import os
+    import shutil
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    shutil.copy(image_dir / "a.jpg", folder / "a.jpg")
+    try:
+        shutil.copy(image_dir / "c.jpg", os.path.join(os.fsencode(folder), b"\xff.jpg"))
+    except OSError:  # a file system that takes UTF-8 names only
+        pytest.skip("this file system refuses a name that is not UTF-8")
+    return folder
+
+
+def test_a_row_of_a_name_that_is_not_utf8_is_written_and_read_back(encoder):
+    row = {"id": "\udcff.jpg", "image": "/x/\udcff.jpg", "model": None, "attributes": {"c": {"value": "é"}}}
+    data = _encode_row(row)
+    want = '{"id": "\\udcff.jpg", "image": "/x/\\udcff.jpg", "model": null, "attributes": {"c": {"value": "\\u00e9"}}}'
+    assert data == want.encode("ascii")  # json with ensure_ascii: the surrogate and the é escaped
+    assert json.loads(data.decode("utf-8")) == row  # the same surrogate-escaped string
+
+
+def _table(out: Path) -> list[dict]:
+    if out.suffix == ".csv":
+        with out.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out).to_pylist()
+
+
+def _stop(n: int) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_tagging_a_file_whose_name_is_not_utf8(predictor, odd_names, tmp_path, suffix):
+    import os
+
+    from vestis.inference.tagging import journal_path, tag_catalog
+
+    odd = Path(os.fsdecode(os.path.join(os.fsencode(odd_names), b"\xff.jpg")))
+    inputs = [odd, odd_names / "a.jpg"]  # image files: ids are the paths as given, in this order
+    out = tmp_path / f"t{suffix}"
+    with pytest.raises(KeyboardInterrupt):  # killed after its first batch, the odd name's
+        tag_catalog(predictor, inputs, out, batch_size=1, workers=0, threads=1, on_batch=_stop)
+    assert [r["id"] for r in read_journal(journal_path(out))] == [str(odd)]
+    r = tag_catalog(predictor, inputs, out, batch_size=1, workers=0, threads=1)
+    assert (r.done_before, r.predicted, r.errors) == (1, 1, 0)  # the rerun knew the odd name was done
+    if suffix == ".jsonl":  # the exact ids, once each
+        assert [r["id"] for r in read_journal(out)] == [str(odd), str(odd_names / "a.jpg")]
+        again = tag_catalog(predictor, inputs, out, batch_size=1, workers=0, threads=1)
+        assert (again.done_before, again.predicted) == (2, 0) and len(read_journal(out)) == 2
+    else:  # UTF-8 text: the byte that is not UTF-8 as a \xNN escape
+        rows = _table(out)
+        escaped = str(odd_names / "\\xff.jpg")
+        assert [r["id"] for r in rows] == [escaped, str(odd_names / "a.jpg")]
+        assert rows[0]["image"] == escaped and rows[0]["category"] in predictor.taxonomy["category"].values

@@ -15,7 +15,8 @@ model that made the row (:mod:`vestis.fingerprint`): a rerun into an output hold
 refused, since one file would then mix two models' answers. CSV and Parquet flatten a row to ``id``, ``image``,
 ``error``, ``model``, one column per attribute (the value, or the values joined by ``|`` for multi-label attributes,
 as in a manifest) and one score column per attribute value, ``<attribute>:<value>``; the cells of
-attributes that do not apply to the predicted category are empty.
+attributes that do not apply to the predicted category are empty. A file name that is not UTF-8 keeps its exact id in
+JSONL; in CSV and Parquet, which hold UTF-8 text, its bytes that are not UTF-8 are written as ``\\xNN`` escapes.
 
 Inputs are folders, manifests and image files (:func:`~vestis.inference.items.collect_inputs`, rules there). Ids
 must be unique: they are how a rerun knows what is done.
@@ -283,6 +284,10 @@ def _encode_row(row: dict[str, Any]) -> bytes:
     The two give the same row once read back; only the spacing differs. orjson writes a NaN or an infinity as
     ``null``, and refuses what is not plain JSON (non-text keys, integers beyond 64 bits): such rows take json,
     which writes ``NaN``/``Infinity`` (as rows always did) or raises as it always did.
+
+    A file name that is not UTF-8 (Linux allows any bytes) comes as a string with lone surrogates (``b"\\xff"`` is
+    ``"\\udcff"``), which no UTF-8 encoder takes: that row is written with its non-ASCII characters escaped
+    (``"\\udcff"`` in the JSON text), valid UTF-8 that reads back to the same string, so a rerun knows the id.
     """
     if orjson is not None:
         try:
@@ -292,7 +297,11 @@ def _encode_row(row: dict[str, Any]) -> bytes:
         else:
             if b"null" not in data or not _has_non_finite(row):
                 return data
-    return json.dumps(row, ensure_ascii=False).encode("utf-8")
+    text = json.dumps(row, ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: a file name that is not UTF-8
+        return json.dumps(row, ensure_ascii=True).encode("ascii")
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -324,6 +333,26 @@ def flatten_row(row: dict[str, Any], taxonomy: Taxonomy) -> dict[str, Any]:
     return flat
 
 
+_FREE_TEXT = ("id", "image", "error", "model")  # the flat columns that may hold a file name
+
+
+def _utf8_text(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` with every free-text cell encodable as UTF-8: the bytes of a file name that are not UTF-8 (lone
+    surrogates, ``"\\udcff"``) become ``\\xNN`` escapes (``"\\\\xff"``); other text is kept as it is."""
+    for key in _FREE_TEXT:
+        v = flat.get(key)
+        if isinstance(v, str) and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                try:
+                    raw = v.encode("utf-8", "surrogateescape")  # the file name's own bytes
+                except UnicodeEncodeError:  # a surrogate that no byte gave (an escaped one in a manifest)
+                    raw = v.encode("utf-8", "backslashreplace")
+                flat[key] = raw.decode("utf-8", "backslashreplace")
+    return flat
+
+
 def _ordered_rows(journal: Path, order: Sequence[str]) -> Iterator[dict[str, Any]]:
     """The journal's rows with the ids of ``order`` first, in that order, then the others in file order."""
     offsets = _offsets(journal)
@@ -346,7 +375,7 @@ def _write_table(out: Path, rows: Iterable[dict[str, Any]], taxonomy: Taxonomy, 
             w = csv.writer(text, lineterminator="\n")
             w.writerow(columns)
             for row in rows:
-                flat = flatten_row(row, taxonomy)
+                flat = _utf8_text(flatten_row(row, taxonomy))
                 w.writerow(["" if flat[c] is None else flat[c] for c in columns])
             text.flush()
             text.detach()  # atomic_write closes the underlying file itself
@@ -363,7 +392,7 @@ def _write_table(out: Path, rows: Iterable[dict[str, Any]], taxonomy: Taxonomy, 
         with pq.ParquetWriter(f, schema) as writer:
             batch: list[dict[str, Any]] = []
             for row in rows:
-                batch.append(flatten_row(row, taxonomy))
+                batch.append(_utf8_text(flatten_row(row, taxonomy)))
                 if len(batch) == chunk:
                     writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                     batch = []
