@@ -18,6 +18,7 @@ from vestis.data.dataset import encode_targets
 from vestis.data.images import load_image
 from vestis.data.manifest import read_manifest
 from vestis.data.taxonomy import load_taxonomy
+from vestis.eval.compare import compare_checkpoint
 from vestis.eval.run import evaluate_checkpoint
 from vestis.inference.combined import COMBINED_FILENAME, union_taxonomy
 from vestis.inference.predictor import Predictor
@@ -142,6 +143,11 @@ def test_a_run_on_some_attributes_evaluates_on_its_own_untrimmed_catalog(tmp_pat
         assert member.num_items == res.num_items > 0
         _same(res.metrics["attributes"][a], member.metrics["attributes"][a], tol=1e-9)
         _same(res.metrics["reference"]["attributes"][a], member.metrics["reference"]["attributes"][a])
+    # --compare takes the same untrimmed catalog, on both sides
+    cmp = compare_checkpoint(root, data, data, tmp_path / "cmp", split="test", workers=0, device="cpu")
+    assert set(cmp.metrics["attributes"]) == {"category", "pattern"}
+    for a in ("category", "pattern"):
+        assert cmp.metrics["attributes"][a]["a"]["accuracy"] == pytest.approx(res.metrics["attributes"][a]["accuracy"])
 
 
 def test_a_combined_model_needs_its_attributes_in_the_data_taxonomy(run, tmp_path) -> None:

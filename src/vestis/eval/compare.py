@@ -199,12 +199,18 @@ def _summary(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _catalog_rows(
-    cfg: Any, tax: Taxonomy, data: Path, taxonomy: str | os.PathLike[str] | None, split: str, skip_invalid: bool
+    cfg: Any,
+    tax: Taxonomy,
+    data: Path,
+    taxonomy: str | os.PathLike[str] | None,
+    split: str,
+    skip_invalid: bool,
+    combined: bool = False,
 ) -> Any:  # a Manifest
     """The validated rows of ``split`` of ``data`` (the split recomputed as ``vestis evaluate`` does)."""
     from vestis.eval.run import predictor_rows
 
-    return predictor_rows(cfg, tax, data, taxonomy, split, skip_invalid)[0]
+    return predictor_rows(cfg, tax, data, taxonomy, split, skip_invalid, combined=combined)[0]
 
 
 def _predict(
@@ -230,6 +236,7 @@ class _Scorer:
     predict: Callable[[Any], tuple[dict[str, np.ndarray], EncodedTargets]]
     thresholds: dict[str, Any]
     fingerprint: str | None
+    combined: bool = False  # a per-attribute model: the data need only hold its attributes
 
 
 def _scorer(
@@ -254,6 +261,7 @@ def _scorer(
             lambda rows: (predictor_probs(pred, rows, batch_size), encode_targets(rows.records, tax)),
             pred.thresholds,
             pred.fingerprint,
+            combined=True,
         )
     if Path(checkpoint).suffix.lower() == ".onnx":
         raise VestisError(f"{checkpoint}: --compare scores a checkpoint (.ckpt); compare the checkpoint of the export")
@@ -315,8 +323,9 @@ def compare_checkpoint(
             raise VestisError(f"{name} {s!r}: expected one of {[*SPLITS, 'all']}")
     model = _scorer(checkpoint, batch_size, workers, device, trust_checkpoint)
     cfg, tax = model.config, model.taxonomy
-    rows_a = _catalog_rows(cfg, tax, Path(data), taxonomy, split, skip_invalid)  # both sets checked before predicting
-    rows_b = _catalog_rows(cfg, tax, Path(compare), compare_taxonomy, compare_split, skip_invalid)
+    # both sets checked before predicting
+    rows_a = _catalog_rows(cfg, tax, Path(data), taxonomy, split, skip_invalid, model.combined)
+    rows_b = _catalog_rows(cfg, tax, Path(compare), compare_taxonomy, compare_split, skip_invalid, model.combined)
     probs_a, enc_a = model.predict(rows_a)
     probs_b, enc_b = model.predict(rows_b)
     thresholds = {k: np.asarray(v, dtype=np.float64) for k, v in model.thresholds.items()} or None
