@@ -207,8 +207,9 @@ def test_int8_agreement_with_pytorch(int8_export, ckpt):
     parity = int8_export.parity
     assert parity is not None and parity.num_images == 32
     assert parity.agreement == pytest.approx(agreement)
+    # the export's own reference and this one may run the weights in different memory orders: float rounding apart
     assert parity.max_diff == pytest.approx(
-        max(float(np.abs(o - ref[n]).max()) for n, o in zip(names, outs[:4], strict=True))
+        max(float(np.abs(o - ref[n]).max()) for n, o in zip(names, outs[:4], strict=True)), abs=1e-6
     )
 
 

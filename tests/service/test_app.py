@@ -109,7 +109,7 @@ def test_non_square_images_are_letterboxed_before_the_model(client, predictor):
 # --- batching ------------------------------------------------------------------------------------------------
 def test_concurrent_requests_are_batched_and_answered_to_the_right_caller():
     predictor = ColourPredictor()
-    app = create_app(predictor, ServiceConfig(max_batch_size=16, max_wait_ms=200))
+    app = create_app(predictor, ServiceConfig(max_batch_size=16, max_wait_ms=200, batch_close="deadline"))
     colors = [(255 - 30 * i, 30 * i, 15 * i) for i in range(8)]
 
     async def run() -> list[httpx.Response]:
@@ -157,7 +157,7 @@ def test_a_predictor_exception_is_a_500_and_the_next_request_works(client, predi
 def test_a_bad_item_fails_only_its_own_request_in_a_shared_batch():
     predictor = ColourPredictor()
     # the batch is cut when the third image arrives (the long wait only bounds a stuck test)
-    app = create_app(predictor, ServiceConfig(max_batch_size=3, max_wait_ms=10_000))
+    app = create_app(predictor, ServiceConfig(max_batch_size=3, max_wait_ms=10_000, batch_close="deadline"))
 
     async def run() -> list[httpx.Response]:
         async with app.router.lifespan_context(app):

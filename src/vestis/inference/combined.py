@@ -397,7 +397,7 @@ def combined_predictor_args(
             attribute classifier, carries another fingerprint than recorded, or another preprocessing.
     """
     from vestis.inference.backends import TorchBackend
-    from vestis.inference.runtime import check_threads, torch_device
+    from vestis.inference.runtime import check_threads, eager_memory_format, torch_device
     from vestis.train.checkpoint import fingerprint_of, load_checkpoint, rebuild_model
     from vestis.train.tasks import model_task
 
@@ -430,7 +430,7 @@ def combined_predictor_args(
         if dict(state.get("preprocessing") or {}) != prep:
             raise VestisError(f"{ckpt}: preprocessing {state.get('preprocessing')} differs from {file}'s {prep}")
         index = _check_member_attribute(ckpt, a, state)
-        model = rebuild_model(state, source=str(ckpt), map_location=dev)
+        model = eager_memory_format(rebuild_model(state, source=str(ckpt), map_location=dev), dev)
         modules.append(InferenceModule(model, model.taxonomy, prep["mean"], prep["std"]))
         outputs.append((len(modules) - 1, index))
         if a.name in (state.get("thresholds") or {}):

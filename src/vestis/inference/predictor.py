@@ -51,7 +51,7 @@ from vestis.inference.backends import Backend, OnnxBackend, TorchBackend
 from vestis.inference.inputs import ImageInput, ImageList, as_image
 from vestis.inference.onnx_format import InferenceModule
 from vestis.inference.results import Prediction
-from vestis.inference.runtime import check_threads, open_onnx, torch_device
+from vestis.inference.runtime import check_threads, eager_memory_format, open_onnx, torch_device
 
 __all__ = ["DEFAULT_THRESHOLD", "ImageInput", "Predictor", "project_heatmap"]
 
@@ -205,6 +205,7 @@ class Predictor:
         _refuse_pipeline_stage(path, state)
         dev = torch_device(device)
         model = rebuild_model(state, source=str(path), map_location=dev)
+        eager_memory_format(model, dev)
         predictor = cls.from_model(
             model, preprocessing=state.get("preprocessing"), thresholds=state.get("thresholds"), device=str(dev)
         )

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vestis.errors import VestisError
 from vestis.inference.onnx_format import ONNX_FORMAT, ONNX_VERSION
 
-__all__ = ["check_threads", "onnx_providers", "open_onnx", "torch_device"]
+__all__ = ["check_threads", "eager_memory_format", "onnx_providers", "open_onnx", "torch_device"]
 
 
 def torch_device(device: str | None) -> torch.device:
@@ -100,3 +101,18 @@ def open_onnx(
     if not version.isdigit() or int(version) > ONNX_VERSION:
         raise VestisError(f"{path}: model format version {version!r} is not one this vestis reads")
     return session, meta
+
+
+def eager_memory_format(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` (in place) in the memory order its run trained in, for eager inference on ``device``.
+
+    The checkpoint's ``train.channels_last`` (:func:`vestis.train.accel.resolve`) holds for inference too:
+    ``bench/train_speed.py`` measures channels-last faster for eager inference on CPU as well, and equal to the
+    default order within float rounding. A model without a config is left as it is.
+    """
+    from vestis.train.accel import resolve
+
+    cfg = getattr(model, "config", None)
+    if cfg is not None and resolve(cfg.train, device, check=False).channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
