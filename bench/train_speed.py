@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -74,6 +75,9 @@ def _batches(cfg: Config, n: int, batch: int, seed: int) -> list[tuple[torch.Ten
     return out
 
 
+_OPTIMIZER = "vestis.optimizer_step"
+
+
 class _Run:
     """One setting's model, optimiser and loss, built from the same seed."""
 
@@ -91,7 +95,8 @@ class _Run:
         x = prepare_batch(images, self.cfg.data, channels_last=self.accel.channels_last)
         total = sum(self.loss(self.model(x), targets, masks).values())
         total.backward()
-        self.optimizer.step()
+        with torch.profiler.record_function(_OPTIMIZER):  # a no-op unless step_profile is recording
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(total.detach())
 
@@ -160,6 +165,43 @@ def measure_speed(cfg: Config, names: list[str], warmup: int, steps: int, infer_
     return out
 
 
+def _op_kind(event: Any) -> str:
+    """What one profiled op is: ``optimizer`` (anything under the optimiser's step), ``batchnorm``, ``depthwise``
+    or ``conv`` (by the weight ``(C_out, C_in / groups, kH, kW)``: one input channel per group is depthwise),
+    ``matmul`` or ``other`` (activations, CBAM's element-wise products, pooling, copies)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name == _OPTIMIZER:
+            return "optimizer"
+        parent = parent.cpu_parent
+    name, shapes = event.name, list(event.input_shapes or [])
+    if "batch_norm" in name:
+        return "batchnorm"
+    if "convolution" in name:
+        w = shapes[2] if "backward" in name and len(shapes) > 2 else (shapes[1] if len(shapes) > 1 else [])
+        return "depthwise" if len(w) == 4 and w[1] == 1 and w[0] > 1 else "conv"
+    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"):
+        return "matmul"
+    return "other"
+
+
+def step_profile(cfg: Config, setting: str, batch: tuple[torch.Tensor, dict, dict]) -> dict[str, float]:
+    """Share of one training step's CPU time per kind of :func:`_op_kind` (``torch.profiler``, self time, so a
+    nested op is counted once), for ``setting``'s eager model after a warm-up step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run = _Run(cfg, SETTINGS[setting])
+    run.step(*batch)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        run.step(*batch)
+    totals: dict[str, float] = {}
+    for e in prof.events():
+        kind = _op_kind(e)
+        totals[kind] = totals.get(kind, 0.0) + e.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {k: v / whole for k, v in totals.items()}
+
+
 def loss_curves(names: list[str], steps: int, batch: int) -> dict[str, list[float]]:
     """Per-step training loss of each setting on the tiny preset, same seed, same batches."""
     # no dropout: compiled code draws its random masks from another generator than eager, so they would differ
@@ -220,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     ref = curves.get("eager")
     diff = {k: max(abs(x - y) for x, y in zip(c, ref, strict=True)) for k, c in curves.items()} if ref else {}
     rows = data_wait(a.size, a.batch_size, a.wait_steps, a.workers, a.work) if a.workers else []
+    best_eager = max((n for n in speed if "compile" not in n), key=lambda n: speed[n]["train_ips"], default=None)
+    shares = step_profile(cfg, best_eager, _batches(cfg, 1, a.batch_size, seed=4)[0]) if best_eager else {}
 
     def curve(name: str) -> str:
         if name not in diff:
@@ -248,6 +292,19 @@ def main(argv: list[str] | None = None) -> None:
             for n, s in speed.items()
         )
     )
+    if shares:
+        frac = speed[best_eager]["train_ips"] * flops / 1e9 / peak
+        body += (
+            f"\n\nWhat limits it now: {best_eager} trains at {frac:.0%} of the GEMM peak. `torch.profiler` over one "
+            f"of its steps (self CPU time) puts {shares.get('depthwise', 0.0):.0%} in the depthwise convolutions "
+            f"(forward and backward), {shares.get('conv', 0.0):.0%} in the dense ones, "
+            f"{shares.get('matmul', 0.0):.0%} in matrix products, {shares.get('batchnorm', 0.0):.0%} in batch "
+            f"norm, {shares.get('optimizer', 0.0):.0%} in the optimiser's update and {shares.get('other', 0.0):.0%} "
+            "in everything else (activations, CBAM's element-wise products, pooling, copies). Only the dense "
+            "convolutions and matrix products can run near the GEMM rate; the depthwise filters, batch norm, the "
+            "update and the element-wise work do a few FLOPs per value they read and write, so they run at memory "
+            "speed."
+        )
     if rows:
         body += (
             f"\n\nThe data wait: `vestis.train.loop.train` (default switches), synthetic catalog (JPEG {a.size} px), "
