@@ -356,3 +356,27 @@ def test_deadline_close_waits_for_unannounced_items():
 def test_close_policy_is_checked():
     with pytest.raises(ValueError, match="close"):
         MicroBatcher(Recorder(), close="sometimes")
+
+
+def test_an_admitted_item_counts_once_in_flight_after_it_is_submitted():
+    gate = threading.Event()
+
+    def blocked(items: list[int]) -> list[int]:
+        gate.wait(10)
+        return items
+
+    batcher = MicroBatcher(blocked, max_batch_size=4, max_wait_s=0.0, close="early")
+
+    async def body(b: MicroBatcher) -> list[int]:
+        with b.admit(3):
+            assert b.in_flight == 3  # being decoded
+            task = asyncio.ensure_future(b.submit([1, 2, 3], shed=False))
+            for _ in range(100):  # until the worker holds them in its (blocked) batch
+                await asyncio.sleep(0.01)
+                if b._current:
+                    break
+            assert b.in_flight == 3  # in the running batch now, not also "being decoded"
+            gate.set()
+            return await task
+
+    assert _run(batcher, body) == [1, 2, 3]

@@ -138,7 +138,6 @@ class MicroBatcher(Generic[T, R]):
         self._worker: asyncio.Task[None] | None = None
         self._current: list[_Pending[T, R]] = []
         self._enqueued: deque[float] = deque()  # enqueue times of the queued items, oldest first
-        self._announced = 0  # items admitted by callers that have not submitted them yet
         self._batch_s: float | None = None  # running estimate of seconds per batch call
         self._batch_started: float | None = None  # loop time the running call started
         self._item_s: float | None = None  # running estimate of seconds per finished item while busy
@@ -179,8 +178,9 @@ class MicroBatcher(Generic[T, R]):
 
     @property
     def in_flight(self) -> int:
-        """Items admitted and not finished: announced, queued, or in the running batch."""
-        return self._announced + self.depth + len(self._current)
+        """Items admitted and not finished, each once: still being prepared (admitted, not submitted yet), queued,
+        or in the running batch."""
+        return self._preparing + self.depth + len(self._current)
 
     def _arrive(self) -> None:
         if self.in_flight == 0:  # a busy period starts: the idle time before it is no measure of throughput
@@ -362,7 +362,6 @@ class _Admission:
 
     def __enter__(self) -> None:
         self.batcher._arrive()
-        self.batcher._announced += self.n
         self.batcher._preparing += self.n
         self.preparing = True
         self.token = _ADMISSION.set(self)
@@ -374,7 +373,6 @@ class _Admission:
             self.batcher._preparing -= self.n
 
     def __exit__(self, *exc: object) -> None:
-        self.batcher._announced -= self.n
         if self.preparing:  # left without submitting (a decoding error): nobody is coming (a waiting batch
             # notices at its next arrival or at its deadline)
             self.preparing = False
