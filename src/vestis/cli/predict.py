@@ -32,7 +32,7 @@ def predict_cmd(
             "--workers",
             "-w",
             metavar="auto|N",
-            help="Decoding processes, or auto (the default): a quarter of the cores, at least 1 (1 on 2 cores; "
+            help="Decoding processes, or auto (the default): a sixteenth of the cores, at least 1 (1 on 2 cores; "
             "0, decoding between batches, on 1 core; every core but one when the model runs on a GPU). An outfit "
             "pipeline decodes in threads: auto is 2 there.",
         ),
@@ -43,8 +43,8 @@ def predict_cmd(
             "--threads",
             "-t",
             metavar="auto|N",
-            help="The model's intra-op CPU threads, or auto (the default): the cores the decoders leave (1 on 2 "
-            "cores). An outfit pipeline: auto keeps its runtime's default.",
+            help="The model's intra-op CPU threads, or auto (the default): every core (decoding needs a small "
+            "share of one; 1 when the model runs on a GPU). An outfit pipeline: auto keeps its runtime's default.",
         ),
     ] = "auto",
     engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",

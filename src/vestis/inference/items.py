@@ -95,22 +95,21 @@ def available_cores() -> int:
 def auto_threads(cores: int | None = None, *, gpu: bool = False) -> tuple[int, int]:
     """``(decoding workers, model intra-op threads)`` for ``cores`` CPU cores (default :func:`available_cores`).
 
-    The rule, from measurements on the product photos (224 px JPEGs, EfficientNet-Lite0): one core decodes and
-    letterboxes about 1,750 images/s but runs the model at only 640-800 images/s, so the model gets most cores
-    and decoding about a quarter: ``workers = max(1, cores // 4)``, ``threads = cores - workers`` (2 cores: 1 + 1,
-    4: 1 + 3, 8: 2 + 6, 16: 4 + 12). The worker process needs under half of its core, which leaves room for the
-    main process's row writing; a second model thread on 2 cores would contend with the worker instead. One
-    core: decode in the main process (``0`` workers; a worker process only adds copying there) and one thread.
-    On a GPU (``gpu=True``) decoding is what limits, so every core but one decodes and the model keeps one CPU
-    thread.
+    The rule, from ``bench/predict.py`` on the product photos (224 px JPEGs, the default EfficientNet-Lite0 at
+    224 px): one core decodes and letterboxes about 1,750 images/s but runs the model at only about 100 images/s,
+    so decoding needs about a sixteenth of the cores and the model gets all of them: ``workers = max(1, cores //
+    16)``, ``threads = cores`` (2 cores: 1 + 2, 16: 1 + 16, 32: 2 + 32). On 2 cores 1 worker + 2 threads tagged
+    167-188 images/s end to end against 100 for 1 + 1: the worker's tenth of a core costs the model less than a
+    thread left idle. One core: decode in the main process (``0`` workers; a worker process only adds copying
+    there) and one thread. On a GPU (``gpu=True``) decoding is what limits, so every core but one decodes and the
+    model keeps one CPU thread.
     """
     n = available_cores() if cores is None else max(1, int(cores))
     if gpu:
         return max(1, n - 1), 1
     if n == 1:
         return 0, 1
-    workers = max(1, n // 4)
-    return workers, n - workers
+    return max(1, n // 16), n
 
 
 def _count(value: int | str, name: str, minimum: int) -> int | None:
