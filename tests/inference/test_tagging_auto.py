@@ -23,7 +23,7 @@ def _cores(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
 
 @pytest.mark.parametrize(
     ("cores", "split"),
-    [(1, (0, 1)), (2, (1, 2)), (3, (1, 3)), (4, (1, 4)), (16, (1, 16)), (32, (2, 32))],
+    [(1, (0, 1)), (2, (0, 2)), (3, (0, 3)), (4, (1, 3)), (16, (1, 15)), (32, (2, 30))],
 )
 def test_the_rule_splits_the_cores_of_the_affinity_mask(monkeypatch, cores, split):
     _cores(monkeypatch, cores)
@@ -40,7 +40,7 @@ def test_on_a_gpu_decoding_gets_every_core_but_one(monkeypatch):
 
 def test_numbers_override_auto_one_at_a_time(monkeypatch):
     _cores(monkeypatch, 8)
-    assert resolve_split(3, "auto") == (3, 8)
+    assert resolve_split(3, "auto") == (3, 7)
     assert resolve_split("auto", "4") == (1, 4)
     assert resolve_split("0", 1) == (0, 1)
 
@@ -81,10 +81,10 @@ def test_threads_and_workers_reach_the_onnx_session(onnx_fp32, image_dir, tmp_pa
     res = _predict(onnx_fp32, image_dir, tmp_path, "--threads", "3", "--workers", "0")
     assert res.exit_code == 0, res.output
     assert _intra_op(captured["predictor"]) == 3 and captured["workers"] == 0
-    _cores(monkeypatch, 8)  # auto: 1 worker, 8 threads
+    _cores(monkeypatch, 8)  # auto: 1 worker, 7 threads
     res = _predict(onnx_fp32, image_dir, tmp_path)
     assert res.exit_code == 0, res.output
-    assert _intra_op(captured["predictor"]) == 8 and captured["workers"] == 1
+    assert _intra_op(captured["predictor"]) == 7 and captured["workers"] == 1
 
 
 def test_threads_reach_torch(ckpt, image_dir, tmp_path, captured):
@@ -151,11 +151,11 @@ def test_auto_threads_follow_the_cuda_device_the_model_will_get(
     import onnxruntime as ort
 
     model = onnx_fp32 if onnx else ckpt
-    _cores(monkeypatch, 8)  # the CPU split: 1 worker, 8 threads; the GPU split: 7 workers, 1 thread
+    _cores(monkeypatch, 8)  # the CPU split: 1 worker, 7 threads; the GPU split: 7 workers, 1 thread
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     for flags, dev, threads, workers in (([], "cuda:0", 1, 7), (["--device", "cuda"], "cuda:0", 1, 7),
-                                         (["--device", "cpu"], "cpu", 8, 1)):  # fmt: skip
+                                         (["--device", "cpu"], "cpu", 7, 1)):  # fmt: skip
         loads["result"] = SimpleNamespace(device=dev)  # the device the loaded model reports
         args = ["predict", str(model), str(image_dir), "--out", str(tmp_path / "t.jsonl"), *flags, "--no-progress"]
         res = runner.invoke(vestis.cli.app, args)
@@ -166,17 +166,17 @@ def test_auto_threads_follow_the_cuda_device_the_model_will_get(
     loads["result"] = SimpleNamespace(device="cpu")
     res = runner.invoke(vestis.cli.app, ["predict", str(model), str(image_dir), "-o", str(tmp_path / "t.jsonl")])
     assert res.exit_code == 0, res.output
-    assert loads["threads"] == 8 and captured["workers"] == 1
+    assert loads["threads"] == 7 and captured["workers"] == 1
 
 
 def test_tag_catalog_resolves_auto_threads_for_the_cuda_device(ckpt, image_dir, tmp_path, loads, monkeypatch):
     _cores(monkeypatch, 8)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    for device, threads in ((None, 1), ("cuda:0", 1), ("cpu", 8)):
+    for device, threads in ((None, 1), ("cuda:0", 1), ("cpu", 7)):
         with pytest.raises(_Loaded):
             tagging.tag_catalog(ckpt, [image_dir], tmp_path / "t.jsonl", device=device)
         assert loads == {"device": device, "threads": threads}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(_Loaded):
         tagging.tag_catalog(ckpt, [image_dir], tmp_path / "t.jsonl")
-    assert loads["threads"] == 8
+    assert loads["threads"] == 7

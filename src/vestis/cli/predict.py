@@ -32,9 +32,9 @@ def predict_cmd(
             "--workers",
             "-w",
             metavar="auto|N",
-            help="Decoding processes, or auto (the default): a sixteenth of the cores, at least 1 (1 on 2 cores; "
-            "0, decoding between batches, on 1 core; every core but one when the model runs on a GPU). An outfit "
-            "pipeline decodes in threads: auto is 2 there.",
+            help="Decoding processes, or auto (the default): 0 (decoding between the model's batches) up to 3 "
+            "cores, then a sixteenth of the cores, at least 1; every core but one when the model runs on a GPU. An "
+            "outfit pipeline decodes in threads: auto is 2 there.",
         ),
     ] = "auto",
     threads: Annotated[
@@ -43,8 +43,9 @@ def predict_cmd(
             "--threads",
             "-t",
             metavar="auto|N",
-            help="The model's intra-op CPU threads, or auto (the default): every core (decoding needs a small "
-            "share of one; 1 when the model runs on a GPU). An outfit pipeline: auto keeps its runtime's default.",
+            help="The model's intra-op CPU threads, or auto (the default): the cores the decoding workers leave "
+            "(all of them up to 3 cores; 1 when the model runs on a GPU). An outfit pipeline: auto keeps its "
+            "runtime's default.",
         ),
     ] = "auto",
     engine: Annotated[str, typer.Option("--engine", help="local or ray.")] = "local",

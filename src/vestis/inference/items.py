@@ -96,20 +96,23 @@ def auto_threads(cores: int | None = None, *, gpu: bool = False) -> tuple[int, i
     """``(decoding workers, model intra-op threads)`` for ``cores`` CPU cores (default :func:`available_cores`).
 
     The rule, from ``bench/predict.py`` on the product photos (224 px JPEGs, the default EfficientNet-Lite0 at
-    224 px): one core decodes and letterboxes about 1,750 images/s but runs the model at only about 100 images/s,
-    so decoding needs about a sixteenth of the cores and the model gets all of them: ``workers = max(1, cores //
-    16)``, ``threads = cores`` (2 cores: 1 + 2, 16: 1 + 16, 32: 2 + 32). On 2 cores 1 worker + 2 threads tagged
-    167-188 images/s end to end against 100 for 1 + 1: the worker's tenth of a core costs the model less than a
-    thread left idle. One core: decode in the main process (``0`` workers; a worker process only adds copying
-    there) and one thread. On a GPU (``gpu=True``) decoding is what limits, so every core but one decodes and the
-    model keeps one CPU thread.
+    224 px): one core decodes and letterboxes about 1,700 images/s but runs the model at only about 100 images/s.
+    Up to 3 cores, decoding runs in the main process between the model's batches (``0`` workers) and the model
+    gets every core: decoding then costs about 6 % of the model's time per core, less than what a worker process
+    costs the model's threads when it preempts one of them (on 2 cores, measured: 0 workers + 2 threads tagged
+    186 images/s, 88 % of the model alone; 1 worker + 2 threads 163; 1 worker + 1 thread 100). From 4 cores the
+    sequential share grows past what a dedicated decoder costs, so decoding overlaps the model in
+    ``max(1, cores // 16)`` worker processes with cores of their own and the model gets the rest (4 cores: 1 + 3,
+    32: 2 + 30; not measured here, the machine has 2). On a GPU (``gpu=True``) decoding is what limits, so every
+    core but one decodes and the model keeps one CPU thread.
     """
     n = available_cores() if cores is None else max(1, int(cores))
     if gpu:
         return max(1, n - 1), 1
-    if n == 1:
-        return 0, 1
-    return max(1, n // 16), n
+    if n <= 3:
+        return 0, n
+    workers = max(1, n // 16)
+    return workers, n - workers
 
 
 def _count(value: int | str, name: str, minimum: int) -> int | None:
