@@ -303,7 +303,15 @@ def main(argv: list[str] | None = None) -> None:
         f"- The client's own ceiling: the same {c_max} clients and processes against a do-nothing HTTP server (it "
         f"reads each request and answers `{{}}`) reach **{ceiling['ok_per_s']:.1f} req/s** (p50 "
         f"{ceiling['p50_ms']:.2f} ms, p99 {ceiling['p99_ms']:.2f} ms), {ceiling['ok_per_s'] / best.throughput:.1f}x "
-        f"the best setting: {limits}.\n"
+        f"the best setting: {limits}. Those clients run on the service's two cores, which the offline reference "
+        f"keeps to itself: at the ceiling they and the do-nothing server fill the machine at "
+        f"{ceiling['ok_per_s']:.0f} req/s, so at {best.throughput:.0f} req/s they take up to "
+        f"{best.throughput / ceiling['ok_per_s']:.0%} of it (an upper bound: the server's share is in it); against "
+        f"the cores they leave, the service reaches up to "
+        f"{share / max(1e-9, 1 - best.throughput / ceiling['ok_per_s']):.0%} of offline.\n"
+        "- What limits it now: the model's cores, shared with decoding (the service's decode pool), HTTP parsing "
+        "and answering on the event loop, and the load generator; under 64 clients the queue sets the latency "
+        "(64 requests ahead at this rate), and requests that would wait longer than `--max-queue-wait-ms` are shed.\n"
     )
     print(body)
     if not a.no_write:
