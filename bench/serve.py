@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         + f"- Throughput target (>= 80 % of offline at every load from 16 to 64 clients): the best setting by its "
         f"worst rate over {', '.join(map(str, loaded))} clients is max batch {bs[0]}, wait {bs[1]:g} ms, close "
         f"{bs[2]}: "
-        f"**{best.throughput:.1f} req/s** at {bc} clients = **{share:.0%}** of offline "
+        f"**{best.throughput:.1f} req/s** at {bc} clients = **{share:.1%}** of offline "
         f"({'met' if share >= 0.8 else 'not met'}), p99 {best.pct(99):.1f} ms.\n"
         f"- Single-request target (p50 < 20 ms at 224 px, one client, max batch {single_setting[0]}, wait "
         f"{single_setting[1]:g} ms, close {single_setting[2]}{' (the defaults)' if single_setting == default else ''}"
