@@ -18,10 +18,10 @@ from PIL import Image
 
 from tests.conftest import write_image
 from vestis.errors import VestisError
+from vestis.inference.journal import Journal
 from vestis.inference.predictor import Predictor
 from vestis.inference.tagging import (
     ImageItem,
-    _Journal,
     collect_inputs,
     flatten_row,
     journal_path,
@@ -247,7 +247,7 @@ def test_rows_without_a_model_are_accepted(predictor, catalog, tmp_path):
 
 def test_a_second_writer_is_refused(predictor, catalog, tmp_path):
     out = tmp_path / "tags.jsonl"
-    first = _Journal(out)
+    first = Journal(out)
     try:
         with pytest.raises(VestisError, match="another vestis predict is writing this output"):
             tag_catalog(predictor, [catalog / "images"], out, workers=0)

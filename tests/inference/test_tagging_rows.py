@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from vestis.inference.items import ImageItem, decode_image, decoded_batches, decoded_stacks
+from vestis.inference.journal import Journal, encode_row, read_journal, write_batches
 from vestis.inference.predictor import Predictor
-from vestis.inference.tagging import _encode_row, _Journal, read_journal, write_batches
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +81,13 @@ def test_the_vectorised_rounding_matches_round_on_float32_bit_patterns():
 @pytest.fixture(params=["orjson", "json"])
 def encoder(request, monkeypatch) -> str:
     """Rows encoded by orjson (skipped where it is not installed: it is in the ``serve`` extra only) or by json."""
-    import vestis.inference.tagging as tagging
+    import vestis.inference.journal as journal
 
     if request.param == "orjson":
         pytest.importorskip("orjson")
-        assert tagging.orjson is not None
+        assert journal.orjson is not None
     else:
-        monkeypatch.setattr(tagging, "orjson", None)
+        monkeypatch.setattr(journal, "orjson", None)
     return request.param
 
 
@@ -99,12 +99,12 @@ def test_the_encoder_gives_the_rows_json_gives(encoder):
         {"id": "keys", "by": {1: "int key"}},  # not plain JSON for orjson
     ]
     for r in rows[:2]:
-        assert json.loads(_encode_row(r)) == r
+        assert json.loads(encode_row(r)) == r
     head = '{"id":"é/ü.jpg"' if encoder == "orjson" else '{"id": "é/ü.jpg"'  # orjson is compact; both UTF-8
-    assert _encode_row(rows[0]).startswith(head.encode())
-    back = json.loads(_encode_row(rows[2]))
+    assert encode_row(rows[0]).startswith(head.encode())
+    back = json.loads(encode_row(rows[2]))
     assert math.isnan(back["scores"][0]) and back["scores"][1:] == [math.inf, -math.inf]
-    assert json.loads(_encode_row(rows[3])) == {"id": "keys", "by": {"1": "int key"}}
+    assert json.loads(encode_row(rows[3])) == {"id": "keys", "by": {"1": "int key"}}
 
 
 def test_stacked_batches_hold_the_decoded_pixels(image_dir, tmp_path):
@@ -143,7 +143,7 @@ def _batches(n: int, fail: BaseException | None = None):
 
 
 def test_the_writer_finishes_what_it_was_given_when_the_model_fails(tmp_path):
-    journal = _Journal(tmp_path / "j.jsonl")
+    journal = Journal(tmp_path / "j.jsonl")
     bar = _Bar()
     with pytest.raises(RuntimeError, match="model failed"):
         write_batches(journal, _batches(3, RuntimeError("model failed")), bar, None)
@@ -153,7 +153,7 @@ def test_the_writer_finishes_what_it_was_given_when_the_model_fails(tmp_path):
 
 
 def test_a_failing_report_stops_the_writer_at_once(tmp_path):
-    journal = _Journal(tmp_path / "j.jsonl")
+    journal = Journal(tmp_path / "j.jsonl")
     calls: list[int] = []
 
     def on_batch(n: int) -> None:
@@ -165,7 +165,7 @@ def test_a_failing_report_stops_the_writer_at_once(tmp_path):
         write_batches(journal, _batches(6), _Bar(), on_batch)
     journal.close()
     assert len(read_journal(tmp_path / "j.jsonl")) == 6 and calls == [3, 3]  # two batches, none after
-    journal = _Journal(tmp_path / "k.jsonl")
+    journal = Journal(tmp_path / "k.jsonl")
     assert write_batches(journal, _batches(4), _Bar(), calls.append) == (12, 0)
     journal.close()
 
@@ -188,7 +188,7 @@ def odd_names(image_dir, tmp_path):
 
 def test_a_row_of_a_name_that_is_not_utf8_is_written_and_read_back(encoder):
     row = {"id": "\udcff.jpg", "image": "/x/\udcff.jpg", "model": None, "attributes": {"c": {"value": "é"}}}
-    data = _encode_row(row)
+    data = encode_row(row)
     want = '{"id": "\\udcff.jpg", "image": "/x/\\udcff.jpg", "model": null, "attributes": {"c": {"value": "\\u00e9"}}}'
     assert data == want.encode("ascii")  # json with ensure_ascii: the surrogate and the é escaped
     assert json.loads(data.decode("utf-8")) == row  # the same surrogate-escaped string

@@ -390,10 +390,10 @@ def test_prototypes_from_another_manifest(csn_setup, idx, tmp_path):
 
 
 def test_a_second_build_of_the_same_directory_is_refused(csn_setup, tmp_path):
-    from vestis.inference.tagging import _Journal
+    from vestis.inference.journal import Journal
 
     manifest, ckpt, _ = csn_setup
-    holder = _Journal(tmp_path / "i" / JOURNAL)
+    holder = Journal(tmp_path / "i" / JOURNAL)
     try:
         with pytest.raises(VestisError, match="another vestis index is building this directory"):
             build_index(ckpt, manifest, tmp_path / "i", workers=0)

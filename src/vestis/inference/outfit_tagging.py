@@ -28,14 +28,9 @@ from torch.utils.data import Dataset
 from vestis.data.images import ImageError, load_image
 from vestis.errors import VestisError
 from vestis.inference.items import ImageItem, collect_inputs
+from vestis.inference.journal import Journal, resume_state, write_batches
 from vestis.inference.pipeline import OutfitPipeline
-from vestis.inference.tagging import (
-    TagResult,
-    _Journal,
-    _Progress,
-    resume_state,
-    write_batches,
-)
+from vestis.inference.tagging import TagResult, _Progress
 
 __all__ = ["DEFAULT_DECODE_BYTES", "outfit_rows", "tag_outfits"]
 
@@ -197,7 +192,7 @@ def tag_outfits(
         )
     items = list(inputs) if inputs and isinstance(next(iter(inputs)), ImageItem) else collect_inputs(inputs)
     pipe = pipeline if isinstance(pipeline, OutfitPipeline) else OutfitPipeline.load(pipeline, device=device)
-    writer = _Journal(out)  # lock first, then read: a concurrent writer cannot slip in between
+    writer = Journal(out)  # lock first, then read: a concurrent writer cannot slip in between
     try:
         if restart:
             writer.truncate()

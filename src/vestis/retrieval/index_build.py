@@ -23,16 +23,8 @@ import numpy as np
 
 from vestis.errors import VestisError
 from vestis.inference.embedder import Embedder
-from vestis.inference.tagging import (
-    ENGINES,
-    ImageItem,
-    _Journal,
-    _offsets,
-    _ordered_rows,
-    _Progress,
-    _repair,
-    collect_inputs,
-)
+from vestis.inference.journal import Journal, _offsets, _ordered_rows, _repair
+from vestis.inference.tagging import ENGINES, ImageItem, _Progress, collect_inputs
 from vestis.io import atomic_write_text
 from vestis.retrieval.catalog_embed import (
     embed_rows,
@@ -216,7 +208,7 @@ def build_index(
         raise VestisError(f"{out}: already holds a complete index; pass --restart to rebuild it")
     embedder = Embedder.from_path(model_path, device=device)
     try:
-        writer = _Journal(journal)  # lock first, then read: a concurrent build cannot slip in between
+        writer = Journal(journal)  # lock first, then read: a concurrent build cannot slip in between
     except VestisError:
         raise VestisError(f"{out}: another vestis index is building this directory") from None
     try:
