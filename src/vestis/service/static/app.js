@@ -17,7 +17,7 @@
   const HITS = 12; // substitutes shown
 
   const state = {
-    taxonomy: null, file: null, result: null, heatmapUrl: null, previewUrl: null, request: 0,
+    taxonomy: null, file: null, result: null, heatmapUrl: null, previewUrl: null, request: 0, loaded: null,
     index: null, search: 0, // the catalog index (GET /v1/index) when the server has one; the latest search
     heatmap: true, // an embedding model has no POST /v1/heatmap
     outfit: null, // GET /v1/model of an outfit pipeline: POST /v1/outfit instead of /v1/attributes
@@ -151,6 +151,10 @@
     $("drop-zone").classList.add("has-image");
     $("file-meta").textContent = `${file.name || "pasted image"} · ${(file.size / 1024).toFixed(0)} KB`;
     setStatus("Predicting…", "busy");
+    // what the page knows of the model first: results render against its taxonomy (the attributes that do not
+    // apply), and an outfit pipeline takes its own endpoint
+    await state.loaded;
+    if (request !== state.request) return;
 
     const t0 = performance.now();
     let res;
@@ -260,8 +264,10 @@
     }
     if (request !== state.search) return; // a newer search was started meanwhile
     if (!res.ok) {
+      const message = await errorText(res); // read first: the error class and its text appear together
+      if (request !== state.search) return;
       status.className = "status error";
-      status.textContent = await errorText(res);
+      status.textContent = message;
       hits.replaceChildren();
       hits.dataset.state = "error";
       return;
@@ -515,5 +521,5 @@
   }
 
   wire();
-  loadModel();
+  state.loaded = loadModel();
 })();
