@@ -241,9 +241,6 @@ class MicroBatcher(Generic[T, R]):
             raise RuntimeError("the batcher is not running")
         if shed:
             self._check_load(len(items))
-        admission = _ADMISSION.get()
-        if admission is not None and admission.batcher is self:
-            admission.submitted()
         self._arrive()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[R]] = []
@@ -253,6 +250,9 @@ class MicroBatcher(Generic[T, R]):
             self._queue.put_nowait(_Pending(item, future, now))
             self._enqueued.append(now)
             futures.append(future)
+        admission = _ADMISSION.get()
+        if admission is not None and admission.batcher is self:
+            admission.submitted()  # after queueing them: the items stay in flight throughout (the busy period)
         try:
             return list(await asyncio.gather(*futures))
         except BaseException:
