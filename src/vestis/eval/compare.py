@@ -198,21 +198,6 @@ def _summary(attrs: dict[str, Any]) -> dict[str, Any]:
 # --- scoring a checkpoint on a manifest -----------------------------------------------------------------------
 
 
-def _catalog_rows(
-    cfg: Any,
-    tax: Taxonomy,
-    data: Path,
-    taxonomy: str | os.PathLike[str] | None,
-    split: str,
-    skip_invalid: bool,
-    combined: bool = False,
-) -> Any:  # a Manifest
-    """The validated rows of ``split`` of ``data`` (the split recomputed as ``vestis evaluate`` does)."""
-    from vestis.eval.run import predictor_rows
-
-    return predictor_rows(cfg, tax, data, taxonomy, split, skip_invalid, combined=combined)[0]
-
-
 def _predict(
     model: Any, manifest: Any, batch_size: int, workers: int, device: Any
 ) -> tuple[dict[str, np.ndarray], EncodedTargets]:
@@ -323,9 +308,12 @@ def compare_checkpoint(
             raise VestisError(f"{name} {s!r}: expected one of {[*SPLITS, 'all']}")
     model = _scorer(checkpoint, batch_size, workers, device, trust_checkpoint)
     cfg, tax = model.config, model.taxonomy
+    from vestis.eval.run import predictor_rows  # the rows `vestis evaluate` scores, split as the model's run split
+
     # both sets checked before predicting
-    rows_a = _catalog_rows(cfg, tax, Path(data), taxonomy, split, skip_invalid, model.combined)
-    rows_b = _catalog_rows(cfg, tax, Path(compare), compare_taxonomy, compare_split, skip_invalid, model.combined)
+    c = model.combined
+    rows_a = predictor_rows(cfg, tax, Path(data), taxonomy, split, skip_invalid, combined=c)[0]
+    rows_b = predictor_rows(cfg, tax, Path(compare), compare_taxonomy, compare_split, skip_invalid, combined=c)[0]
     probs_a, enc_a = model.predict(rows_a)
     probs_b, enc_b = model.predict(rows_b)
     thresholds = {k: np.asarray(v, dtype=np.float64) for k, v in model.thresholds.items()} or None
