@@ -135,13 +135,13 @@ class TrainConfig:
     # Execution switches (vestis.train.accel): how the step is computed, not what; a --resume may change them. The
     # rule for a default: on only where bench/train_speed.py measures a faster run AND a loss curve within 1e-4 of
     # eager on the tiny preset. channels_last: weights and image batches in NHWC order on every device; None: on for
-    # CUDA only (the old default). On by default: on CPU it trained 1.3-2.0x eager (default lite0, 224 px) and
-    # 1.1-1.25x (tiny preset), loss curves 2e-6 apart
+    # CUDA only (the old default). On by default: on 2 CPU cores it trained 1.43x eager (default lite0 trained whole,
+    # 224 px; docs/benchmarks.md, training speed), loss curves 6e-6 apart
     channels_last: bool | None = True
     # torch.compile of the training step (inductor; on CPU it needs g++): false (eager), true (mode "default"), or a
-    # mode: reduce-overhead, max-autotune, max-autotune-no-cudagraphs. Off by default: on CPU at 224 px it trained
-    # 1.06-1.6x eager alone and no faster than channels-last alone (equal loss curves), and compiling costs
-    # 1-3 min per run with a cold cache, more than a test or the tiny preset saves
+    # mode: reduce-overhead, max-autotune, max-autotune-no-cudagraphs. Off by default: on 2 CPU cores at 224 px it
+    # trained 1.10x eager alone and slower than channels-last alone (equal loss curves), and compiling cost 73 s
+    # with a cold cache, more than a test or the tiny preset saves
     compile: bool | str = False
     seed: int = 0
     deterministic: bool = True
